@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the real parts the tests talk to. Idempotent; quiet when present.
+set -euo pipefail
+pkgs=()
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || pkgs+=("$2"); }
+need mosquitto mosquitto
+need mosquitto_pub mosquitto-clients
+need pebble pebble
+need curl curl
+if [ ${#pkgs[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi

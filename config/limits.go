@@ -1,0 +1,216 @@
+package config
+
+// Limits configures what edgeshim accepts and for how long.
+type Limits struct {
+	// MaxConns caps open client connections in total. Default: 50000.
+	MaxConns int `yaml:"max_conns"`
+	// PerIP caps connections and their rate per source IP.
+	PerIP PerIP `yaml:"per_ip"`
+	// Handshake admits TLS handshakes at a bounded rate.
+	Handshake Handshake `yaml:"handshake"`
+	// MaxHeaderBytes caps the request line and headers. Default: 16KiB.
+	MaxHeaderBytes Size `yaml:"max_header_bytes"`
+	// MaxHeaders caps the number of request header fields (431 above).
+	// Default: 100.
+	MaxHeaders int `yaml:"max_headers"`
+	// MaxBody caps request bodies, routes may lower it. Default: 1MiB.
+	MaxBody Size `yaml:"max_body"`
+	// MaxDecompressed caps a decoded request body where a route decodes
+	// Content-Encoding. Default: 4MiB.
+	MaxDecompressed Size `yaml:"max_decompressed"`
+	// MaxRatio caps decompressed/compressed size. Default: 100.
+	MaxRatio float64 `yaml:"max_ratio"`
+	// Timeouts are the server-side timeouts.
+	Timeouts Timeouts `yaml:"timeouts"`
+	// RetryAfter is the window Retry-After values are drawn from, uniformly
+	// at random, on every 429 and 503 edgeshim sends.
+	RetryAfter RetryAfter `yaml:"retry_after"`
+	// Flapping bans devices that connect or poll too often. Default: off.
+	Flapping Flapping `yaml:"flapping"`
+	// Overload stops accepting when watermarks are passed.
+	Overload Overload `yaml:"overload"`
+	// WebSocket limits WebSocket connections.
+	WebSocket WebSocket `yaml:"websocket"`
+}
+
+// PerIP holds per-source-IP limits.
+type PerIP struct {
+	// MaxConns caps open connections per IP. Default: 200.
+	MaxConns int `yaml:"max_conns"`
+	// Rate is new connections per second per IP. Default: 20.
+	Rate float64 `yaml:"rate"`
+	// Burst is the new-connection burst per IP. Default: 40.
+	Burst int `yaml:"burst"`
+	// Tracked bounds how many source IPs have state (LRU). Default: 100000.
+	Tracked int `yaml:"tracked"`
+}
+
+// Handshake configures TLS handshake admission.
+type Handshake struct {
+	// Rate is handshakes per second. Default: 2000.
+	Rate float64 `yaml:"rate"`
+	// Burst is the handshake burst. Default: 4000.
+	Burst int `yaml:"burst"`
+	// QueueTimeout is how long a handshake may wait for admission before the
+	// connection is refused. Default: 2s.
+	QueueTimeout Duration `yaml:"queue_timeout"`
+	// MaxQueue bounds the handshakes waiting. Default: 10000.
+	MaxQueue int `yaml:"max_queue"`
+}
+
+// Timeouts are server timeouts.
+type Timeouts struct {
+	// Handshake bounds the TLS handshake. Default: 10s.
+	Handshake Duration `yaml:"handshake"`
+	// ReadHeader bounds reading the request headers. Default: 10s.
+	ReadHeader Duration `yaml:"read_header"`
+	// Read bounds reading a whole request, body included. Default: 60s.
+	Read Duration `yaml:"read"`
+	// Write bounds writing a response; long-polls extend their own.
+	// Default: 60s.
+	Write Duration `yaml:"write"`
+	// Idle bounds an idle keep-alive connection. Default: 120s.
+	Idle Duration `yaml:"idle"`
+}
+
+// RetryAfter is the Retry-After window.
+type RetryAfter struct {
+	// Min is the smallest Retry-After. Default: 5s.
+	Min Duration `yaml:"min"`
+	// Max is the largest Retry-After. Default: 60s.
+	Max Duration `yaml:"max"`
+}
+
+// Flapping configures per-device flapping detection.
+type Flapping struct {
+	// Max connects/polls within Window that count as flapping. Default: 0
+	// (off).
+	Max int `yaml:"max"`
+	// Window is the counting window. Default: 1m.
+	Window Duration `yaml:"window"`
+	// Ban is how long a flapping device is refused (429). Default: 5m.
+	Ban Duration `yaml:"ban"`
+}
+
+// Overload configures load shedding.
+type Overload struct {
+	// MaxConns stops accepting new connections above this many open ones.
+	// Default: 0 (only limits.max_conns applies).
+	MaxConns int `yaml:"max_conns"`
+	// MaxHeap answers new requests 503 while the Go heap is above this.
+	// Default: 0 (off).
+	MaxHeap Size `yaml:"max_heap"`
+}
+
+// WebSocket configures WebSocket heartbeats and limits.
+type WebSocket struct {
+	// Ping is the interval between pings. Default: 25s.
+	Ping Duration `yaml:"ping"`
+	// PongTimeout closes a connection that has not answered a ping in this
+	// long. Default: 10s.
+	PongTimeout Duration `yaml:"pong_timeout"`
+	// MaxMessage caps one message (close 1009 above). Default: 64KiB.
+	MaxMessage Size `yaml:"max_message"`
+	// SendQueue is the per-connection queue of outgoing messages; a reader
+	// slower than that is closed. Default: 16.
+	SendQueue int `yaml:"send_queue"`
+	// Compression enables permessage-deflate (decompressed size capped by
+	// max_message). Default: false.
+	Compression bool `yaml:"compression"`
+}
+
+func (l Limits) withDefaults() Limits {
+	out := l
+	def(&out.MaxConns, 50000)
+	def(&out.PerIP.MaxConns, 200)
+	def(&out.PerIP.Rate, 20)
+	def(&out.PerIP.Burst, 40)
+	def(&out.PerIP.Tracked, 100000)
+	def(&out.Handshake.Rate, 2000)
+	def(&out.Handshake.Burst, 4000)
+	def(&out.Handshake.QueueTimeout, Duration(2e9))
+	def(&out.Handshake.MaxQueue, 10000)
+	def(&out.MaxHeaderBytes, 16<<10)
+	def(&out.MaxHeaders, 100)
+	def(&out.MaxBody, 1<<20)
+	def(&out.MaxDecompressed, 4<<20)
+	def(&out.MaxRatio, 100)
+	def(&out.Timeouts.Handshake, Duration(10e9))
+	def(&out.Timeouts.ReadHeader, Duration(10e9))
+	def(&out.Timeouts.Read, Duration(60e9))
+	def(&out.Timeouts.Write, Duration(60e9))
+	def(&out.Timeouts.Idle, Duration(120e9))
+	def(&out.RetryAfter.Min, Duration(5e9))
+	def(&out.RetryAfter.Max, Duration(60e9))
+	def(&out.Flapping.Window, Duration(60e9))
+	def(&out.Flapping.Ban, Duration(300e9))
+	def(&out.WebSocket.Ping, Duration(25e9))
+	def(&out.WebSocket.PongTimeout, Duration(10e9))
+	def(&out.WebSocket.MaxMessage, 64<<10)
+	def(&out.WebSocket.SendQueue, 16)
+	return out
+}
+
+// def sets *p to v when *p is the zero value.
+func def[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+func (l Limits) validate(e *errs) {
+	positive(e, "limits.max_conns", l.MaxConns)
+	positive(e, "limits.per_ip.max_conns", l.PerIP.MaxConns)
+	positive(e, "limits.per_ip.burst", l.PerIP.Burst)
+	positive(e, "limits.per_ip.tracked", l.PerIP.Tracked)
+	positive(e, "limits.handshake.burst", l.Handshake.Burst)
+	positive(e, "limits.handshake.max_queue", l.Handshake.MaxQueue)
+	positive(e, "limits.max_headers", l.MaxHeaders)
+	positive(e, "limits.websocket.send_queue", l.WebSocket.SendQueue)
+	if l.PerIP.Rate <= 0 {
+		e.add("limits.per_ip.rate", "must be greater than 0")
+	}
+	if l.Handshake.Rate <= 0 {
+		e.add("limits.handshake.rate", "must be greater than 0")
+	}
+	if l.PerIP.MaxConns > l.MaxConns {
+		e.add("limits.per_ip.max_conns", "must not exceed limits.max_conns (%d > %d)", l.PerIP.MaxConns, l.MaxConns)
+	}
+	if l.MaxHeaderBytes < 1024 {
+		e.add("limits.max_header_bytes", "must be at least 1KiB")
+	}
+	if l.MaxBody < 1 {
+		e.add("limits.max_body", "must be at least 1")
+	}
+	if l.MaxDecompressed < l.MaxBody {
+		e.add("limits.max_decompressed", "must be at least limits.max_body")
+	}
+	if l.MaxRatio < 1 {
+		e.add("limits.max_ratio", "must be at least 1")
+	}
+	if l.RetryAfter.Min.D() < 1e9 {
+		e.add("limits.retry_after.min", "must be at least 1s (Retry-After has whole seconds)")
+	}
+	if l.RetryAfter.Max < l.RetryAfter.Min {
+		e.add("limits.retry_after.max", "must be at least limits.retry_after.min (%s < %s)", l.RetryAfter.Max, l.RetryAfter.Min)
+	}
+	if l.Flapping.Max < 0 {
+		e.add("limits.flapping.max", "must not be negative")
+	}
+	if l.WebSocket.PongTimeout > l.WebSocket.Ping*4 {
+		e.add("limits.websocket.pong_timeout", "must not exceed 4 × limits.websocket.ping")
+	}
+	if l.WebSocket.Ping.D() >= l.Timeouts.Idle.D() {
+		e.add("limits.websocket.ping", "must be shorter than limits.timeouts.idle (%s >= %s)", l.WebSocket.Ping, l.Timeouts.Idle)
+	}
+	if l.WebSocket.MaxMessage < 16 {
+		e.add("limits.websocket.max_message", "must be at least 16 bytes")
+	}
+}
+
+func positive(e *errs, path string, v int) {
+	if v < 1 {
+		e.add(path, "must be at least 1")
+	}
+}

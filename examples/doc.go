@@ -1,0 +1,3 @@
+// Package examples holds runnable configurations for each use of edgeshim,
+// each with a README; its test keeps every example valid.
+package examples

@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/edgeshim/edgeshim/config"
+)
+
+// router matches requests by host and longest path prefix.
+type router struct {
+	routes []*route
+}
+
+type route struct {
+	name    string // "routes[i]" for metrics and logs
+	host    string // "" any, "*.example.com" wildcard, else exact (lowercase)
+	prefix  string
+	strip   bool
+	handler http.Handler
+}
+
+func newRouter(cfg []config.Route, bridges map[string]http.Handler) (*router, error) {
+	rt := &router{}
+	for i, rc := range cfg {
+		r := &route{
+			name:   fmt.Sprintf("routes[%d]", i),
+			host:   strings.ToLower(rc.Host),
+			prefix: rc.Path,
+			strip:  rc.StripPrefix,
+		}
+		switch {
+		case rc.Bridge != "":
+			h, ok := bridges[rc.Bridge]
+			if !ok {
+				return nil, fmt.Errorf("%s.bridge: no bridge %q", r.name, rc.Bridge)
+			}
+			r.handler = h
+		default:
+			r.handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				writeError(w, http.StatusNotImplemented, "route kind not implemented yet")
+			})
+		}
+		rt.routes = append(rt.routes, r)
+	}
+	// Longest prefix first; among equal prefixes exact hosts before
+	// wildcards before "any".
+	sort.SliceStable(rt.routes, func(i, j int) bool {
+		a, b := rt.routes[i], rt.routes[j]
+		if len(a.prefix) != len(b.prefix) {
+			return len(a.prefix) > len(b.prefix)
+		}
+		return hostRank(a.host) < hostRank(b.host)
+	})
+	return rt, nil
+}
+
+func hostRank(h string) int {
+	switch {
+	case h == "":
+		return 2
+	case strings.HasPrefix(h, "*."):
+		return 1
+	}
+	return 0
+}
+
+func (r *route) matchHost(host string) bool {
+	switch {
+	case r.host == "":
+		return true
+	case strings.HasPrefix(r.host, "*."):
+		return strings.HasSuffix(host, r.host[1:]) && len(host) > len(r.host)-1
+	}
+	return host == r.host
+}
+
+func (rt *router) match(req *http.Request) *route {
+	host := req.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	for _, r := range rt.routes {
+		if strings.HasPrefix(req.URL.Path, r.prefix) && r.matchHost(host) {
+			return r
+		}
+	}
+	return nil
+}
+
+func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r := rt.match(req)
+	if r == nil {
+		writeError(w, http.StatusNotFound, "no route")
+		return
+	}
+	setRouteName(req, r.name)
+	r.handler.ServeHTTP(w, req)
+}
