@@ -12,3 +12,9 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
+
+# Go-installed tools, pinned.
+gobin="$(go env GOPATH)/bin"
+if ! command -v h2spec >/dev/null 2>&1 && [ ! -x "$gobin/h2spec" ]; then
+  go install github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible
+fi

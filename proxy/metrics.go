@@ -12,6 +12,12 @@ import (
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+
+	backendRequests *prometheus.CounterVec
+	backendDuration *prometheus.HistogramVec
+	backendHealthy  *prometheus.GaugeVec
+	backendInflight *prometheus.GaugeVec
+	retries         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -26,7 +32,28 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 		}, []string{"route"}),
 	}
-	reg.MustRegister(m.requests, m.duration)
+	m.backendRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeshim_backend_requests_total",
+		Help: "Requests sent to backends, by route, backend and status code (\"error\" when no response).",
+	}, []string{"route", "backend", "code"})
+	m.backendDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "edgeshim_backend_response_seconds",
+		Help:    "Time until a backend's response headers, by route and backend.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"route", "backend"})
+	m.backendHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "edgeshim_backend_healthy",
+		Help: "1 while a backend is in rotation, 0 while ejected or failing its health check.",
+	}, []string{"route", "backend"})
+	m.backendInflight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "edgeshim_backend_inflight",
+		Help: "Requests in flight to a backend (upstream connections in use).",
+	}, []string{"route", "backend"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeshim_backend_retries_total",
+		Help: "Idempotent requests retried on another backend after a dial failure.",
+	}, []string{"route"})
+	reg.MustRegister(m.requests, m.duration, m.backendRequests, m.backendDuration, m.backendHealthy, m.backendInflight, m.retries)
 	return m
 }
 

@@ -12,7 +12,8 @@ import (
 
 // router matches requests by host and longest path prefix.
 type router struct {
-	routes []*route
+	routes  []*route
+	proxies []*routeProxy // for their health loops
 }
 
 type route struct {
@@ -20,10 +21,11 @@ type route struct {
 	host    string // "" any, "*.example.com" wildcard, else exact (lowercase)
 	prefix  string
 	strip   bool
+	early   bool // HTTP/3 0-RTT GETs allowed
 	handler http.Handler
 }
 
-func newRouter(cfg []config.Route, bridges map[string]http.Handler) (*router, error) {
+func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps) (*router, error) {
 	rt := &router{}
 	for i, rc := range cfg {
 		r := &route{
@@ -31,6 +33,7 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler) (*router, er
 			host:   strings.ToLower(rc.Host),
 			prefix: rc.Path,
 			strip:  rc.StripPrefix,
+			early:  rc.Allow0RTT,
 		}
 		switch {
 		case rc.Bridge != "":
@@ -39,6 +42,13 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler) (*router, er
 				return nil, fmt.Errorf("%s.bridge: no bridge %q", r.name, rc.Bridge)
 			}
 			r.handler = h
+		case rc.Proxy != nil:
+			rp, err := newRouteProxy(r.name, rc, d)
+			if err != nil {
+				return nil, err
+			}
+			r.handler = rp
+			rt.proxies = append(rt.proxies, rp)
 		default:
 			r.handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 				writeError(w, http.StatusNotImplemented, "route kind not implemented yet")
@@ -99,5 +109,11 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	setRouteName(req, r.name)
+	if req.TLS != nil && !req.TLS.HandshakeComplete && (!r.early || req.Method != http.MethodGet) {
+		// HTTP/3 0-RTT data can be replayed: only GETs on routes that
+		// allow it are served before the handshake completes (RFC 8470).
+		writeError(w, http.StatusTooEarly, "retry after the handshake")
+		return
+	}
 	r.handler.ServeHTTP(w, req)
 }

@@ -1,7 +1,7 @@
 // Package proxy owns the HTTP front: the HTTPS server for HTTP/1.1 and
-// HTTP/2 (and HTTP/3), the route table, reverse proxying to backend pools,
-// WebSocket pass-through and the mapping of failures to status codes. Bridges
-// are mounted on it as plain http.Handlers.
+// HTTP/2, the HTTP/3 server, the route table, reverse proxying to backend
+// pools, WebSocket pass-through and the mapping of failures to status codes.
+// Bridges are mounted on it as plain http.Handlers.
 package proxy
 
 import (
@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/net/http2"
 )
 
@@ -24,7 +27,8 @@ import (
 type Options struct {
 	// Config is the whole configuration, defaults filled and validated.
 	Config *config.Config
-	// TLS is the server TLS configuration (from tlsterm).
+	// TLS is the server TLS configuration (from tlsterm). HTTP/3 derives
+	// its configuration from it.
 	TLS *tls.Config
 	// HandshakeFailed is called when a TLS handshake fails. Optional.
 	HandshakeFailed func()
@@ -35,32 +39,70 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the proxy metrics. Required.
 	Registerer prometheus.Registerer
+	// Now is the clock for backend ejection. Default: time.Now.
+	Now func() time.Time
 }
 
 // Server is edgeshim's HTTP front.
 type Server struct {
-	opts    Options
-	log     *slog.Logger
-	router  *router
-	https   *http.Server
-	m       *metrics
-	mu      sync.Mutex
-	ln      net.Listener
-	serveWG sync.WaitGroup
-	addrs   map[string]net.Addr
+	opts   Options
+	log    *slog.Logger
+	router *router
+	https  *http.Server
+	h3     *http3.Server
+	m      *metrics
+
+	// base is the parent of every request context; cancelling it ends
+	// hijacked (upgraded) connections, which http.Server.Shutdown does not
+	// track.
+	base     context.Context
+	cancel   context.CancelFunc
+	upgrades sync.WaitGroup // upgraded (WebSocket) connections being relayed
+	loops    sync.WaitGroup // health checks
+	serveWG  sync.WaitGroup
+
+	mu    sync.Mutex
+	addrs map[string]net.Addr
+	udp   net.PacketConn
 }
 
 // New builds the server and its route table. It binds nothing; see Start.
 func New(opts Options) (*Server, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
-	rt, err := newRouter(opts.Config.Routes, opts.Bridges)
+	s.base, s.cancel = context.WithCancel(context.Background())
+	lim := opts.Config.Limits
+	rt, err := newRouter(opts.Config.Routes, opts.Bridges, proxyDeps{
+		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades,
+		retry: func() int { return retryAfterSeconds(lim.RetryAfter) },
+	})
 	if err != nil {
+		s.cancel()
 		return nil, err
 	}
 	s.router = rt
-	lim := opts.Config.Limits
+	handler := s.m.instrument(s.router)
+	if opts.Config.Listen.HTTP3 {
+		s.h3 = &http3.Server{
+			Handler:     handler,
+			TLSConfig:   http3.ConfigureTLSConfig(opts.TLS.Clone()),
+			IdleTimeout: lim.Timeouts.Idle.D(),
+			QUICConfig: &quic.Config{
+				Allow0RTT:             rt.anyEarly(),
+				HandshakeIdleTimeout:  lim.Timeouts.Handshake.D(),
+				MaxIdleTimeout:        lim.Timeouts.Idle.D(),
+				MaxIncomingStreams:    100,
+				MaxIncomingUniStreams: 16,
+			},
+			MaxHeaderBytes: int(lim.MaxHeaderBytes),
+			ConnContext:    func(context.Context, *quic.Conn) context.Context { return s.base },
+		}
+		handler = s.altSvc(handler)
+	}
 	s.https = &http.Server{
-		Handler:           s.m.instrument(s.router),
+		Handler:           handler,
 		TLSConfig:         opts.TLS.Clone(),
 		ReadHeaderTimeout: lim.Timeouts.ReadHeader.D(),
 		ReadTimeout:       lim.Timeouts.Read.D(),
@@ -68,6 +110,7 @@ func New(opts Options) (*Server, error) {
 		IdleTimeout:       lim.Timeouts.Idle.D(),
 		MaxHeaderBytes:    int(lim.MaxHeaderBytes),
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return s.base },
 	}
 	h2 := &http2.Server{
 		MaxConcurrentStreams:         100,
@@ -85,9 +128,39 @@ func New(opts Options) (*Server, error) {
 		},
 	}
 	if err := http2.ConfigureServer(s.https, h2); err != nil {
+		s.cancel()
 		return nil, fmt.Errorf("http2: %w", err)
 	}
 	return s, nil
+}
+
+// retryAfterSeconds draws a Retry-After uniformly from the window, so that
+// a herd told to come back spreads out.
+func retryAfterSeconds(w config.RetryAfter) int {
+	lo, hi := int(w.Min.D()/time.Second), int(w.Max.D()/time.Second)
+	if hi <= lo {
+		return lo
+	}
+	return lo + rand.IntN(hi-lo+1)
+}
+
+func (rt *router) anyEarly() bool {
+	for _, r := range rt.routes {
+		if r.early {
+			return true
+		}
+	}
+	return false
+}
+
+// altSvc advertises HTTP/3 on TCP responses.
+func (s *Server) altSvc(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor < 3 {
+			_ = s.h3.SetQUICHeaders(w.Header())
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // Start binds the listeners and serves in the background. Each bound
@@ -101,11 +174,25 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("listen https: %w", err)
 	}
-	s.mu.Lock()
-	s.ln = ln
-	s.addrs["https"] = ln.Addr()
-	s.mu.Unlock()
-	s.log.Info("listening", "name", "https", "addr", ln.Addr().String())
+	s.setAddr("https", ln.Addr())
+	if s.h3 != nil {
+		// The same port over UDP; with port 0 the TCP port chosen is reused.
+		udp, err := net.ListenPacket("udp", ln.Addr().String())
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen http3: %w", err)
+		}
+		s.udp = udp
+		s.h3.Port = ln.Addr().(*net.TCPAddr).Port
+		s.setAddr("http3", udp.LocalAddr())
+		s.serveWG.Add(1)
+		go func() {
+			defer s.serveWG.Done()
+			if err := s.h3.Serve(udp); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) {
+				s.log.Error("http3 server stopped", "err", err)
+			}
+		}()
+	}
 	tln := tls.NewListener(ln, s.https.TLSConfig)
 	s.serveWG.Add(1)
 	go func() {
@@ -114,10 +201,25 @@ func (s *Server) Start() error {
 			s.log.Error("https server stopped", "err", err)
 		}
 	}()
+	for _, rp := range s.router.proxies {
+		s.loops.Add(1)
+		go func() {
+			defer s.loops.Done()
+			rp.healthLoop(s.base)
+		}()
+	}
 	return nil
 }
 
-// Addr returns the bound address of a listener by name ("https"), or nil.
+func (s *Server) setAddr(name string, a net.Addr) {
+	s.mu.Lock()
+	s.addrs[name] = a
+	s.mu.Unlock()
+	s.log.Info("listening", "name", name, "addr", a.String())
+}
+
+// Addr returns the bound address of a listener by name ("https", "http3"),
+// or nil.
 func (s *Server) Addr(name string) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -125,19 +227,41 @@ func (s *Server) Addr(name string) net.Addr {
 }
 
 // Shutdown stops accepting, waits for in-flight requests until ctx ends,
-// then closes what remains.
+// then closes what remains, upgraded connections included (their close is
+// the signal of shutdown to WebSocket peers).
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.https.Shutdown(ctx)
-	if err != nil {
+	var errs []error
+	if s.h3 != nil {
+		errs = append(errs, s.h3.Shutdown(ctx))
+	}
+	if err := s.https.Shutdown(ctx); err != nil {
+		errs = append(errs, err)
 		s.https.Close()
 	}
-	s.serveWG.Wait()
-	return err
+	s.closeRest()
+	return errors.Join(errs...)
 }
 
 // Close closes all listeners and connections at once.
 func (s *Server) Close() error {
-	err := s.https.Close()
+	var errs []error
+	if s.h3 != nil {
+		errs = append(errs, s.h3.Close())
+	}
+	errs = append(errs, s.https.Close())
+	s.closeRest()
+	return errors.Join(errs...)
+}
+
+func (s *Server) closeRest() {
+	s.cancel()
+	s.upgrades.Wait()
+	s.loops.Wait()
 	s.serveWG.Wait()
-	return err
+	for _, rp := range s.router.proxies {
+		rp.closeIdle()
+	}
+	if s.udp != nil {
+		s.udp.Close()
+	}
 }

@@ -1,0 +1,474 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeshim/edgeshim/config"
+	"golang.org/x/net/http2"
+)
+
+// statusClientClosed is logged and counted when the client went away before
+// the backend answered (nginx's 499).
+const statusClientClosed = 499
+
+// routeProxy forwards one route's requests to its backend pool.
+type routeProxy struct {
+	name     string
+	route    config.Route
+	pool     *pool
+	rp       *httputil.ReverseProxy
+	maxBody  int64
+	trusted  []netip.Prefix
+	log      *slog.Logger
+	m        *metrics
+	retry    func() int // Retry-After seconds
+	upgrades *sync.WaitGroup
+	hc       *config.HealthCheck
+	client   *http.Client // active health checks
+	h1       *http.Transport
+	h2c      *http2.Transport
+}
+
+// closeIdle closes the idle upstream connections of the route's pools.
+func (rp *routeProxy) closeIdle() {
+	rp.h1.CloseIdleConnections()
+	rp.h2c.CloseIdleConnections()
+}
+
+// proxyDeps are what a routeProxy takes from its Server.
+type proxyDeps struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	m        *metrics
+	now      func() time.Time
+	retry    func() int
+	upgrades *sync.WaitGroup
+}
+
+func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, error) {
+	pc := rc.Proxy
+	var urls []*url.URL
+	for i, s := range pc.Backends {
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s.proxy.backends[%d]: %w", name, i, err)
+		}
+		urls = append(urls, u)
+	}
+	tlsConf, err := backendTLS(pc.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("%s.proxy.tls: %w", name, err)
+	}
+	rp := &routeProxy{
+		name:     name,
+		route:    rc,
+		pool:     newPool(urls, pc.LB, pc.Passive.MaxFails, pc.Passive.EjectFor.D(), d.now),
+		maxBody:  int64(d.cfg.Limits.MaxBody),
+		log:      d.log.With("route", name),
+		m:        d.m,
+		retry:    d.retry,
+		upgrades: d.upgrades,
+		hc:       pc.HealthCheck,
+	}
+	if rc.MaxBody > 0 && int64(rc.MaxBody) < rp.maxBody {
+		rp.maxBody = int64(rc.MaxBody)
+	}
+	for _, s := range d.cfg.TrustedProxies {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			rp.trusted = append(rp.trusted, p)
+		} else if a, err := netip.ParseAddr(s); err == nil {
+			rp.trusted = append(rp.trusted, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	rp.pool.onHealth = func(b *backend, healthy bool) {
+		v := 0.0
+		if healthy {
+			v = 1
+		}
+		d.m.backendHealthy.WithLabelValues(name, b.name).Set(v)
+		rp.log.Warn("backend health changed", "backend", b.name, "healthy", healthy)
+	}
+	for _, b := range rp.pool.backends {
+		d.m.backendHealthy.WithLabelValues(name, b.name).Set(1)
+	}
+	dialer := &net.Dialer{Timeout: pc.Timeouts.Dial.D(), KeepAlive: 30 * time.Second}
+	h1 := &http.Transport{
+		Proxy:                  nil,
+		DialContext:            dialer.DialContext,
+		TLSClientConfig:        tlsConf,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           pc.MaxIdleConns * len(urls),
+		MaxIdleConnsPerHost:    pc.MaxIdleConns,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    pc.Timeouts.Dial.D(),
+		ResponseHeaderTimeout:  pc.Timeouts.ResponseHeader.D(),
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+	}
+	h2c := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, addr)
+		},
+		ReadIdleTimeout: 30 * time.Second,
+	}
+	rp.h1, rp.h2c = h1, h2c
+	rp.client = &http.Client{Transport: h1, Timeout: 0}
+	rp.rp = &httputil.ReverseProxy{
+		Rewrite:      rp.rewrite,
+		Transport:    &poolTransport{rp: rp, h1: h1, h2c: h2c, retries: *pc.Retries, timeoutHdr: pc.Timeouts.ResponseHeader.D()},
+		ErrorHandler: rp.errorHandler,
+		ErrorLog:     slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+		// Stream long-lived responses (SSE, long-polls) promptly.
+		FlushInterval: 100 * time.Millisecond,
+	}
+	return rp, nil
+}
+
+func backendTLS(c config.BackendTLS) (*tls.Config, error) {
+	t := &tls.Config{ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+	if c.CA != "" {
+		pem, err := os.ReadFile(c.CA)
+		if err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca: no PEM certificates in %s", c.CA)
+		}
+		t.RootCAs = pool
+	}
+	if c.Cert != "" || c.Key != "" {
+		cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+		if err != nil {
+			return nil, fmt.Errorf("client cert: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}
+
+func (rp *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if msg := edgeCheck(r); msg != "" {
+		rp.log.Info("request refused", "reason", msg, "remote", r.RemoteAddr)
+		writeError(w, http.StatusBadRequest, msg)
+		return
+	}
+	if r.ContentLength > rp.maxBody {
+		writeError(w, http.StatusRequestEntityTooLarge, "body too large")
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = http.MaxBytesReader(w, r.Body, rp.maxBody)
+	}
+	if rp.route.Proxy.Timeouts.Request > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), rp.route.Proxy.Timeouts.Request.D())
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
+	if isUpgrade(r) {
+		rp.upgrades.Add(1)
+		defer rp.upgrades.Done()
+	}
+	rp.rp.ServeHTTP(w, r)
+}
+
+// edgeCheck refuses requests an edge must not pass on. Duplicate differing
+// Content-Length headers never get here (net/http answers 400 itself).
+func edgeCheck(r *http.Request) string {
+	if headerHasToken(r.Header["Connection"], "upgrade") || r.Header.Get("Upgrade") != "" {
+		if !strings.EqualFold(strings.TrimSpace(r.Header.Get("Upgrade")), "websocket") {
+			return "upgrade not allowed: only websocket"
+		}
+	}
+	return ""
+}
+
+func isUpgrade(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+func headerHasToken(vals []string, token string) bool {
+	for _, v := range vals {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (rp *routeProxy) trustedPeer(r *http.Request) bool {
+	if len(rp.trusted) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	for _, p := range rp.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// rewrite builds the outbound request: path (strip_prefix), the inbound Host
+// kept, and X-Forwarded-*/Forwarded set — the client's own values are kept
+// only when it is a trusted proxy. The backend's scheme and host are chosen
+// per attempt by poolTransport.
+func (rp *routeProxy) rewrite(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	if rp.route.StripPrefix && rp.route.Path != "/" {
+		p := strings.TrimPrefix(in.URL.Path, strings.TrimSuffix(rp.route.Path, "/"))
+		if !strings.HasPrefix(p, "/") {
+			p = "/" + p
+		}
+		out.URL.Path, out.URL.RawPath = p, ""
+	}
+	trusted := rp.trustedPeer(in)
+	if trusted {
+		if v := in.Header.Values("X-Forwarded-For"); len(v) > 0 {
+			out.Header["X-Forwarded-For"] = append([]string(nil), v...)
+		}
+	}
+	pr.SetXForwarded()
+	if trusted {
+		if v := in.Header.Get("X-Forwarded-Proto"); v != "" {
+			out.Header.Set("X-Forwarded-Proto", v)
+		}
+		if v := in.Header.Get("X-Forwarded-Host"); v != "" {
+			out.Header.Set("X-Forwarded-Host", v)
+		}
+	}
+	host, _, _ := net.SplitHostPort(in.RemoteAddr)
+	if strings.Contains(host, ":") {
+		host = `"[` + host + `]"`
+	}
+	proto := "http"
+	if in.TLS != nil {
+		proto = "https"
+	}
+	fwd := fmt.Sprintf("for=%s;host=%q;proto=%s", host, in.Host, proto)
+	if prev := in.Header.Values("Forwarded"); trusted && len(prev) > 0 {
+		fwd = strings.Join(prev, ", ") + ", " + fwd
+	}
+	out.Header.Set("Forwarded", fwd)
+	out.Host = in.Host
+}
+
+func (rp *routeProxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, "body too large")
+	case errors.Is(err, ErrNoBackend):
+		w.Header().Set("Retry-After", strconv.Itoa(rp.retry()))
+		writeError(w, http.StatusServiceUnavailable, "no healthy backend")
+		rp.log.Warn("no healthy backend")
+	case r.Context().Err() == context.Canceled:
+		rp.log.Debug("client went away before the backend answered", "remote", r.RemoteAddr)
+		w.WriteHeader(statusClientClosed)
+	case isTimeout(err):
+		rp.log.Warn("backend timeout", "err", err)
+		writeError(w, http.StatusGatewayTimeout, "backend timeout")
+	default:
+		rp.log.Warn("backend error", "err", err)
+		writeError(w, http.StatusBadGateway, "backend unavailable")
+	}
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return strings.Contains(err.Error(), "timeout awaiting response headers")
+}
+
+// poolTransport picks a backend per attempt and retries idempotent requests
+// on another backend when the failure proves no byte reached the first one
+// (the dial failed).
+type poolTransport struct {
+	rp         *routeProxy
+	h1         *http.Transport
+	h2c        *http2.Transport
+	retries    int
+	timeoutHdr time.Duration
+}
+
+func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var tried []*backend
+	for attempt := 0; ; attempt++ {
+		b, err := t.rp.pool.pick(tried)
+		if err != nil {
+			if len(tried) > 0 {
+				return nil, fmt.Errorf("after %d attempts: %w", len(tried), err)
+			}
+			return nil, err
+		}
+		tried = append(tried, b)
+		out := req.Clone(req.Context())
+		out.URL.Host = b.url.Host
+		out.URL.Path = singleJoin(b.url.Path, req.URL.Path)
+		var rt http.RoundTripper = t.h1
+		out.URL.Scheme = b.url.Scheme
+		if b.url.Scheme == "h2c" {
+			out.URL.Scheme = "http"
+			rt = t.h2c
+		}
+		start := time.Now()
+		b.inflight.Add(1)
+		t.rp.m.backendInflight.WithLabelValues(t.rp.name, b.name).Inc()
+		resp, err := t.roundTrip(rt, out)
+		if err != nil {
+			t.done(b)
+			if req.Context().Err() != nil {
+				return nil, err // the client went or the request timed out: not the backend's fault
+			}
+			t.rp.pool.failure(b)
+			t.rp.m.backendRequests.WithLabelValues(t.rp.name, b.name, "error").Inc()
+			if isDialError(err) && attempt < t.retries && idempotent(req) {
+				t.rp.m.retries.WithLabelValues(t.rp.name).Inc()
+				t.rp.log.Info("retrying on another backend", "backend", b.name, "err", err)
+				continue
+			}
+			return nil, err
+		}
+		t.rp.pool.success(b)
+		t.rp.m.backendRequests.WithLabelValues(t.rp.name, b.name, strconv.Itoa(resp.StatusCode)).Inc()
+		t.rp.m.backendDuration.WithLabelValues(t.rp.name, b.name).Observe(time.Since(start).Seconds())
+		resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { t.done(b) }}
+		return resp, nil
+	}
+}
+
+// roundTrip bounds waiting for response headers on h2c too (http.Transport
+// has ResponseHeaderTimeout of its own).
+func (t *poolTransport) roundTrip(rt http.RoundTripper, req *http.Request) (*http.Response, error) {
+	if rt == http.RoundTripper(t.h1) || t.timeoutHdr <= 0 {
+		return rt.RoundTrip(req)
+	}
+	ctx, cancel := context.WithCancelCause(req.Context())
+	timer := time.AfterFunc(t.timeoutHdr, func() { cancel(context.DeadlineExceeded) })
+	resp, err := rt.RoundTrip(req.WithContext(ctx))
+	timer.Stop()
+	if err != nil {
+		cancel(nil)
+		if context.Cause(ctx) == context.DeadlineExceeded {
+			return nil, fmt.Errorf("timeout awaiting response headers: %w", context.DeadlineExceeded)
+		}
+		return nil, err
+	}
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { cancel(nil) }}
+	return resp, nil
+}
+
+func (t *poolTransport) done(b *backend) {
+	b.inflight.Add(-1)
+	t.rp.m.backendInflight.WithLabelValues(t.rp.name, b.name).Dec()
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return r.Body == nil || r.Body == http.NoBody || r.GetBody != nil
+	}
+	return false
+}
+
+func singleJoin(a, b string) string {
+	if a == "" || a == "/" {
+		return b
+	}
+	return strings.TrimSuffix(a, "/") + "/" + strings.TrimPrefix(b, "/")
+}
+
+// doneBody calls done once, when the body is closed.
+type doneBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (d *doneBody) Close() error {
+	err := d.ReadCloser.Close()
+	d.once.Do(d.done)
+	return err
+}
+
+// Write forwards writes for 101 Switching Protocols bodies (the
+// bidirectional stream of an upgraded connection).
+func (d *doneBody) Write(p []byte) (int, error) {
+	if w, ok := d.ReadCloser.(io.Writer); ok {
+		return w.Write(p)
+	}
+	return 0, errors.New("body is not writable")
+}
+
+// healthLoop runs the active health check until ctx ends.
+func (rp *routeProxy) healthLoop(ctx context.Context) {
+	if rp.hc == nil {
+		return
+	}
+	t := time.NewTicker(rp.hc.Interval.D())
+	defer t.Stop()
+	for {
+		for _, b := range rp.pool.backends {
+			rp.pool.setActive(b, rp.check(ctx, b))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (rp *routeProxy) check(ctx context.Context, b *backend) bool {
+	ctx, cancel := context.WithTimeout(ctx, rp.hc.Timeout.D())
+	defer cancel()
+	u := *b.url
+	if u.Scheme == "h2c" {
+		u.Scheme = "http"
+	}
+	u.Path = singleJoin(u.Path, rp.hc.Path)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return false
+	}
+	resp, err := rp.client.Do(req)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	return resp.StatusCode == rp.hc.ExpectStatus
+}
