@@ -93,6 +93,7 @@ func TestH2Spec(t *testing.T) {
 	backend := echoServer(t)
 	e := startEdgeshim(t, fmt.Sprintf(`
 listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0"}
+limits: {per_ip: {rate: 1000, burst: 1000}}   # h2spec opens a connection per case
 routes: [{path: /, proxy: {backends: [%q]}}]
 `, backend.URL))
 	port := e.Addr("https")[strings.LastIndex(e.Addr("https"), ":")+1:]

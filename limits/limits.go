@@ -1,6 +1,53 @@
 // Package limits owns what edgeshim accepts and for how long: connection
 // caps, per-IP and per-device rate limits (bounded state in golang-lru),
-// TLS handshake admission, body/header/decompression limits, timeouts,
-// heartbeat helpers and Retry-After with jitter. proxy, bridge and tlsterm
-// apply what it provides.
+// TLS handshake admission, body/header limits, timeouts, heartbeat helpers
+// and Retry-After with jitter. proxy, bridge and tlsterm apply what it
+// provides; it imports none of them.
 package limits
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// RetryAfter draws Retry-After values uniformly at random from [Min, Max]
+// in whole seconds, so that a herd told to come back spreads out instead of
+// returning together.
+type RetryAfter struct {
+	Min, Max time.Duration
+	// IntN returns a uniform int in [0, n). Default: math/rand/v2.IntN.
+	IntN func(n int) int
+}
+
+// Seconds returns one draw.
+func (r RetryAfter) Seconds() int {
+	lo, hi := int(r.Min/time.Second), int(r.Max/time.Second)
+	if hi <= lo {
+		return lo
+	}
+	intn := r.IntN
+	if intn == nil {
+		intn = rand.IntN
+	}
+	return lo + intn(hi-lo+1)
+}
+
+// Reject writes code (429 or 503) with a jittered Retry-After and a short
+// JSON body {"error": reason}.
+func (r RetryAfter) Reject(w http.ResponseWriter, code int, reason string) {
+	w.Header().Set("Retry-After", strconv.Itoa(r.Seconds()))
+	WriteError(w, code, reason)
+}
+
+// WriteError writes a short JSON error body.
+func WriteError(w http.ResponseWriter, code int, reason string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(struct {
+		Error string `json:"error"`
+	}{reason})
+}

@@ -18,6 +18,11 @@ type metrics struct {
 	backendHealthy  *prometheus.GaugeVec
 	backendInflight *prometheus.GaugeVec
 	retries         *prometheus.CounterVec
+
+	connsOpen         prometheus.Gauge
+	connsRefused      *prometheus.CounterVec
+	handshakesRefused *prometheus.CounterVec
+	handshakesWaiting prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -53,6 +58,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "edgeshim_backend_retries_total",
 		Help: "Idempotent requests retried on another backend after a dial failure.",
 	}, []string{"route"})
+	m.connsOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "edgeshim_connections_open",
+		Help: "Open client connections on the HTTPS listener.",
+	})
+	m.connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeshim_conns_refused_total",
+		Help: "Connections closed at accept, before TLS, by reason (max_conns, per_ip_max_conns, per_ip_rate).",
+	}, []string{"reason"})
+	m.handshakesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeshim_tls_handshakes_refused_total",
+		Help: "TLS handshakes refused by admission control, by reason (queue_full, queue_timeout).",
+	}, []string{"reason"})
+	m.handshakesWaiting = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "edgeshim_tls_handshakes_waiting",
+		Help: "TLS handshakes waiting for admission.",
+	})
+	reg.MustRegister(m.connsOpen, m.connsRefused, m.handshakesRefused, m.handshakesWaiting)
 	reg.MustRegister(m.requests, m.duration, m.backendRequests, m.backendDuration, m.backendHealthy, m.backendInflight, m.retries)
 	return m
 }

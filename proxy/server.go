@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -61,6 +62,8 @@ type Server struct {
 	loops    sync.WaitGroup // health checks
 	serveWG  sync.WaitGroup
 
+	admission *limits.Admission
+
 	mu    sync.Mutex
 	addrs map[string]net.Addr
 	udp   net.PacketConn
@@ -83,11 +86,25 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.router = rt
-	handler := s.m.instrument(s.router)
+	handler := s.m.instrument(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), s.router)))
+	s.admission = limits.NewAdmission(limits.AdmissionOptions{
+		Rate: lim.Handshake.Rate, Burst: lim.Handshake.Burst, MaxQueue: lim.Handshake.MaxQueue,
+		QueueTimeout: lim.Handshake.QueueTimeout.D(), Refused: s.m.handshakesRefused, Waiting: s.m.handshakesWaiting,
+	})
+	// The listeners serve from a shell whose GetConfigForClient admits the
+	// handshake and then hands over the live configuration: certificates
+	// and session ticket keys set on it later (rotation, SIGHUP) apply to
+	// new handshakes, which a Clone would not see.
+	live := opts.TLS
+	shell := &tls.Config{
+		MinVersion:         live.MinVersion,
+		NextProtos:         live.NextProtos,
+		GetConfigForClient: s.admission.GetConfigForClient(func() *tls.Config { return live }),
+	}
 	if opts.Config.Listen.HTTP3 {
 		s.h3 = &http3.Server{
 			Handler:     handler,
-			TLSConfig:   http3.ConfigureTLSConfig(opts.TLS.Clone()),
+			TLSConfig:   http3.ConfigureTLSConfig(shell.Clone()),
 			IdleTimeout: lim.Timeouts.Idle.D(),
 			QUICConfig: &quic.Config{
 				Allow0RTT:             rt.anyEarly(),
@@ -103,7 +120,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.https = &http.Server{
 		Handler:           handler,
-		TLSConfig:         opts.TLS.Clone(),
+		TLSConfig:         shell,
 		ReadHeaderTimeout: lim.Timeouts.ReadHeader.D(),
 		ReadTimeout:       lim.Timeouts.Read.D(),
 		WriteTimeout:      lim.Timeouts.Write.D(),
@@ -174,6 +191,15 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("listen https: %w", err)
 	}
+	lim := s.opts.Config.Limits
+	maxConns := lim.MaxConns
+	if lim.Overload.MaxConns > 0 && lim.Overload.MaxConns < maxConns {
+		maxConns = lim.Overload.MaxConns
+	}
+	ln = limits.NewListener(ln, limits.ListenerOptions{
+		MaxConns: maxConns, PerIPMaxConns: lim.PerIP.MaxConns, PerIPRate: lim.PerIP.Rate,
+		PerIPBurst: lim.PerIP.Burst, Tracked: lim.PerIP.Tracked, Refused: s.m.connsRefused, Open: s.m.connsOpen,
+	})
 	s.setAddr("https", ln.Addr())
 	if s.h3 != nil {
 		// The same port over UDP; with port 0 the TCP port chosen is reused.

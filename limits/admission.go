@@ -1,0 +1,100 @@
+package limits
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+)
+
+// AdmissionOptions configure handshake admission.
+type AdmissionOptions struct {
+	// Rate and Burst bound TLS handshakes per second.
+	Rate  float64
+	Burst int
+	// MaxQueue bounds handshakes waiting for admission.
+	MaxQueue int
+	// QueueTimeout is the longest wait; a handshake that would wait longer
+	// is refused at once.
+	QueueTimeout time.Duration
+	// Refused counts refused handshakes ("queue_full", "queue_timeout").
+	// Optional.
+	Refused *prometheus.CounterVec
+	// Waiting tracks handshakes waiting. Optional.
+	Waiting prometheus.Gauge
+}
+
+// Admission paces TLS handshakes: in a reconnection storm the server keeps
+// completing the handshakes it admits at full speed instead of starting all
+// of them and finishing none. It hooks in at the ClientHello, before the
+// expensive key exchange and signature.
+type Admission struct {
+	o     AdmissionOptions
+	lim   *rate.Limiter
+	queue chan struct{}
+}
+
+// NewAdmission returns an Admission.
+func NewAdmission(o AdmissionOptions) *Admission {
+	if o.MaxQueue < 1 {
+		o.MaxQueue = 1
+	}
+	return &Admission{o: o, lim: rate.NewLimiter(rate.Limit(o.Rate), o.Burst), queue: make(chan struct{}, o.MaxQueue)}
+}
+
+// Wait blocks until the handshake is admitted, or returns ErrAdmission
+// (wrapped with the reason) when the queue is full or the wait would pass
+// QueueTimeout.
+func (a *Admission) Wait(ctx context.Context) error {
+	r := a.lim.Reserve()
+	delay := r.Delay()
+	if delay == 0 {
+		return nil
+	}
+	if delay > a.o.QueueTimeout {
+		r.Cancel()
+		return a.refuse("queue_timeout")
+	}
+	select {
+	case a.queue <- struct{}{}:
+	default:
+		r.Cancel()
+		return a.refuse("queue_full")
+	}
+	defer func() { <-a.queue }()
+	if a.o.Waiting != nil {
+		a.o.Waiting.Inc()
+		defer a.o.Waiting.Dec()
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return ctx.Err()
+	}
+}
+
+func (a *Admission) refuse(reason string) error {
+	if a.o.Refused != nil {
+		a.o.Refused.WithLabelValues(reason).Inc()
+	}
+	return fmt.Errorf("%w: %s", ErrAdmission, reason)
+}
+
+// GetConfigForClient returns a tls.Config.GetConfigForClient that admits
+// the handshake and then hands it live, the configuration that really
+// serves it (its certificates and session ticket keys stay in force).
+func (a *Admission) GetConfigForClient(live func() *tls.Config) func(*tls.ClientHelloInfo) (*tls.Config, error) {
+	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if err := a.Wait(hello.Context()); err != nil {
+			return nil, err
+		}
+		return live(), nil
+	}
+}
