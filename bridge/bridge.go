@@ -1,50 +1,563 @@
 // Package bridge owns device sessions: the HTTP poll, long-poll, telemetry
-// and ack endpoints, the device WebSocket endpoint, the session registry,
-// the upstream drivers (MQTT via paho.golang, WebSocket via
-// gorilla/websocket) and presence. A Bridge is an http.Handler that proxy
-// mounts on the routes that name it.
+// and ack endpoints, the session registry, the upstream MQTT driver
+// (paho.golang) and presence. A Bridge is an http.Handler that proxy mounts
+// on the routes that name it.
+//
+// Delivery: a command from the broker is acknowledged (PUBACK) only after
+// it was written to the device (ack: write) or the device acknowledged it
+// (ack: explicit). Until then the broker holds it and redelivers it on the
+// device's next connection, so nothing is lost when a write fails, edgeshim
+// dies or a session ends. Telemetry is answered 202 only after the broker's
+// PUBACK.
 package bridge
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
 
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits"
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/gorilla/websocket"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 // Options configure a Bridge.
 type Options struct {
-	// Name is the bridge's name in the config (metrics label).
+	// Name is the bridge's name in the config.
 	Name string
 	// Config is the bridge section, defaults filled and validated.
 	Config config.Bridge
-	// Limits is the limits section (body limits, Retry-After window).
+	// Limits is the limits section (body limits, Retry-After window,
+	// flapping).
 	Limits config.Limits
 	// Logger is required.
 	Logger *slog.Logger
 	// Registerer receives the bridge metrics. Required.
 	Registerer prometheus.Registerer
+	// Now is the clock. Default: time.Now.
+	Now func() time.Time
+	// Dialer dials the broker. Default: a net.Dialer.
+	Dialer *net.Dialer
 }
 
 // Bridge serves one bridge's device endpoints.
 type Bridge struct {
-	opts Options
+	cfg    config.Bridge
+	lim    config.Limits
+	log    *slog.Logger
+	m      *metrics
+	now    func() time.Time
+	dialer *net.Dialer
+	tlsCfg *tls.Config
+	ident  *identifier
+	poll   pathTemplate
+	telem  pathTemplate
+	retry  limits.RetryAfter
+	flap   *limits.Flapping
+
+	connectLimiter *rate.Limiter
+
+	mu       sync.Mutex
+	sessions *lru.Cache[string, *session]
+	closed   bool
+	wg       sync.WaitGroup // session goroutines and the idle loop
+	closing  chan struct{}  // closed by Shutdown: held polls answer at once
+	stopIdle context.CancelFunc
 }
 
 var _ http.Handler = (*Bridge)(nil)
 
-// New builds a bridge. It connects nothing until devices arrive.
-func New(opts Options) (*Bridge, error) {
-	return &Bridge{opts: opts}, nil
+// New builds a bridge. Device sessions are created on first contact.
+func New(o Options) (*Bridge, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Dialer == nil {
+		o.Dialer = &net.Dialer{KeepAlive: 30 * time.Second}
+	}
+	c := o.Config
+	b := &Bridge{
+		cfg: c, lim: o.Limits, log: o.Logger, m: newMetrics(o.Registerer), now: o.Now, dialer: o.Dialer,
+		retry:          limits.RetryAfter{Min: o.Limits.RetryAfter.Min.D(), Max: o.Limits.RetryAfter.Max.D()},
+		connectLimiter: rate.NewLimiter(rate.Limit(c.Upstream.ReconnectRate), max(1, int(c.Upstream.ReconnectRate))),
+		closing:        make(chan struct{}),
+	}
+	if f := o.Limits.Flapping; f.Max > 0 {
+		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
+	}
+	var err error
+	if b.poll, err = compilePath(c.Poll.Path); err != nil {
+		return nil, fmt.Errorf("poll.path: %w", err)
+	}
+	if c.Telemetry.Path != "" {
+		if b.telem, err = compilePath(c.Telemetry.Path); err != nil {
+			return nil, fmt.Errorf("telemetry.path: %w", err)
+		}
+	}
+	if b.ident, err = newIdentifier(c.Identity); err != nil {
+		return nil, err
+	}
+	if b.tlsCfg, err = upstreamTLS(c.Upstream.TLS); err != nil {
+		return nil, fmt.Errorf("upstream.tls: %w", err)
+	}
+	b.sessions, _ = lru.NewWithEvict(c.Session.Max, func(_ string, s *session) { b.endSession(s, reasonEvicted) })
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stopIdle = cancel
+	b.wg.Add(1)
+	go b.idleLoop(ctx)
+	return b, nil
 }
 
-// ServeHTTP serves the bridge's endpoints.
+func upstreamTLS(c config.BackendTLS) (*tls.Config, error) {
+	t := &tls.Config{ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+	if c.CA != "" {
+		pem, err := os.ReadFile(c.CA)
+		if err != nil {
+			return nil, err
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no PEM certificates in %s", c.CA)
+		}
+	}
+	if c.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+		if err != nil {
+			return nil, err
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}
+
+// dial opens a connection to the broker: mqtt:// (tcp), mqtts:// (TLS), or
+// ws:// / wss:// (MQTT over WebSocket, subprotocol mqtt).
+func (b *Bridge) dial(ctx context.Context) (net.Conn, error) {
+	u, err := url.Parse(b.cfg.Upstream.URL)
+	if err != nil {
+		return nil, err
+	}
+	host := u.Host
+	switch u.Scheme {
+	case "mqtt", "tcp":
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), "1883")
+		}
+		return b.dialer.DialContext(ctx, "tcp", host)
+	case "mqtts", "ssl":
+		if u.Port() == "" {
+			host = net.JoinHostPort(u.Hostname(), "8883")
+		}
+		cfg := b.tlsCfg.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		d := tls.Dialer{NetDialer: b.dialer, Config: cfg}
+		return d.DialContext(ctx, "tcp", host)
+	case "ws", "wss":
+		d := websocket.Dialer{NetDialContext: b.dialer.DialContext, TLSClientConfig: b.tlsCfg.Clone(), Subprotocols: []string{"mqtt"},
+			HandshakeTimeout: b.cfg.Upstream.ConnectTimeout.D(), ReadBufferSize: 2048, WriteBufferSize: 2048}
+		c, resp, err := d.DialContext(ctx, u.String(), nil)
+		if resp != nil && resp.Body != nil {
+			resp.Body.Close()
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &wsNetConn{Conn: c}, nil
+	}
+	return nil, fmt.Errorf("unsupported upstream scheme %q", u.Scheme)
+}
+
+// session returns the device's session, creating (and connecting) it on
+// first contact, and marks it as just polled.
+func (b *Bridge) session(device string) (*session, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, errClosed
+	}
+	s, ok := b.sessions.Get(device)
+	if !ok {
+		s = newSession(b, device)
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			s.run()
+		}()
+		b.sessions.Add(device, s) // may evict the least recently polled
+	}
+	s.lastPoll = b.now()
+	return s, nil
+}
+
+var errClosed = errors.New("bridge is shutting down")
+
+// touch marks a session as polled now (after a long-poll ends).
+func (b *Bridge) touch(s *session) {
+	b.mu.Lock()
+	if cur, ok := b.sessions.Get(s.device); ok && cur == s {
+		s.lastPoll = b.now()
+	}
+	b.mu.Unlock()
+}
+
+func (b *Bridge) endSession(s *session, reason string) { s.end(reason) }
+
+// idleLoop ends sessions not polled for session.idle. The cache's order is
+// the order of last polls, so it looks only at the oldest.
+func (b *Bridge) idleLoop(ctx context.Context) {
+	defer b.wg.Done()
+	idle := b.cfg.Session.Idle.D()
+	period := min(max(idle/4, 50*time.Millisecond), 5*time.Second)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := b.now()
+		b.mu.Lock()
+		for {
+			k, s, ok := b.sessions.GetOldest()
+			if !ok || now.Sub(s.lastPoll) < idle {
+				break
+			}
+			s.end(reasonIdle) // before Remove, so the evict callback is a no-op
+			b.sessions.Remove(k)
+		}
+		b.mu.Unlock()
+	}
+}
+
+// ServeHTTP serves the poll, ack and telemetry endpoints.
 func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	http.Error(w, "bridge not implemented yet", http.StatusNotImplemented)
+	p := r.URL.Path
+	if dev, ok := b.poll.match(p); ok {
+		if r.Method != http.MethodGet {
+			b.fail(w, r, http.StatusMethodNotAllowed, "poll takes GET")
+			return
+		}
+		b.servePoll(w, r, dev)
+		return
+	}
+	if b.cfg.Telemetry.Path != "" {
+		if dev, ok := b.telem.match(p); ok {
+			if r.Method != http.MethodPost {
+				b.fail(w, r, http.StatusMethodNotAllowed, "telemetry takes POST")
+				return
+			}
+			b.serveTelemetry(w, r, dev)
+			return
+		}
+	}
+	if dev, id, ok := b.poll.matchAck(p); ok && b.cfg.Poll.Ack == "explicit" {
+		if r.Method != http.MethodPost {
+			b.fail(w, r, http.StatusMethodNotAllowed, "ack takes POST")
+			return
+		}
+		b.serveAck(w, r, dev, id)
+		return
+	}
+	b.fail(w, r, http.StatusNotFound, "no such device endpoint")
 }
 
-// Shutdown ends every device session (their wills fire unless the broker
-// is gone) and waits for their goroutines, or until ctx ends.
-func (b *Bridge) Shutdown(ctx context.Context) error { return nil }
+// fail answers with a short JSON error and logs the reason.
+func (b *Bridge) fail(w http.ResponseWriter, r *http.Request, code int, reason string) {
+	lvl := slog.LevelInfo
+	if code >= 500 {
+		lvl = slog.LevelWarn
+	}
+	b.log.Log(r.Context(), lvl, "device request refused", "code", code, "reason", reason, "path", r.URL.Path, "remote", r.RemoteAddr)
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="edgeshim"`)
+	}
+	if code == http.StatusServiceUnavailable || code == http.StatusTooManyRequests {
+		b.retry.Reject(w, code, reason)
+		return
+	}
+	limits.WriteError(w, code, reason)
+}
+
+// device identifies the request and applies flapping detection.
+func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) (string, bool) {
+	dev, aerr := b.ident.identify(r, pathDev, b.poll.hasDevice)
+	if aerr != nil {
+		b.fail(w, r, aerr.code, aerr.reason)
+		return "", false
+	}
+	if ok, ban := b.flap.Allow(dev); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int((ban+time.Second-1)/time.Second)))
+		limits.WriteError(w, http.StatusTooManyRequests, "device is reconnecting too often")
+		b.log.Info("flapping device refused", "device", dev, "ban_left", ban.String())
+		return "", false
+	}
+	return dev, true
+}
+
+// pollWait reads ?wait=N or "Prefer: wait=N", capped by poll.max_wait.
+func (b *Bridge) pollWait(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		for _, pref := range strings.Split(r.Header.Get("Prefer"), ",") {
+			if k, val, ok := strings.Cut(strings.TrimSpace(pref), "="); ok && strings.EqualFold(k, "wait") {
+				v = strings.TrimSpace(val)
+			}
+		}
+	}
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("wait must be whole seconds (got %q)", v)
+	}
+	return min(time.Duration(n)*time.Second, b.cfg.Poll.MaxWait.D()), nil
+}
+
+func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev string) {
+	dev, ok := b.device(w, r, pathDev)
+	if !ok {
+		return
+	}
+	wait, err := b.pollWait(r)
+	if err != nil {
+		b.fail(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	s, err := b.session(dev)
+	if err != nil {
+		b.fail(w, r, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	defer b.touch(s)
+	rc := http.NewResponseController(w)
+	if wait > 0 {
+		// Long-poll: this response may outlive the server's WriteTimeout.
+		_ = rc.SetWriteDeadline(time.Now().Add(wait + 10*time.Second))
+		b.m.held.Inc()
+		defer b.m.held.Dec()
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	// A new session gets the commands the broker queued right after it
+	// connects: give it until the wait (or a moment, for a short poll).
+	cctx, cancel := context.WithTimeout(r.Context(), max(wait, 2*time.Second))
+	s.waitConnected(cctx)
+	cancel()
+	explicit := b.cfg.Poll.Ack == "explicit"
+	batch := 1
+	if b.cfg.Poll.Format == "json" {
+		batch = b.cfg.Poll.MaxBatch
+	}
+	for {
+		cmds := s.take(batch, explicit, b.cfg.Poll.AckTimeout.D())
+		if len(cmds) > 0 {
+			b.writeCommands(w, r, rc, s, cmds, explicit)
+			return
+		}
+		wake := s.wakeChan()
+		select {
+		case <-wake:
+			continue
+		case <-deadline.C:
+		case <-r.Context().Done():
+			return
+		case <-s.ctx.Done():
+		case <-b.closing:
+		}
+		// Commands may have arrived together with the timer.
+		if cmds := s.take(batch, explicit, b.cfg.Poll.AckTimeout.D()); len(cmds) > 0 {
+			b.writeCommands(w, r, rc, s, cmds, explicit)
+			return
+		}
+		b.writeEmpty(w)
+		return
+	}
+}
+
+func (b *Bridge) writeEmpty(w http.ResponseWriter) {
+	p := b.cfg.Poll
+	if p.EmptyBody != "" {
+		w.Header().Set("Content-Type", p.EmptyContentType)
+		w.Header().Set("Content-Length", strconv.Itoa(len(p.EmptyBody)))
+		w.WriteHeader(p.EmptyStatus)
+		io.WriteString(w, p.EmptyBody)
+		return
+	}
+	w.WriteHeader(p.EmptyStatus)
+}
+
+// jsonCommand is one command in a json poll response. Payloads that are
+// valid UTF-8 are strings; others are base64 with "encoding":"base64".
+type jsonCommand struct {
+	ID       string `json:"id"`
+	Topic    string `json:"topic"`
+	Payload  string `json:"payload"`
+	Encoding string `json:"encoding,omitempty"`
+}
+
+// writeCommands writes the response and, only if it was fully written and
+// flushed, acknowledges (write mode) or records (explicit mode) the
+// commands; otherwise they go back to the buffer for the next poll.
+func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session, cmds []*command, explicit bool) {
+	var body []byte
+	if b.cfg.Poll.Format == "json" {
+		out := make([]jsonCommand, len(cmds))
+		for i, c := range cmds {
+			out[i] = jsonCommand{ID: c.id, Topic: c.topic, Payload: string(c.payload)}
+			if !utf8.Valid(c.payload) {
+				out[i].Payload, out[i].Encoding = base64.StdEncoding.EncodeToString(c.payload), "base64"
+			}
+		}
+		body, _ = json.Marshal(out)
+		w.Header().Set("Content-Type", "application/json")
+	} else {
+		c := cmds[0]
+		body = c.payload
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("X-Command-Id", c.id)
+		w.Header().Set("X-Command-Topic", c.topic)
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, err := w.Write(body)
+	if err == nil {
+		err = rc.Flush()
+	}
+	if err == nil && r.Context().Err() != nil {
+		err = r.Context().Err()
+	}
+	if err != nil {
+		b.log.Info("command write failed; it stays queued", "device", s.device, "err", err)
+		s.requeue(cmds)
+		return
+	}
+	if explicit {
+		s.offered(cmds)
+		return
+	}
+	s.delivered(cmds)
+}
+
+func (b *Bridge) serveAck(w http.ResponseWriter, r *http.Request, pathDev, id string) {
+	dev, ok := b.device(w, r, pathDev)
+	if !ok {
+		return
+	}
+	s, err := b.session(dev)
+	if err != nil {
+		b.fail(w, r, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	if !s.ack(id) {
+		b.fail(w, r, http.StatusNotFound, "no command awaiting ack with that id")
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (b *Bridge) serveTelemetry(w http.ResponseWriter, r *http.Request, pathDev string) {
+	dev, ok := b.device(w, r, pathDev)
+	if !ok {
+		return
+	}
+	maxBody := int64(b.lim.MaxBody)
+	if mb := int64(b.cfg.Telemetry.MaxBody); mb > 0 {
+		maxBody = mb
+	}
+	if r.ContentLength > maxBody {
+		b.fail(w, r, http.StatusRequestEntityTooLarge, "telemetry body too large")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			b.fail(w, r, http.StatusRequestEntityTooLarge, "telemetry body too large")
+		} else {
+			b.fail(w, r, http.StatusBadRequest, "reading body: "+err.Error())
+		}
+		return
+	}
+	s, err := b.session(dev)
+	if err != nil {
+		b.fail(w, r, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	tp := topic(b.cfg.Telemetry.Topic, dev)
+	if lim := s.packetLimit(); lim > 0 && uint64(len(body)+len(tp)+16) > uint64(lim) {
+		b.fail(w, r, http.StatusRequestEntityTooLarge, "telemetry larger than the broker's maximum packet size")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), b.cfg.Upstream.PublishTimeout.D())
+	defer cancel()
+	cl := s.waitConnected(ctx)
+	if cl == nil {
+		b.m.telemetry.WithLabelValues("unavailable").Inc()
+		b.fail(w, r, http.StatusServiceUnavailable, "broker unavailable")
+		return
+	}
+	resp, err := cl.Publish(ctx, &paho.Publish{Topic: tp, QoS: byte(*b.cfg.Telemetry.QoS), Payload: body})
+	if err == nil && resp != nil && resp.ReasonCode >= 0x80 {
+		err = fmt.Errorf("broker refused publish: reason %#x", resp.ReasonCode)
+	}
+	if err != nil {
+		b.m.telemetry.WithLabelValues("failed").Inc()
+		b.fail(w, r, http.StatusServiceUnavailable, "broker did not acknowledge: "+err.Error())
+		return
+	}
+	b.m.telemetry.WithLabelValues("published").Inc()
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// Shutdown answers held polls at once, ends every session (their wills
+// fire) and waits for their goroutines, or until ctx ends.
+func (b *Bridge) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		close(b.closing)
+		for _, k := range b.sessions.Keys() {
+			if s, ok := b.sessions.Peek(k); ok {
+				s.end(reasonShutdown)
+			}
+		}
+		b.sessions.Purge()
+	}
+	b.mu.Unlock()
+	b.stopIdle()
+	done := make(chan struct{})
+	go func() {
+		b.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("bridge shutdown: %w", ctx.Err())
+	}
+}

@@ -249,7 +249,14 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 		e.add(p+".identity.from", "must be cert, token, header or path (got %q)", id.From)
 	}
 
-	validTemplate(e, p+".poll.path", b.Poll.Path, true)
+	// A legacy fleet may poll a fixed path ("/api/updates"): then the
+	// device id comes from its credential. Only path identity needs it in
+	// the URL.
+	pathID := id.From == "path"
+	validTemplate(e, p+".poll.path", b.Poll.Path, pathID)
+	if !strings.HasPrefix(b.Poll.Path, "/") {
+		e.add(p+".poll.path", "must start with / (got %q)", b.Poll.Path)
+	}
 	if !oneOf(b.Poll.Format, "raw", "json") {
 		e.add(p+".poll.format", "must be raw or json (got %q)", b.Poll.Format)
 	}
@@ -272,7 +279,7 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 		e.add(p+".poll.max_wait", "must be shorter than limits.timeouts.idle (%s >= %s)", b.Poll.MaxWait, lim)
 	}
 	if b.Telemetry.Path != "" {
-		validTemplate(e, p+".telemetry.path", b.Telemetry.Path, true)
+		validTemplate(e, p+".telemetry.path", b.Telemetry.Path, pathID)
 		validTemplate(e, p+".telemetry.topic", b.Telemetry.Topic, true)
 		if q := *b.Telemetry.QoS; q != 0 && q != 1 {
 			e.add(p+".telemetry.qos", "must be 0 or 1 (got %d)", q)
@@ -292,7 +299,7 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 		e.add(p+".session.idle", "must be at least 1s")
 	}
 	if ws := b.WebSocket; ws != nil {
-		validTemplate(e, p+".websocket.path", ws.Path, true)
+		validTemplate(e, p+".websocket.path", ws.Path, pathID)
 		if !oneOf(ws.Format, "raw", "json") {
 			e.add(p+".websocket.format", "must be raw or json (got %q)", ws.Format)
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/bridge"
+	"github.com/edgeshim/edgeshim/bridge/embedded"
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/proxy"
 	"github.com/edgeshim/edgeshim/tlsterm"
@@ -42,6 +43,15 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		return err
 	}
 	defer term.Close()
+
+	if cfg.EmbeddedBroker.Enabled {
+		mb, err := embedded.Start(cfg.EmbeddedBroker.Listen, log.With("component", "embedded-broker"))
+		if err != nil {
+			return err
+		}
+		log.Info("listening", "name", "mqtt", "addr", mb.Addr().String())
+		defer mb.Close() // after the bridges, so their wills are delivered
+	}
 
 	bridges := map[string]*bridge.Bridge{}
 	handlers := map[string]http.Handler{}

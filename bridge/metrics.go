@@ -1,0 +1,36 @@
+package bridge
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	sessionsOpen prometheus.Gauge
+	connects     *prometheus.CounterVec
+	disconnects  *prometheus.CounterVec
+	delivered    prometheus.Counter
+	redelivered  prometheus.Counter
+	latency      prometheus.Histogram
+	telemetry    *prometheus.CounterVec
+	held         prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		sessionsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_bridge_sessions_open", Help: "Device sessions in the registry."}),
+		connects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_session_connects_total",
+			Help: "Upstream session connect attempts, by result."}, []string{"result"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_session_disconnects_total",
+			Help: "Upstream session ends, by reason (idle, evicted, shutdown, connection_lost)."}, []string{"reason"}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_bridge_commands_delivered_total",
+			Help: "Commands delivered to devices and acknowledged upstream."}),
+		redelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_bridge_commands_redelivered_total",
+			Help: "Commands offered again (broker redelivery, or explicit-ack timeout)."}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "edgeshim_bridge_command_delivery_seconds",
+			Help:    "From a command's arrival at edgeshim to its delivery to the device.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30, 60, 300, 3600}}),
+		telemetry: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_telemetry_total",
+			Help: "Telemetry messages, by result (published, failed, unavailable)."}, []string{"result"}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_bridge_polls_held", Help: "Long-polls currently held."}),
+	}
+	reg.MustRegister(m.sessionsOpen, m.connects, m.disconnects, m.delivered, m.redelivered, m.latency, m.telemetry, m.held)
+	return m
+}
