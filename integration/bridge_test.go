@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -348,5 +349,36 @@ func TestBridgeThousandDevices(t *testing.T) {
 	})
 	if got := e.Metric("edgeshim_bridge_commands_delivered_total"); got != n {
 		t.Errorf("delivered metric %v, want %d", got, n)
+	}
+}
+
+// TestBridgeClientCertIdentity: the verified client certificate's CN is the
+// device identity that reaches the bridge handler.
+func TestBridgeClientCertIdentity(t *testing.T) {
+	m := startMosquitto(t, "")
+	ca := newTestCA(t)
+	cfg := bridgeConfig(m.URL(), "{from: cert}", "") +
+		fmt.Sprintf("tls: {client_auth: {ca: %q, mode: verify_if_given}}\n", ca.File)
+	e := startEdgeshim(t, cfg)
+	withCert := func(cn string) *http.Client {
+		tc := e.TLSConfig()
+		if cn != "" {
+			tc.Certificates = []tls.Certificate{ca.client(t, cn)}
+		}
+		tr := &http.Transport{TLSClientConfig: tc}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	}
+	for _, tc := range []struct {
+		name, cn, path string
+		code           int
+	}{
+		{"own id", "door-9", "/devices/door-9/commands", 204},
+		{"another device", "door-9", "/devices/door-8/commands", 403},
+		{"no certificate", "", "/devices/door-9/commands", 401},
+	} {
+		if r := poll(withCert(tc.cn), e.URL(tc.path)); r.code != tc.code {
+			t.Errorf("%s: %+v, want %d", tc.name, r, tc.code)
+		}
 	}
 }
