@@ -38,6 +38,7 @@ type Terminator struct {
 	clients *x509.CertPool
 	base    *tls.Config
 	m       *metrics
+	tickets *ticketKeys
 }
 
 // ErrNoCertificate is returned when no certificate matches a handshake.
@@ -61,6 +62,9 @@ func New(opts Options) (*Terminator, error) {
 		t.clients = pool
 	}
 	t.base = t.buildConfig()
+	if err := t.startTickets(); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -84,10 +88,17 @@ func (t *Terminator) loadCerts() error {
 	return nil
 }
 
-// Reload re-reads certificate files. Existing connections are unaffected.
+// Reload re-reads certificate files and the ticket key file. On an error
+// the previous certificates and keys stay in force. Existing connections
+// are unaffected.
 func (t *Terminator) Reload() error {
 	if err := t.loadCerts(); err != nil {
 		return err
+	}
+	if t.tickets != nil && t.opts.TLS.SessionTickets.KeyFile != "" {
+		if err := t.tickets.loadFile(); err != nil {
+			return err
+		}
 	}
 	t.log.Info("tls reloaded")
 	return nil
@@ -123,8 +134,10 @@ func (t *Terminator) buildConfig() *tls.Config {
 	return cfg
 }
 
-// TLSConfig returns the server configuration for the TCP listener (ALPN h2,
-// http/1.1).
+// TLSConfig returns the live server configuration (ALPN h2, http/1.1).
+// It is shared, not copied: certificates and ticket keys change under it,
+// so listeners must hand it to handshakes (GetConfigForClient) rather than
+// Clone it, which would freeze the ticket keys of the moment.
 func (t *Terminator) TLSConfig() *tls.Config { return t.base }
 
 func (t *Terminator) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -145,5 +158,8 @@ func (t *Terminator) verifyConnection(cs tls.ConnectionState) error {
 	return nil
 }
 
-// Close stops background work (ticket rotation, ACME maintenance).
-func (t *Terminator) Close() error { return nil }
+// Close stops background work (ticket rotation).
+func (t *Terminator) Close() error {
+	t.tickets.close()
+	return nil
+}
