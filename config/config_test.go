@@ -1,0 +1,137 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func noEnv(string) (string, bool) { return "", false }
+
+// problems parses, fills defaults and validates, returning every message.
+func problems(t *testing.T, doc string) []string {
+	t.Helper()
+	c, err := Parse([]byte(doc), func(k string) (string, bool) {
+		if k == "PORT" {
+			return "9443", true
+		}
+		return "", false
+	})
+	if err != nil {
+		return []string{err.Error()}
+	}
+	err = c.WithDefaults().Validate()
+	if err == nil {
+		return nil
+	}
+	var out []string
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var fe *FieldError
+		if !errors.As(e, &fe) {
+			t.Errorf("%v is not a *FieldError", e)
+		}
+		out = append(out, e.Error())
+	}
+	return out
+}
+
+func TestValidateMessages(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc string
+		want      []string
+	}{
+		{"unknown key", "listen: {https: \":1\", foo: 1}", []string{`yaml: line 1: unknown field "foo" in listen`}},
+		{"unknown top key", "lisen: {}", []string{`yaml: line 1: unknown field "lisen" in top level`}},
+		{"bad duration", "limits:\n  timeouts: {idle: 10}", []string{`yaml: line 2: invalid duration "10" (want e.g. "10s", "5m", "1h")`}},
+		{"bad size", "limits: {max_body: 1MB2}", []string{`yaml: line 1: invalid size "1MB2" (want e.g. "1048576", "64KiB", "1MiB")`}},
+		{"missing env", "listen: {https: \"${NOPE}\"}", []string{`line 1: environment variable NOPE is not set`}},
+		{"keep zero", "tls: {session_tickets: {keep: -1}}", []string{`tls.session_tickets.keep: must be at least 1`}},
+		{"min version", "tls: {min_version: \"1.1\"}", []string{`tls.min_version: must be "1.2" or "1.3" (got "1.1")`}},
+		{"cert without key", "tls: {certs: [{cert: a.pem}]}", []string{`tls.certs[0].key: is required`}},
+		{"client auth mode", "tls: {client_auth: {ca: ca.pem, mode: maybe}}", []string{`tls.client_auth.mode: must be require or verify_if_given (got "maybe")`}},
+		{"bad listen", "listen: {https: \"8443\"}", []string{`listen.https: must be host:port or :port (got "8443")`}},
+		{"retry window", "limits: {retry_after: {min: 30s, max: 10s}}", []string{`limits.retry_after.max: must be at least limits.retry_after.min (10s < 30s)`}},
+		{"per ip over total", "limits: {max_conns: 10, per_ip: {max_conns: 20}}", []string{`limits.per_ip.max_conns: must not exceed limits.max_conns (20 > 10)`}},
+		{"route to nowhere", "routes: [{path: /x, bridge: nope}]", []string{`routes[0].bridge: names no bridge in bridges (got "nope")`}},
+		{"route two kinds", "routes: [{path: /x, proxy: {backends: [\"http://a\"]}, mqtt_ws: {broker: \"tcp://b:1883\"}}]", []string{`routes[0]: must set exactly one of bridge, proxy, mqtt_ws`}},
+		{"backend url", "routes: [{path: /, proxy: {backends: [\"ftp://a\"]}}]", []string{`routes[0].proxy.backends[0]: must be an http://, https:// or h2c:// URL with a host (got "ftp://a")`}},
+		{"bridge path identity unauthenticated", `bridges:
+  b:
+    upstream: {url: "mqtt://127.0.0.1:1883"}
+    identity: {from: path}
+    poll: {path: "/d/{device}"}
+    commands: {topic: "d/{device}/c"}`, []string{`bridges.b.identity.allow_unauthenticated: must be true with from: path (the path proves nothing)`}},
+		{"bridge wildcard topic and long wait", `bridges:
+  b:
+    upstream: {url: "mqtt://127.0.0.1:1883"}
+    identity: {from: path, allow_unauthenticated: true}
+    poll: {path: "/d/{device}", max_wait: 5m}
+    commands: {topic: "d/+/{device}"}`, []string{
+			`bridges.b.poll.max_wait: must be shorter than limits.timeouts.idle (5m0s >= 2m0s)`,
+			`bridges.b.commands.topic: must not contain MQTT wildcards + or # (got "d/+/{device}")`}},
+		{"acme http-01 without listener", "tls: {acme: {domains: [edge.example.com], challenges: [http-01]}}", []string{`tls.acme.challenges[0]: http-01 needs listen.http`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := problems(t, tc.doc)
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("got:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+		})
+	}
+}
+
+func TestEnvExpansionAndDefaults(t *testing.T) {
+	c, err := Parse([]byte("listen: {https: \"127.0.0.1:${PORT}\", admin: \"${ADMIN:-127.0.0.1:9999}\"}\nlog: {level: \"$$x\"}"), func(k string) (string, bool) {
+		if k == "PORT" {
+			return "9443", true
+		}
+		return "", false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen.HTTPS != "127.0.0.1:9443" || c.Listen.Admin != "127.0.0.1:9999" || c.Log.Level != "$x" {
+		t.Errorf("expanded: %+v %q", c.Listen, c.Log.Level)
+	}
+	d := c.WithDefaults()
+	if c.Limits.MaxBody != 0 {
+		t.Error("WithDefaults modified its receiver")
+	}
+	if d.Limits.MaxBody != 1<<20 || d.TLS.SessionTickets.Keep != 3 || d.Limits.Timeouts.Idle.D().String() != "2m0s" {
+		t.Errorf("defaults: %+v", d.Limits)
+	}
+}
+
+func TestEmbeddedDefaultValid(t *testing.T) {
+	if err := Default().WithDefaults().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]Size{"512": 512, "64KiB": 65536, "1MiB": 1 << 20, "10kB": 10000, "2 MB": 2000000} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("%q = %d %v, want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "-1", "1XB", "MiB", "99999999999999GiB"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// FuzzParse: any document either fails to parse or yields a config whose
+// defaults fill and whose validation runs without panicking.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("listen: {https: \":8443\"}\nlimits: {max_body: 1MiB}"))
+	f.Add([]byte("bridges: {b: {poll: {path: /d/{device}}}}"))
+	f.Add([]byte("routes: [{path: /, proxy: {backends: [\"http://a\"]}}]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data, noEnv)
+		if err != nil {
+			return
+		}
+		_ = c.WithDefaults().Validate()
+	})
+}
