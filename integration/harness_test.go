@@ -481,3 +481,18 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// WaitMetric waits until a metric (summed as in Metric) reaches at least
+// want, for values that settle just after the event the test caused (a
+// server-side count behind a client-side failure). It returns the value.
+func (e *Edge) WaitMetric(name string, want float64, within time.Duration, labels ...string) float64 {
+	e.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		v := e.Metric(name, labels...)
+		if v >= want || time.Now().After(deadline) {
+			return v
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

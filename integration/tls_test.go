@@ -80,6 +80,9 @@ func TestTLSMinVersion13RefusesTLS12(t *testing.T) {
 	if e.Metric("edgeshim_tls_handshakes_total") != 0 {
 		t.Error("a refused handshake was counted as completed")
 	}
+	if got := e.WaitMetric("edgeshim_tls_handshake_errors_total", 1, 5*time.Second); got != 1 {
+		t.Errorf("handshake errors = %v, want 1", got)
+	}
 }
 
 // TestTLSSharedKeyFileAndRotation: two instances sharing a key_file resume

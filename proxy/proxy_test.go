@@ -52,6 +52,7 @@ func startProxy(t *testing.T, yamlCfg string) (*Server, *http.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { term.Close() })
 	s, err := New(Options{Config: cfg, TLS: term.TLSConfig(), Logger: log, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)

@@ -126,7 +126,7 @@ func New(opts Options) (*Server, error) {
 		WriteTimeout:      lim.Timeouts.Write.D(),
 		IdleTimeout:       lim.Timeouts.Idle.D(),
 		MaxHeaderBytes:    int(lim.MaxHeaderBytes),
-		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+		ErrorLog:          errorLog(opts.Logger, opts.HandshakeFailed),
 		BaseContext:       func(net.Listener) context.Context { return s.base },
 	}
 	h2 := &http2.Server{
