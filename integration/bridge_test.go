@@ -382,3 +382,24 @@ func TestBridgeClientCertIdentity(t *testing.T) {
 		}
 	}
 }
+
+// TestBridgeMQTTSUpstream: the bridge reaches a broker over mqtts://,
+// verifying it against a configured CA.
+func TestBridgeMQTTSUpstream(t *testing.T) {
+	ca := newTestCA(t)
+	certFile, keyFile := ca.serverFiles(t)
+	tlsPort := freePort(t)
+	m := startMosquitto(t, fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n", tlsPort, ca.File, certFile, keyFile))
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	status := app.subscribe("devices/s1/status")
+	cfg := bridgeConfig(fmt.Sprintf("mqtts://127.0.0.1:%d", tlsPort), "", "")
+	cfg = strings.Replace(cfg, "publish_timeout: 2s}", fmt.Sprintf("publish_timeout: 2s, tls: {ca: %q}}", ca.File), 1)
+	e := startEdgeshim(t, cfg)
+	res := make(chan pollResult, 1)
+	go func() { res <- poll(e.Client(), e.URL("/devices/s1/commands?wait=20")) }()
+	await(t, status, "online", 10*time.Second)
+	app.publish("devices/s1/commands", "over-tls")
+	if r := <-res; r.code != 200 || r.body != "over-tls" {
+		t.Fatalf("poll over mqtts upstream: %+v", r)
+	}
+}

@@ -412,7 +412,13 @@ func (m *Mosquitto) URL() string { return "mqtt://" + m.Addr() }
 
 func (m *Mosquitto) start() {
 	m.t.Helper()
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
+	user := ""
+	if os.Geteuid() == 0 {
+		// Run as root, mosquitto drops to user "mosquitto", which cannot
+		// read the test's private temp dir (persistence, TLS keys).
+		user = "user root\n"
+	}
+	conf := fmt.Sprintf(user+`listener %d 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location %s/
@@ -440,6 +446,11 @@ log_type notice
 	go m.logs.consume(out, nil)
 	m.exited = make(chan struct{})
 	go func(c *exec.Cmd, done chan struct{}) { c.Wait(); close(done) }(m.cmd, m.exited)
+	m.t.Cleanup(func() {
+		if m.t.Failed() {
+			m.t.Logf("mosquitto output:\n%s", m.logs.String())
+		}
+	})
 	waitTCP(m.t, m.Addr(), 10*time.Second)
 }
 
