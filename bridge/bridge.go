@@ -31,9 +31,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
-	"github.com/eclipse/paho.golang/paho"
 	"github.com/gorilla/websocket"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
