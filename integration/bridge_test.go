@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.golang/paho"
 )
 
 // bridgeConfig is an edgeshim config with one bridge "fleet" on /devices/
@@ -401,5 +405,64 @@ func TestBridgeMQTTSUpstream(t *testing.T) {
 	app.publish("devices/s1/commands", "over-tls")
 	if r := <-res; r.code != 200 || r.body != "over-tls" {
 		t.Fatalf("poll over mqtts upstream: %+v", r)
+	}
+}
+
+// TestBridgeLegacyShapes: a legacy fleet's shapes — a fixed 200
+// {"updates":[]} when empty, json batches of {id, topic, payload} (binary
+// payloads base64), "Prefer: wait=N", and identity from a trusted header on
+// a fixed poll path without {device}.
+func TestBridgeLegacyShapes(t *testing.T) {
+	m := startMosquitto(t, "")
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	status := app.subscribe("devices/+/status")
+	cfg := bridgeConfig(m.URL(), "{from: header, header: X-Device-Id}", "")
+	cfg = strings.Replace(cfg, `poll: {path: "/devices/{device}/commands", max_wait: 30s}`,
+		`poll: {path: "/devices/updates", max_wait: 30s, empty_status: 200, empty_body: '{"updates":[]}', format: json, max_batch: 5}`, 1)
+	e := startEdgeshim(t, cfg)
+	c := e.Client()
+	get := func(hdr map[string]string) (int, string, http.Header) {
+		req, _ := http.NewRequest("GET", e.URL("/devices/updates"), nil)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	if code, body, h := get(map[string]string{"X-Device-Id": "gd-1"}); code != 200 || body != `{"updates":[]}` || h.Get("Content-Type") != "application/json" {
+		t.Fatalf("empty poll: %d %q %q", code, body, h.Get("Content-Type"))
+	}
+	if code, _, _ := get(nil); code != 401 {
+		t.Errorf("no identity header: %d, want 401", code)
+	}
+	if code, _, _ := get(map[string]string{"X-Device-Id": "gd/1"}); code != 400 {
+		t.Errorf("bad id in header: %d, want 400", code)
+	}
+	await(t, status, "online", 10*time.Second)
+	app.publish("devices/gd-1/commands", "first")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	app.cl.Publish(ctx, &paho.Publish{Topic: "devices/gd-1/commands", QoS: 1, Payload: []byte{0xff, 0x00, 0xfe}})
+	cancel()
+	// Both are queued in the session by now or soon: a long-poll (Prefer)
+	// returns as soon as there is at least one.
+	var got []map[string]string
+	for len(got) < 2 {
+		code, body, _ := get(map[string]string{"X-Device-Id": "gd-1", "Prefer": "wait=10"})
+		var batch []map[string]string
+		if code != 200 || json.Unmarshal([]byte(body), &batch) != nil || len(batch) == 0 {
+			t.Fatalf("json poll: %d %q", code, body)
+		}
+		got = append(got, batch...)
+	}
+	if got[0]["payload"] != "first" || got[0]["topic"] != "devices/gd-1/commands" || got[0]["id"] == "" {
+		t.Errorf("first command: %v", got[0])
+	}
+	if got[1]["encoding"] != "base64" || got[1]["payload"] != base64.StdEncoding.EncodeToString([]byte{0xff, 0x00, 0xfe}) {
+		t.Errorf("binary command: %v", got[1])
 	}
 }
