@@ -49,6 +49,12 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 			}
 			r.handler = rp
 			rt.proxies = append(rt.proxies, rp)
+		case rc.MQTTWS != nil:
+			h, err := newMQTTWS(r.name, rc, d)
+			if err != nil {
+				return nil, err
+			}
+			r.handler = h
 		default:
 			r.handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 				writeError(w, http.StatusNotImplemented, "route kind not implemented yet")

@@ -1,0 +1,195 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/gorilla/websocket"
+)
+
+func mqttWSConfig(broker string, extra string) string {
+	return fmt.Sprintf(`
+listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0"}
+routes: [{path: /mqtt, mqtt_ws: {broker: %q}}]
+%s`, broker, extra)
+}
+
+func dialMQTTWS(t *testing.T, e *Edge) *websocket.Conn {
+	t.Helper()
+	d := websocket.Dialer{TLSClientConfig: e.TLSConfig(), Subprotocols: []string{"mqtt"}}
+	c, resp, err := d.Dial("wss://"+e.Addr("https")+"/mqtt", nil)
+	if err != nil {
+		t.Fatalf("dial: %v %v", err, resp)
+	}
+	if c.Subprotocol() != "mqtt" {
+		t.Fatalf("subprotocol %q", c.Subprotocol())
+	}
+	return c
+}
+
+// closeCode reads until the connection ends and returns the close code the
+// server sent (0 if none).
+func closeCode(c *websocket.Conn, within time.Duration) int {
+	c.SetReadDeadline(time.Now().Add(within))
+	for {
+		if _, _, err := c.ReadMessage(); err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				return ce.Code
+			}
+			return 0
+		}
+	}
+}
+
+// TestMQTTOverWebSocketPassThrough: an MQTT client over WebSocket through
+// edgeshim's TLS publishes and subscribes on a real mosquitto.
+func TestMQTTOverWebSocketPassThrough(t *testing.T) {
+	m := startMosquitto(t, "")
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	fromWS := app.subscribe("dash/out")
+	e := startEdgeshim(t, mqttWSConfig("tcp://"+m.Addr(), ""))
+	ws := dialMQTTWS(t, e)
+	got := make(chan string, 4)
+	cl := paho.NewClient(paho.ClientConfig{ClientID: "dashboard", Conn: &wsConn{Conn: ws},
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got <- string(pr.Packet.Payload)
+			return true, nil
+		}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cl.Connect(ctx, &paho.Connect{ClientID: "dashboard", KeepAlive: 30, CleanStart: true}); err != nil {
+		t.Fatalf("connect over websocket: %v", err)
+	}
+	defer cl.Disconnect(&paho.Disconnect{})
+	if _, err := cl.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "dash/in", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	app.publish("dash/in", "to-dashboard")
+	select {
+	case p := <-got:
+		if p != "to-dashboard" {
+			t.Errorf("got %q", p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscription over websocket received nothing")
+	}
+	if _, err := cl.Publish(ctx, &paho.Publish{Topic: "dash/out", QoS: 1, Payload: []byte("from-dashboard")}); err != nil {
+		t.Fatal(err)
+	}
+	await(t, fromWS, "from-dashboard", 10*time.Second)
+}
+
+// TestMQTTWSRefusals: no subprotocol → 400; oversize message → 1009; a peer
+// that never answers pings is closed within ping + pong_timeout; SIGTERM
+// closes sockets with 1001.
+func TestMQTTWSRefusals(t *testing.T) {
+	m := startMosquitto(t, "")
+	e := startEdgeshim(t, mqttWSConfig("tcp://"+m.Addr(), "limits: {websocket: {max_message: 1KiB, ping: 1s, pong_timeout: 1s}}\n"))
+	d := websocket.Dialer{TLSClientConfig: e.TLSConfig()}
+	if _, resp, err := d.Dial("wss://"+e.Addr("https")+"/mqtt", nil); err == nil || resp == nil || resp.StatusCode != 400 {
+		t.Errorf("without subprotocol mqtt: %v %v, want 400", err, resp)
+	}
+
+	big := dialMQTTWS(t, e)
+	big.WriteMessage(websocket.BinaryMessage, make([]byte, 4096))
+	if code := closeCode(big, 5*time.Second); code != websocket.CloseMessageTooBig {
+		t.Errorf("oversize message: close %d, want 1009", code)
+	}
+
+	dead := dialMQTTWS(t, e)
+	dead.SetPingHandler(func(string) error { return nil }) // never answers
+	start := time.Now()
+	closeCode(dead, 10*time.Second)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("dead peer closed after %s, want within ping+pong_timeout (2s) plus slack", took)
+	} else {
+		t.Logf("dead peer closed after %s", took.Round(time.Millisecond))
+	}
+
+	live := dialMQTTWS(t, e)
+	codec := make(chan int, 1)
+	go func() { codec <- closeCode(live, 15*time.Second) }()
+	e.Signal(syscall.SIGTERM)
+	if code := <-codec; code != websocket.CloseGoingAway {
+		t.Errorf("on SIGTERM: close %d, want 1001", code)
+	}
+	if err := e.Wait(15 * time.Second); err != nil {
+		t.Errorf("exit: %v", err)
+	}
+}
+
+// TestBridgeWSSUpstream: a bridge reaches its broker over MQTT-over-
+// WebSocket (wss://) — here through a second edgeshim relaying to mosquitto,
+// as a broker that only faces 443 would be reached.
+func TestBridgeWSSUpstream(t *testing.T) {
+	m := startMosquitto(t, "")
+	relay := startEdgeshim(t, mqttWSConfig("tcp://"+m.Addr(), ""))
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	status := app.subscribe("devices/w1/status")
+	cfg := bridgeConfig("wss://"+relay.Addr("https")+"/mqtt", "", "")
+	caFile := filepath.Join(relay.Dir, ".edgeshim", "selfsigned-cert.pem")
+	cfg = strings.Replace(cfg, "publish_timeout: 2s}", fmt.Sprintf("publish_timeout: 2s, tls: {ca: %q, server_name: localhost}}", caFile), 1)
+	e := startEdgeshim(t, cfg)
+	res := make(chan pollResult, 1)
+	go func() { res <- poll(e.Client(), e.URL("/devices/w1/commands?wait=20")) }()
+	await(t, status, "online", 10*time.Second)
+	app.publish("devices/w1/commands", "via-websocket")
+	if r := <-res; r.code != 200 || r.body != "via-websocket" {
+		t.Fatalf("poll through a wss:// upstream: %+v", r)
+	}
+}
+
+// wsConn presents a gorilla WebSocket as a net.Conn (binary messages).
+type wsConn struct {
+	*websocket.Conn
+	r io.Reader
+}
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			_, r, err := c.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if err == io.EOF {
+			c.r = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+var (
+	_ net.Conn = (*wsConn)(nil)
+	_          = http.StatusOK
+)
