@@ -494,8 +494,7 @@ func (b *Bridge) serveTelemetry(w http.ResponseWriter, r *http.Request, pathDev 
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		if limits.IsTooLarge(err) {
 			b.fail(w, r, http.StatusRequestEntityTooLarge, "telemetry body too large")
 		} else {
 			b.fail(w, r, http.StatusBadRequest, "reading body: "+err.Error())

@@ -1,6 +1,8 @@
 package limits
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -275,4 +277,85 @@ func TestHeaderCountAndBody(t *testing.T) {
 	if resp.StatusCode != 413 || got > 100 {
 		t.Errorf("chunked 5000: %d, handler read %d; want 413 and at most 100", resp.StatusCode, got)
 	}
+}
+
+func TestDecompressBombAndRatio(t *testing.T) {
+	var got int64
+	var gotErr error
+	h := Decompress(1<<20, 100, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, gotErr = io.Copy(io.Discard, r.Body)
+		if IsTooLarge(gotErr) {
+			WriteError(w, 413, "too large")
+			return
+		}
+		if r.Header.Get("Content-Encoding") != "" {
+			t.Error("Content-Encoding passed on after decoding")
+		}
+	}))
+	gz := func(n int) *bytes.Buffer {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		zw.Write(make([]byte, n))
+		zw.Close()
+		return &b
+	}
+	for _, tc := range []struct {
+		name string
+		n    int
+		code int
+	}{{"small", 1000, 200}, {"bomb 100 MiB", 100 << 20, 413}} {
+		body := gz(tc.n)
+		req := httptest.NewRequest("POST", "/", body)
+		req.Header.Set("Content-Encoding", "gzip")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != tc.code {
+			t.Errorf("%s (%d compressed bytes): %d, want %d", tc.name, body.Len(), rec.Code, tc.code)
+		}
+		if got > 1<<20 {
+			t.Errorf("%s: handler read %d decoded bytes past the 1 MiB cap", tc.name, got)
+		}
+	}
+	// Under max_decompressed but over the ratio cap.
+	rd := &boundedDecoder{dec: io.NopCloser(bytes.NewReader(make([]byte, 1<<20))), src: io.NopCloser(nil), in: &countingReader{n: 1000}, maxOut: 64 << 20, ratio: 10}
+	if _, err := io.Copy(io.Discard, rd); !errors.Is(err, ErrDecompressedTooLarge) {
+		t.Errorf("ratio 1000:1 over a cap of 10: err %v", err)
+	}
+	req := httptest.NewRequest("POST", "/", strings.NewReader("x"))
+	req.Header.Set("Content-Encoding", "br")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != 415 {
+		t.Errorf("unsupported encoding: %d, want 415", rec.Code)
+	}
+}
+
+func TestHeapWatermark(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		heap := uint64(10)
+		h := NewHeapWatermark(100, RetryAfter{Min: time.Second, Max: 2 * time.Second})
+		h.Heap = func() uint64 { return heap }
+		srv := h.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+		do := func() int {
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+			return rec.Code
+		}
+		if do() != 200 {
+			t.Fatal("under the watermark: refused")
+		}
+		heap = 200
+		if do() != 200 {
+			t.Fatal("re-sampled before the interval")
+		}
+		time.Sleep(100 * time.Millisecond)
+		if do() != 503 {
+			t.Fatal("over the watermark: served")
+		}
+		heap = 50
+		time.Sleep(100 * time.Millisecond)
+		if do() != 200 {
+			t.Fatal("back under: still refused")
+		}
+	})
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits"
 	"golang.org/x/net/http2"
 )
 
@@ -277,9 +278,8 @@ func (rp *routeProxy) rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (rp *routeProxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	var mbe *http.MaxBytesError
 	switch {
-	case errors.As(err, &mbe):
+	case limits.IsTooLarge(err):
 		writeError(w, http.StatusRequestEntityTooLarge, "body too large")
 	case errors.Is(err, ErrNoBackend):
 		w.Header().Set("Retry-After", strconv.Itoa(rp.retry()))

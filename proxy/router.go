@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits"
 )
 
 // router matches requests by host and longest path prefix.
@@ -59,6 +60,12 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 			r.handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 				writeError(w, http.StatusNotImplemented, "route kind not implemented yet")
 			})
+		}
+		if rc.Decompress {
+			r.handler = limits.Decompress(int64(d.cfg.Limits.MaxDecompressed), d.cfg.Limits.MaxRatio, r.handler)
+		}
+		if rc.MaxBody > 0 {
+			r.handler = limits.Body(int64(rc.MaxBody), r.handler)
 		}
 		rt.routes = append(rt.routes, r)
 	}

@@ -86,7 +86,8 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.router = rt
-	handler := s.m.instrument(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), s.router)))
+	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
+	handler := s.m.instrument(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), s.router))))
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
 		Rate: lim.Handshake.Rate, Burst: lim.Handshake.Burst, MaxQueue: lim.Handshake.MaxQueue,
 		QueueTimeout: lim.Handshake.QueueTimeout.D(), Refused: s.m.handshakesRefused, Waiting: s.m.handshakesWaiting,
