@@ -3,6 +3,7 @@ package bridge
 import (
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -12,7 +13,8 @@ import (
 // over WebSocket toward brokers that only face port 443.
 type wsNetConn struct {
 	*websocket.Conn
-	r io.Reader
+	r  io.Reader
+	wu sync.Mutex // gorilla allows one writer at a time; paho writes from several goroutines
 }
 
 var _ net.Conn = (*wsNetConn)(nil)
@@ -39,6 +41,8 @@ func (c *wsNetConn) Read(p []byte) (int, error) {
 }
 
 func (c *wsNetConn) Write(p []byte) (int, error) {
+	c.wu.Lock()
+	defer c.wu.Unlock()
 	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -153,7 +154,8 @@ func TestBridgeWSSUpstream(t *testing.T) {
 // wsConn presents a gorilla WebSocket as a net.Conn (binary messages).
 type wsConn struct {
 	*websocket.Conn
-	r io.Reader
+	r  io.Reader
+	wu sync.Mutex // gorilla allows one writer at a time; paho writes from several goroutines
 }
 
 func (c *wsConn) Read(p []byte) (int, error) {
@@ -178,6 +180,8 @@ func (c *wsConn) Read(p []byte) (int, error) {
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {
+	c.wu.Lock()
+	defer c.wu.Unlock()
 	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}
