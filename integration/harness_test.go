@@ -33,7 +33,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	edgeshimBin = filepath.Join(dir, "edgeshim")
-	build := exec.Command("go", "build", "-o", edgeshimBin, "../cmd/edgeshim")
+	args := []string{"build", "-o", edgeshimBin}
+	if os.Getenv("EDGESHIM_RACE") != "" {
+		args = append(args, "-race") // the binary under test, with the race detector
+	}
+	build := exec.Command("go", append(args, "../cmd/edgeshim")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build edgeshim:", err)

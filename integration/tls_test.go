@@ -2,6 +2,7 @@ package integration
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -184,4 +185,65 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 	if err := e.Wait(20 * time.Second); err != nil {
 		t.Errorf("exit: %v", err)
 	}
+}
+
+// TestSIGHUPReloadsCertificates: after the certificate files change and
+// SIGHUP, new handshakes get the new certificate while a connection opened
+// before keeps working.
+func TestSIGHUPReloadsCertificates(t *testing.T) {
+	ca := newTestCA(t)
+	c1, k1 := ca.serverFiles(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "edge.crt"), filepath.Join(dir, "edge.key")
+	copyFile(t, c1, certFile)
+	copyFile(t, k1, keyFile)
+	e := startEdgeshim(t, fmt.Sprintf(tlsTestConfig, fmt.Sprintf(`tls: {certs: [{cert: %q, key: %q}]}`, certFile, keyFile)))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(mustRead(t, ca.File))
+	serial := func() string {
+		c, err := tls.Dial("tcp", e.Addr("https"), &tls.Config{RootCAs: pool, ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}
+	defer tr.CloseIdleConnections()
+	old := &http.Client{Transport: tr}
+	get := func() int {
+		resp, err := old.Get(e.URL("/x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	get() // opens the keep-alive connection
+	before := serial()
+	c2, k2 := ca.serverFiles(t)
+	copyFile(t, c2, certFile)
+	copyFile(t, k2, keyFile)
+	e.Signal(syscall.SIGHUP)
+	e.Logs.waitLine(t, regexp.MustCompile(`tls reloaded`), 10*time.Second)
+	if after := serial(); after == before {
+		t.Error("new handshakes still get the old certificate after SIGHUP")
+	}
+	if code := get(); code != 404 {
+		t.Errorf("connection opened before the reload: %d", code)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	if err := os.WriteFile(to, mustRead(t, from), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustRead(t *testing.T, f string) []byte {
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
