@@ -247,6 +247,9 @@ func startEdgeshim(t testing.TB, cfg string, o ...EdgeOptions) *Edge {
 	}()
 	t.Cleanup(func() {
 		e.Kill()
+		if strings.Contains(e.Logs.String(), "WARNING: DATA RACE") {
+			t.Error("edgeshim reported a data race (EDGESHIM_RACE build)")
+		}
 		if t.Failed() {
 			t.Logf("edgeshim output:\n%s", e.Logs.String())
 		}
