@@ -61,18 +61,20 @@ type Options struct {
 
 // Bridge serves one bridge's device endpoints.
 type Bridge struct {
-	cfg    config.Bridge
-	lim    config.Limits
-	log    *slog.Logger
-	m      *metrics
-	now    func() time.Time
-	dialer *net.Dialer
-	tlsCfg *tls.Config
-	ident  *identifier
-	poll   pathTemplate
-	telem  pathTemplate
-	retry  limits.RetryAfter
-	flap   *limits.Flapping
+	cfg      config.Bridge
+	lim      config.Limits
+	log      *slog.Logger
+	m        *metrics
+	now      func() time.Time
+	dialer   *net.Dialer
+	tlsCfg   *tls.Config
+	ident    *identifier
+	poll     pathTemplate
+	telem    pathTemplate
+	wsPath   pathTemplate
+	upgrader websocket.Upgrader
+	retry    limits.RetryAfter
+	flap     *limits.Flapping
 
 	connectLimiter *rate.Limiter
 
@@ -112,6 +114,13 @@ func New(o Options) (*Bridge, error) {
 		if b.telem, err = compilePath(c.Telemetry.Path); err != nil {
 			return nil, fmt.Errorf("telemetry.path: %w", err)
 		}
+	}
+	if c.WebSocket != nil {
+		if b.wsPath, err = compilePath(c.WebSocket.Path); err != nil {
+			return nil, fmt.Errorf("websocket.path: %w", err)
+		}
+		b.upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{},
+			CheckOrigin: func(*http.Request) bool { return true }}
 	}
 	if b.ident, err = newIdentifier(c.Identity); err != nil {
 		return nil, err
@@ -244,6 +253,11 @@ func (b *Bridge) idleLoop(ctx context.Context) {
 			if !ok || now.Sub(s.lastPoll) < idle {
 				break
 			}
+			if s.attached.Load() > 0 { // a live device WebSocket
+				s.lastPoll = now
+				b.sessions.Get(k) // most recent now
+				continue
+			}
 			s.end(reasonIdle) // before Remove, so the evict callback is a no-op
 			b.sessions.Remove(k)
 		}
@@ -254,6 +268,12 @@ func (b *Bridge) idleLoop(ctx context.Context) {
 // ServeHTTP serves the poll, ack and telemetry endpoints.
 func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
+	if b.cfg.WebSocket != nil {
+		if dev, ok := b.wsPath.match(p); ok {
+			b.serveWS(w, r, dev)
+			return
+		}
+	}
 	if dev, ok := b.poll.match(p); ok {
 		if r.Method != http.MethodGet {
 			b.fail(w, r, http.StatusMethodNotAllowed, "poll takes GET")

@@ -11,6 +11,8 @@ type metrics struct {
 	latency      prometheus.Histogram
 	telemetry    *prometheus.CounterVec
 	held         prometheus.Gauge
+	sockets      prometheus.Gauge
+	wsCloses     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -31,6 +33,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Telemetry messages, by result (published, failed, unavailable)."}, []string{"result"}),
 		held: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_bridge_polls_held", Help: "Long-polls currently held."}),
 	}
+	m.sockets = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_bridge_websockets_open", Help: "Device WebSockets open."})
+	m.wsCloses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_websocket_closes_total",
+		Help: "Device WebSockets closed, by close code."}, []string{"code"})
+	reg.MustRegister(m.sockets, m.wsCloses)
 	reg.MustRegister(m.sessionsOpen, m.connects, m.disconnects, m.delivered, m.redelivered, m.latency, m.telemetry, m.held)
 	return m
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -55,6 +56,7 @@ type session struct {
 	lastPoll  time.Time
 	maxPacket uint32
 	ended     bool
+	attached  atomic.Int32 // device WebSockets holding the session open
 }
 
 func newSession(b *Bridge, device string) *session {
@@ -358,6 +360,12 @@ func (s *session) waitConnected(ctx context.Context) *paho.Client {
 	case <-s.ctx.Done():
 	}
 	return nil
+}
+
+func (s *session) hasPending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending) > 0
 }
 
 func (s *session) wakeChan() <-chan struct{} {

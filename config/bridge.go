@@ -306,6 +306,9 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 		if !oneOf(ws.Ack, "write", "explicit") {
 			e.add(p+".websocket.ack", "must be write or explicit (got %q)", ws.Ack)
 		}
+		if ws.Ack == "explicit" && ws.Format == "raw" {
+			e.add(p+".websocket.ack", "explicit needs format json (ack frames carry the command id)")
+		}
 	}
 }
 

@@ -197,3 +197,53 @@ var (
 	_ net.Conn = (*wsConn)(nil)
 	_          = http.StatusOK
 )
+
+// TestDeviceWebSocket: a device that polled switches to a WebSocket and
+// gets the command queued meanwhile, then live ones; its frames are
+// telemetry; when it stops answering pings it is closed and its will fires.
+func TestDeviceWebSocket(t *testing.T) {
+	m := startMosquitto(t, "")
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	status := app.subscribe("devices/ws1/status")
+	telemetry := app.subscribe("devices/ws1/telemetry")
+	cfg := bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n")
+	cfg = strings.Replace(cfg, "limits: {", "limits: {websocket: {ping: 1s, pong_timeout: 1s}, ", 1)
+	e := startEdgeshim(t, cfg)
+	if r := poll(e.Client(), e.URL("/devices/ws1/commands")); r.code != 204 {
+		t.Fatalf("poll: %+v", r)
+	}
+	await(t, status, "online", 10*time.Second)
+	app.publish("devices/ws1/commands", "queued-while-polling")
+
+	d := websocket.Dialer{TLSClientConfig: e.TLSConfig()}
+	c, resp, err := d.Dial("wss://"+e.Addr("https")+"/devices/ws1/ws", nil)
+	if err != nil {
+		t.Fatalf("dial: %v %v", err, resp)
+	}
+	defer c.Close()
+	read := func() map[string]string {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var f map[string]string
+		if err := c.ReadJSON(&f); err != nil {
+			t.Fatalf("read frame: %v", err)
+		}
+		return f
+	}
+	if f := read(); f["payload"] != "queued-while-polling" || f["id"] == "" || f["topic"] != "devices/ws1/commands" {
+		t.Errorf("first frame: %v", f)
+	}
+	app.publish("devices/ws1/commands", "live")
+	if f := read(); f["payload"] != "live" {
+		t.Errorf("second frame: %v", f)
+	}
+	if err := c.WriteJSON(map[string]string{"payload": "temp=20"}); err != nil {
+		t.Fatal(err)
+	}
+	await(t, telemetry, "temp=20", 10*time.Second)
+
+	// Stop answering pings (and reading): dead within ping+pong_timeout.
+	c.SetPingHandler(func(string) error { return nil })
+	start := time.Now()
+	await(t, status, "offline", 10*time.Second)
+	t.Logf("dead device WebSocket detected and will fired after %s", time.Since(start).Round(time.Millisecond))
+}
