@@ -57,7 +57,7 @@ func newMQTTPeer(t testing.TB, addr, id string, cleanStart bool) *mqttPeer {
 // subscribe returns a channel of the messages on filter (buffered).
 func (p *mqttPeer) subscribe(filter string) <-chan *paho.Publish {
 	p.t.Helper()
-	ch := make(chan *paho.Publish, 4096)
+	ch := make(chan *paho.Publish, 65536)
 	p.mu.Lock()
 	p.chs[filter] = ch
 	p.mu.Unlock()

@@ -1,0 +1,114 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// BenchmarkIdleWebSocketMemory measures edgeshim's resident memory per idle
+// TLS WebSocket: device sockets of a bridge (each with its MQTT session on
+// mosquitto) and MQTT-over-WebSocket pass-through sockets (each with its TCP
+// connection to the broker). Each costs edgeshim two descriptors, so N stays
+// under the 20,000 open-file limit (EDGESHIM_WS_N, default 5000).
+//
+//	EDGESHIM_WS_N=9000 go test -run XXX -bench IdleWebSocketMemory -benchtime 1x ./integration/
+func BenchmarkIdleWebSocketMemory(b *testing.B) {
+	n := 5000
+	if v, err := strconv.Atoi(os.Getenv("EDGESHIM_WS_N")); err == nil {
+		n = v
+	}
+	b.Run(fmt.Sprintf("device/n=%d", n), func(b *testing.B) {
+		for b.Loop() {
+			m := startMosquitto(b, "max_connections -1\n")
+			app := newMQTTPeer(b, m.Addr(), "bench-app", true)
+			status := app.subscribe("devices/+/status")
+			cfg := bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n")
+			cfg = strings.Replace(cfg, "max_conns: 10000}", "max_conns: 20000}", 1)
+			e := startEdgeshim(b, cfg)
+			base := rss(b, e.cmd.Process.Pid)
+			conns := dialMany(b, e, n, func(i int) string { return fmt.Sprintf("/devices/m-%d/ws", i) }, nil)
+			for online := 0; online < n; {
+				select {
+				case msg := <-status:
+					if string(msg.Payload) == "online" {
+						online++
+					}
+				case <-time.After(60 * time.Second):
+					b.Fatalf("%d of %d sessions online", online, n)
+				}
+			}
+			reportPerConn(b, "device", e, base, n)
+			closeAll(conns)
+		}
+	})
+	b.Run(fmt.Sprintf("mqtt_ws/n=%d", n), func(b *testing.B) {
+		for b.Loop() {
+			m := startMosquitto(b, "max_connections -1\n")
+			e := startEdgeshim(b, mqttWSConfig("tcp://"+m.Addr(), "limits: {max_conns: 20000, per_ip: {max_conns: 20000, rate: 100000, burst: 100000}}\n"))
+			base := rss(b, e.cmd.Process.Pid)
+			conns := dialMany(b, e, n, func(int) string { return "/mqtt" }, []string{"mqtt"})
+			reportPerConn(b, "mqtt_ws", e, base, n)
+			closeAll(conns)
+		}
+	})
+}
+
+func dialMany(b *testing.B, e *Edge, n int, path func(int) string, subprotocols []string) []*websocket.Conn {
+	d := websocket.Dialer{TLSClientConfig: e.TLSConfig(), Subprotocols: subprotocols, NetDialContext: spreadDialer(),
+		ReadBufferSize: 256, WriteBufferSize: 256}
+	conns := make([]*websocket.Conn, n)
+	sem := make(chan struct{}, 64)
+	errs := make(chan error, n)
+	for i := range n {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, _, err := d.DialContext(ctx, "wss://"+e.Addr("https")+path(i), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			conns[i] = c
+			go func() { // answer pings like a live device
+				for {
+					if _, _, err := c.ReadMessage(); err != nil {
+						return
+					}
+				}
+			}()
+		}()
+	}
+	for range cap(sem) {
+		sem <- struct{}{}
+	}
+	close(errs)
+	for err := range errs {
+		b.Fatalf("dial: %v", err)
+	}
+	return conns
+}
+
+func reportPerConn(b *testing.B, kind string, e *Edge, base int64, n int) {
+	time.Sleep(2 * time.Second) // let the handshakes' garbage be collected before reading RSS
+	held := rss(b, e.cmd.Process.Pid)
+	per := float64(held-base) / float64(n) / 1024
+	b.ReportMetric(per, "KiB/conn")
+	fmt.Fprintf(os.Stderr, "%s: %d idle TLS WebSockets, edgeshim RSS %d → %d KiB, %.1f KiB per connection\n", kind, n, base>>10, held>>10, per)
+}
+
+func closeAll(conns []*websocket.Conn) {
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
