@@ -18,6 +18,11 @@ type backend struct {
 	name     string // url without userinfo, for metrics and logs
 	inflight atomic.Int64
 
+	// Metric children, resolved once (label lookups on every request cost).
+	mInflight interface{ Inc(); Dec() }
+	mDuration interface{ Observe(float64) }
+	mErrors   interface{ Inc() }
+
 	mu           sync.Mutex
 	fails        int       // consecutive failures
 	ejectedUntil time.Time // passive ejection
@@ -52,30 +57,37 @@ func (b *backend) available(now time.Time) bool {
 }
 
 // pick returns an available backend not in tried, by the pool's policy.
+// It allocates nothing: it runs on every request.
 func (p *pool) pick(tried []*backend) (*backend, error) {
 	now := p.now()
-	var cands []*backend
-	for _, b := range p.backends {
-		if b.available(now) && !contains(tried, b) {
-			cands = append(cands, b)
-		}
-	}
-	if len(cands) == 0 {
-		return nil, ErrNoBackend
-	}
+	ok := func(b *backend) bool { return b.available(now) && !contains(tried, b) }
+	n := len(p.backends)
 	switch p.lb {
 	case "first":
-		return cands[0], nil
+		for _, b := range p.backends {
+			if ok(b) {
+				return b, nil
+			}
+		}
 	case "least_conn":
-		best := cands[0]
-		for _, b := range cands[1:] {
-			if b.inflight.Load() < best.inflight.Load() {
+		var best *backend
+		for _, b := range p.backends {
+			if ok(b) && (best == nil || b.inflight.Load() < best.inflight.Load()) {
 				best = b
 			}
 		}
-		return best, nil
+		if best != nil {
+			return best, nil
+		}
+	default: // round_robin over the available ones
+		start := int((p.next.Add(1) - 1) % uint64(n))
+		for i := range n {
+			if b := p.backends[(start+i)%n]; ok(b) {
+				return b, nil
+			}
+		}
 	}
-	return cands[int((p.next.Add(1)-1)%uint64(len(cands)))], nil
+	return nil, ErrNoBackend
 }
 
 func contains(bs []*backend, b *backend) bool {

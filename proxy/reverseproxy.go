@@ -107,6 +107,9 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 	}
 	for _, b := range rp.pool.backends {
 		d.m.backendHealthy.WithLabelValues(name, b.name).Set(1)
+		b.mInflight = d.m.backendInflight.WithLabelValues(name, b.name)
+		b.mDuration = d.m.backendDuration.WithLabelValues(name, b.name)
+		b.mErrors = d.m.backendRequests.WithLabelValues(name, b.name, "error")
 	}
 	dialer := &net.Dialer{Timeout: pc.Timeouts.Dial.D(), KeepAlive: 30 * time.Second}
 	h1 := &http.Transport{
@@ -136,8 +139,9 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		Transport:    &poolTransport{rp: rp, h1: h1, h2c: h2c, retries: *pc.Retries, timeoutHdr: pc.Timeouts.ResponseHeader.D()},
 		ErrorHandler: rp.errorHandler,
 		ErrorLog:     slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
-		// Stream long-lived responses (SSE, long-polls) promptly.
-		FlushInterval: 100 * time.Millisecond,
+		// 0: ReverseProxy flushes at once for streaming responses (unknown
+		// length, text/event-stream) and buffers the rest.
+		FlushInterval: 0,
 	}
 	return rp, nil
 }
@@ -321,6 +325,7 @@ type poolTransport struct {
 
 func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var tried []*backend
+	var origPath string
 	for attempt := 0; ; attempt++ {
 		b, err := t.rp.pool.pick(tried)
 		if err != nil {
@@ -330,26 +335,30 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		tried = append(tried, b)
-		out := req.Clone(req.Context())
-		out.URL.Host = b.url.Host
-		out.URL.Path = singleJoin(b.url.Path, req.URL.Path)
+		// req is ReverseProxy's own outgoing copy: point it at this
+		// backend (again, on a retry) rather than cloning it.
+		if attempt == 0 {
+			origPath = req.URL.Path
+		}
+		req.URL.Host = b.url.Host
+		req.URL.Path = singleJoin(b.url.Path, origPath)
 		var rt http.RoundTripper = t.h1
-		out.URL.Scheme = b.url.Scheme
+		req.URL.Scheme = b.url.Scheme
 		if b.url.Scheme == "h2c" {
-			out.URL.Scheme = "http"
+			req.URL.Scheme = "http"
 			rt = t.h2c
 		}
 		start := time.Now()
 		b.inflight.Add(1)
-		t.rp.m.backendInflight.WithLabelValues(t.rp.name, b.name).Inc()
-		resp, err := t.roundTrip(rt, out)
+		b.mInflight.Inc()
+		resp, err := t.roundTrip(rt, req)
 		if err != nil {
 			t.done(b)
 			if req.Context().Err() != nil {
 				return nil, err // the client went or the request timed out: not the backend's fault
 			}
 			t.rp.pool.failure(b)
-			t.rp.m.backendRequests.WithLabelValues(t.rp.name, b.name, "error").Inc()
+			b.mErrors.Inc()
 			if isDialError(err) && attempt < t.retries && idempotent(req) {
 				t.rp.m.retries.WithLabelValues(t.rp.name).Inc()
 				t.rp.log.Info("retrying on another backend", "backend", b.name, "err", err)
@@ -359,7 +368,7 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		t.rp.pool.success(b)
 		t.rp.m.backendRequests.WithLabelValues(t.rp.name, b.name, strconv.Itoa(resp.StatusCode)).Inc()
-		t.rp.m.backendDuration.WithLabelValues(t.rp.name, b.name).Observe(time.Since(start).Seconds())
+		b.mDuration.Observe(time.Since(start).Seconds())
 		resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { t.done(b) }}
 		return resp, nil
 	}
@@ -388,7 +397,7 @@ func (t *poolTransport) roundTrip(rt http.RoundTripper, req *http.Request) (*htt
 
 func (t *poolTransport) done(b *backend) {
 	b.inflight.Add(-1)
-	t.rp.m.backendInflight.WithLabelValues(t.rp.name, b.name).Dec()
+	b.mInflight.Dec()
 }
 
 func isDialError(err error) bool {
