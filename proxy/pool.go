@@ -19,7 +19,10 @@ type backend struct {
 	inflight atomic.Int64
 
 	// Metric children, resolved once (label lookups on every request cost).
-	mInflight interface{ Inc(); Dec() }
+	mInflight interface {
+		Inc()
+		Dec()
+	}
 	mDuration interface{ Observe(float64) }
 	mErrors   interface{ Inc() }
 
