@@ -14,7 +14,6 @@ package bridge
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -24,7 +23,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +32,8 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/wsnet"
+	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/gorilla/websocket"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,7 +125,7 @@ func New(o Options) (*Bridge, error) {
 	if b.ident, err = newIdentifier(c.Identity); err != nil {
 		return nil, err
 	}
-	if b.tlsCfg, err = upstreamTLS(c.Upstream.TLS); err != nil {
+	if b.tlsCfg, err = tlsterm.ClientConfig(c.Upstream.TLS); err != nil {
 		return nil, fmt.Errorf("upstream.tls: %w", err)
 	}
 	b.sessions, _ = lru.NewWithEvict(c.Session.Max, func(_ string, s *session) { b.endSession(s, reasonEvicted) })
@@ -134,28 +134,6 @@ func New(o Options) (*Bridge, error) {
 	b.wg.Add(1)
 	go b.idleLoop(ctx)
 	return b, nil
-}
-
-func upstreamTLS(c config.BackendTLS) (*tls.Config, error) {
-	t := &tls.Config{ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
-	if c.CA != "" {
-		pem, err := os.ReadFile(c.CA)
-		if err != nil {
-			return nil, err
-		}
-		t.RootCAs = x509.NewCertPool()
-		if !t.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("no PEM certificates in %s", c.CA)
-		}
-	}
-	if c.Cert != "" {
-		cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
-		if err != nil {
-			return nil, err
-		}
-		t.Certificates = []tls.Certificate{cert}
-	}
-	return t, nil
 }
 
 // dial opens a connection to the broker: mqtt:// (tcp), mqtts:// (TLS), or
@@ -192,7 +170,7 @@ func (b *Bridge) dial(ctx context.Context) (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &wsNetConn{Conn: c}, nil
+		return wsnet.New(c), nil
 	}
 	return nil, fmt.Errorf("unsupported upstream scheme %q", u.Scheme)
 }

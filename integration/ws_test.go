@@ -4,17 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/gorilla/websocket"
 )
 
@@ -62,7 +59,7 @@ func TestMQTTOverWebSocketPassThrough(t *testing.T) {
 	e := startEdgeshim(t, mqttWSConfig("tcp://"+m.Addr(), ""))
 	ws := dialMQTTWS(t, e)
 	got := make(chan string, 4)
-	cl := paho.NewClient(paho.ClientConfig{ClientID: "dashboard", Conn: &wsConn{Conn: ws},
+	cl := paho.NewClient(paho.ClientConfig{ClientID: "dashboard", Conn: wsnet.New(ws),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			got <- string(pr.Packet.Payload)
 			return true, nil
@@ -150,53 +147,6 @@ func TestBridgeWSSUpstream(t *testing.T) {
 		t.Fatalf("poll through a wss:// upstream: %+v", r)
 	}
 }
-
-// wsConn presents a gorilla WebSocket as a net.Conn (binary messages).
-type wsConn struct {
-	*websocket.Conn
-	r  io.Reader
-	wu sync.Mutex // gorilla allows one writer at a time; paho writes from several goroutines
-}
-
-func (c *wsConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			_, r, err := c.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if err == io.EOF {
-			c.r = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-func (c *wsConn) Write(p []byte) (int, error) {
-	c.wu.Lock()
-	defer c.wu.Unlock()
-	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsConn) SetDeadline(t time.Time) error {
-	c.SetReadDeadline(t)
-	return c.SetWriteDeadline(t)
-}
-
-var (
-	_ net.Conn = (*wsConn)(nil)
-	_          = http.StatusOK
-)
 
 // TestDeviceWebSocket: a device that polled switches to a WebSocket and
 // gets the command queued meanwhile, then live ones; its frames are

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/tlsterm"
 	"golang.org/x/net/http2"
 )
 
@@ -72,7 +71,7 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		}
 		urls = append(urls, u)
 	}
-	tlsConf, err := backendTLS(pc.TLS)
+	tlsConf, err := tlsterm.ClientConfig(pc.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("%s.proxy.tls: %w", name, err)
 	}
@@ -144,29 +143,6 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		FlushInterval: 0,
 	}
 	return rp, nil
-}
-
-func backendTLS(c config.BackendTLS) (*tls.Config, error) {
-	t := &tls.Config{ServerName: c.ServerName, InsecureSkipVerify: c.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
-	if c.CA != "" {
-		pem, err := os.ReadFile(c.CA)
-		if err != nil {
-			return nil, fmt.Errorf("ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca: no PEM certificates in %s", c.CA)
-		}
-		t.RootCAs = pool
-	}
-	if c.Cert != "" || c.Key != "" {
-		cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
-		if err != nil {
-			return nil, fmt.Errorf("client cert: %w", err)
-		}
-		t.Certificates = []tls.Certificate{cert}
-	}
-	return t, nil
 }
 
 func (rp *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
