@@ -86,6 +86,11 @@ func TestMQTTOverWebSocketPassThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	await(t, fromWS, "from-dashboard", 10*time.Second)
+	if e.Metric("edgeshim_mqtt_ws_sockets_open") != 1 || e.Metric("edgeshim_mqtt_ws_messages_total", `direction="to_broker"`) < 3 ||
+		e.Metric("edgeshim_mqtt_ws_messages_total", `direction="to_client"`) < 3 {
+		t.Errorf("relay metrics: open %v, to_broker %v, to_client %v", e.Metric("edgeshim_mqtt_ws_sockets_open"),
+			e.Metric("edgeshim_mqtt_ws_messages_total", `direction="to_broker"`), e.Metric("edgeshim_mqtt_ws_messages_total", `direction="to_client"`))
+	}
 }
 
 // TestMQTTWSRefusals: no subprotocol → 400; oversize message → 1009; a peer
@@ -103,6 +108,9 @@ func TestMQTTWSRefusals(t *testing.T) {
 	big.WriteMessage(websocket.BinaryMessage, make([]byte, 4096))
 	if code := closeCode(big, 5*time.Second); code != websocket.CloseMessageTooBig {
 		t.Errorf("oversize message: close %d, want 1009", code)
+	}
+	if got := e.WaitMetric("edgeshim_mqtt_ws_closes_total", 1, 5*time.Second, `code="1009"`); got != 1 {
+		t.Errorf("closes by code 1009 = %v, want 1", got)
 	}
 
 	dead := dialMQTTWS(t, e)

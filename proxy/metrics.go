@@ -21,6 +21,10 @@ type metrics struct {
 	backendInflight *prometheus.GaugeVec
 	retries         *prometheus.CounterVec
 
+	wsOpen     prometheus.Gauge
+	wsMessages *prometheus.CounterVec
+	wsCloses   *prometheus.CounterVec
+
 	connsOpen         prometheus.Gauge
 	connsRefused      *prometheus.CounterVec
 	handshakesRefused *prometheus.CounterVec
@@ -76,6 +80,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "edgeshim_tls_handshakes_waiting",
 		Help: "TLS handshakes waiting for admission.",
 	})
+	m.wsOpen = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_mqtt_ws_sockets_open",
+		Help: "MQTT-over-WebSocket sockets being relayed."})
+	m.wsMessages = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_mqtt_ws_messages_total",
+		Help: "Relayed WebSocket messages, by direction (to_broker, to_client)."}, []string{"direction"})
+	m.wsCloses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_mqtt_ws_closes_total",
+		Help: "Relayed sockets closed, by close code."}, []string{"code"})
+	reg.MustRegister(m.wsOpen, m.wsMessages, m.wsCloses)
 	reg.MustRegister(m.connsOpen, m.connsRefused, m.handshakesRefused, m.handshakesWaiting)
 	reg.MustRegister(m.requests, m.duration, m.backendRequests, m.backendDuration, m.backendHealthy, m.backendInflight, m.retries)
 	return m

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ type mqttWS struct {
 	dialer   net.Dialer
 	upgrader websocket.Upgrader
 	upgrades *sync.WaitGroup
+	m        *metrics
 }
 
 func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
@@ -38,7 +40,7 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 	}
 	ws := d.cfg.Limits.WebSocket
 	return &mqttWS{
-		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades,
+		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, m: d.m,
 		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
@@ -76,7 +78,10 @@ func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		bc.Close()
 		return // the upgrader has answered
 	}
-	m.relay(r.Context(), wc, bc)
+	m.m.wsOpen.Inc()
+	defer m.m.wsOpen.Dec()
+	code := m.relay(r.Context(), wc, bc)
+	m.m.wsCloses.WithLabelValues(strconv.Itoa(code)).Inc()
 }
 
 func hasMQTTSubprotocol(r *http.Request) bool {
@@ -90,7 +95,8 @@ func hasMQTTSubprotocol(r *http.Request) bool {
 
 // relay copies both ways with two named copiers; the first to stop decides
 // the close code, both ends are closed and the sibling is awaited.
-func (m *mqttWS) relay(ctx context.Context, wc *websocket.Conn, bc net.Conn) {
+func (m *mqttWS) relay(ctx context.Context, wc *websocket.Conn, bc net.Conn) int {
+	toBroker, toClient := m.m.wsMessages.WithLabelValues("to_broker"), m.m.wsMessages.WithLabelValues("to_client")
 	ping, pongWait := m.ws.Ping.D(), m.ws.Ping.D()+m.ws.PongTimeout.D()
 	wc.SetReadLimit(int64(m.ws.MaxMessage))
 	wc.SetReadDeadline(time.Now().Add(pongWait))
@@ -128,6 +134,7 @@ func (m *mqttWS) relay(ctx context.Context, wc *websocket.Conn, bc net.Conn) {
 				done <- result{websocket.CloseInternalServerErr, err}
 				return
 			}
+			toBroker.Inc()
 		}
 	}()
 	go func() { // brokerToClient
@@ -142,6 +149,7 @@ func (m *mqttWS) relay(ctx context.Context, wc *websocket.Conn, bc net.Conn) {
 					done <- result{websocket.ClosePolicyViolation, werr}
 					return
 				}
+				toClient.Inc()
 			}
 			if err != nil {
 				done <- result{websocket.CloseInternalServerErr, err} // 1011: upstream lost
@@ -163,4 +171,5 @@ func (m *mqttWS) relay(ctx context.Context, wc *websocket.Conn, bc net.Conn) {
 	if first.code == websocket.CloseGoingAway {
 		<-done
 	}
+	return first.code
 }
