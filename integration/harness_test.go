@@ -162,10 +162,10 @@ func (b *logBuffer) waitLine(t testing.TB, re *regexp.Regexp, within time.Durati
 	defer timer.Stop()
 	deadline := time.Now().Add(within)
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	for i := 0; ; {
 		for ; i < len(b.lines); i++ {
 			if m := re.FindStringSubmatch(b.lines[i]); m != nil {
+				b.mu.Unlock()
 				return m
 			}
 		}
@@ -173,7 +173,6 @@ func (b *logBuffer) waitLine(t testing.TB, re *regexp.Regexp, within time.Durati
 			out := b.buf.String()
 			b.mu.Unlock()
 			t.Fatalf("no log line matching %q within %s; output:\n%s", re, within, out)
-			b.mu.Lock()
 			return nil
 		}
 		b.cond.Wait()
