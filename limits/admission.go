@@ -90,11 +90,11 @@ func (a *Admission) refuse(reason string) error {
 // GetConfigForClient returns a tls.Config.GetConfigForClient that admits
 // the handshake and then hands it live, the configuration that really
 // serves it (its certificates and session ticket keys stay in force).
-func (a *Admission) GetConfigForClient(live func() *tls.Config) func(*tls.ClientHelloInfo) (*tls.Config, error) {
+func (a *Admission) GetConfigForClient(live func(*tls.ClientHelloInfo) (*tls.Config, error)) func(*tls.ClientHelloInfo) (*tls.Config, error) {
 	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		if err := a.Wait(hello.Context()); err != nil {
 			return nil, err
 		}
-		return live(), nil
+		return live(hello)
 	}
 }

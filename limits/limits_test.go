@@ -197,7 +197,7 @@ func TestAdmission(t *testing.T) {
 func TestAdmissionHandsOverLiveConfig(t *testing.T) {
 	live := &tls.Config{ServerName: "live"}
 	a := NewAdmission(AdmissionOptions{Rate: 100, Burst: 10, MaxQueue: 1, QueueTimeout: time.Second})
-	got, err := a.GetConfigForClient(func() *tls.Config { return live })(&tls.ClientHelloInfo{})
+	got, err := a.GetConfigForClient(func(*tls.ClientHelloInfo) (*tls.Config, error) { return live, nil })(&tls.ClientHelloInfo{})
 	if err != nil || got != live {
 		t.Errorf("got %p %v, want the live config itself", got, err)
 	}

@@ -23,6 +23,7 @@ type route struct {
 	prefix  string
 	strip   bool
 	early   bool // HTTP/3 0-RTT GETs allowed
+	plain   bool // served on listen.http too (allow_http)
 	handler http.Handler
 }
 
@@ -35,6 +36,7 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 			prefix: rc.Path,
 			strip:  rc.StripPrefix,
 			early:  rc.Allow0RTT,
+			plain:  rc.AllowHTTP,
 		}
 		switch {
 		case rc.Bridge != "":
@@ -121,6 +123,10 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusNotFound, "no route")
 		return
 	}
+	r.serve(w, req)
+}
+
+func (r *route) serve(w http.ResponseWriter, req *http.Request) {
 	setRouteName(req, r.name)
 	if req.TLS != nil && !req.TLS.HandshakeComplete && (!r.early || req.Method != http.MethodGet) {
 		// HTTP/3 0-RTT data can be replayed: only GETs on routes that

@@ -33,6 +33,9 @@ type Options struct {
 	TLS *tls.Config
 	// HandshakeFailed is called when a TLS handshake fails. Optional.
 	HandshakeFailed func()
+	// HTTPChallenge wraps the listen.http handler to answer ACME HTTP-01
+	// challenges. Optional.
+	HTTPChallenge func(http.Handler) http.Handler
 	// Bridges are the bridge handlers by name, mounted on the routes that
 	// name them.
 	Bridges map[string]http.Handler
@@ -50,6 +53,7 @@ type Server struct {
 	log    *slog.Logger
 	router *router
 	https  *http.Server
+	plain  *http.Server // listen.http; nil if not configured
 	h3     *http3.Server
 	m      *metrics
 
@@ -87,7 +91,10 @@ func New(opts Options) (*Server, error) {
 	}
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
-	handler := s.m.instrument(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), s.router))))
+	wrap := func(h http.Handler) http.Handler {
+		return s.m.instrument(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), h))))
+	}
+	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
 		Rate: lim.Handshake.Rate, Burst: lim.Handshake.Burst, MaxQueue: lim.Handshake.MaxQueue,
 		QueueTimeout: lim.Handshake.QueueTimeout.D(), Refused: s.m.handshakesRefused, Waiting: s.m.handshakesWaiting,
@@ -98,9 +105,19 @@ func New(opts Options) (*Server, error) {
 	// new handshakes, which a Clone would not see.
 	live := opts.TLS
 	shell := &tls.Config{
-		MinVersion:         live.MinVersion,
-		NextProtos:         live.NextProtos,
-		GetConfigForClient: s.admission.GetConfigForClient(func() *tls.Config { return live }),
+		MinVersion: live.MinVersion,
+		NextProtos: live.NextProtos,
+		GetConfigForClient: s.admission.GetConfigForClient(func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if live.GetConfigForClient != nil {
+				// Go calls only the outermost GetConfigForClient: the
+				// live configuration's own (ACME TLS-ALPN-01) is ours to
+				// ask.
+				if c, err := live.GetConfigForClient(hello); c != nil || err != nil {
+					return c, err
+				}
+			}
+			return live, nil
+		}),
 	}
 	if opts.Config.Listen.HTTP3 {
 		s.h3 = &http3.Server{
@@ -129,6 +146,22 @@ func New(opts Options) (*Server, error) {
 		MaxHeaderBytes:    int(lim.MaxHeaderBytes),
 		ErrorLog:          errorLog(opts.Logger, opts.HandshakeFailed),
 		BaseContext:       func(net.Listener) context.Context { return s.base },
+	}
+	if opts.Config.Listen.HTTP != "" {
+		ph := wrap(s.router.plainHTTP(func() net.Addr { return s.Addr("https") }))
+		if opts.HTTPChallenge != nil {
+			ph = opts.HTTPChallenge(ph)
+		}
+		s.plain = &http.Server{
+			Handler:           ph,
+			ReadHeaderTimeout: lim.Timeouts.ReadHeader.D(),
+			ReadTimeout:       lim.Timeouts.Read.D(),
+			WriteTimeout:      lim.Timeouts.Write.D(),
+			IdleTimeout:       lim.Timeouts.Idle.D(),
+			MaxHeaderBytes:    int(lim.MaxHeaderBytes),
+			ErrorLog:          errorLog(opts.Logger, nil),
+			BaseContext:       func(net.Listener) context.Context { return s.base },
+		}
 	}
 	h2 := &http2.Server{
 		MaxConcurrentStreams:         100,
@@ -184,23 +217,17 @@ func (s *Server) altSvc(next http.Handler) http.Handler {
 // Start binds the listeners and serves in the background. Each bound
 // address is logged as msg=listening with name and addr.
 func (s *Server) Start() error {
+	if err := s.startPlain(); err != nil {
+		return err
+	}
 	addr := s.opts.Config.Listen.HTTPS
 	if addr == "" {
 		return nil
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := s.listen(addr)
 	if err != nil {
 		return fmt.Errorf("listen https: %w", err)
 	}
-	lim := s.opts.Config.Limits
-	maxConns := lim.MaxConns
-	if lim.Overload.MaxConns > 0 && lim.Overload.MaxConns < maxConns {
-		maxConns = lim.Overload.MaxConns
-	}
-	ln = limits.NewListener(ln, limits.ListenerOptions{
-		MaxConns: maxConns, PerIPMaxConns: lim.PerIP.MaxConns, PerIPRate: lim.PerIP.Rate,
-		PerIPBurst: lim.PerIP.Burst, Tracked: lim.PerIP.Tracked, Refused: s.m.connsRefused, Open: s.m.connsOpen,
-	})
 	s.setAddr("https", ln.Addr())
 	if s.h3 != nil {
 		// The same port over UDP; with port 0 the TCP port chosen is reused.
@@ -238,6 +265,44 @@ func (s *Server) Start() error {
 	return nil
 }
 
+// listen binds a TCP listener with the connection caps, which apply before
+// any TLS work.
+func (s *Server) listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	lim := s.opts.Config.Limits
+	maxConns := lim.MaxConns
+	if lim.Overload.MaxConns > 0 && lim.Overload.MaxConns < maxConns {
+		maxConns = lim.Overload.MaxConns
+	}
+	return limits.NewListener(ln, limits.ListenerOptions{
+		MaxConns: maxConns, PerIPMaxConns: lim.PerIP.MaxConns, PerIPRate: lim.PerIP.Rate,
+		PerIPBurst: lim.PerIP.Burst, Tracked: lim.PerIP.Tracked, Refused: s.m.connsRefused, Open: s.m.connsOpen,
+	}), nil
+}
+
+// startPlain serves listen.http, if configured.
+func (s *Server) startPlain() error {
+	if s.plain == nil {
+		return nil
+	}
+	ln, err := s.listen(s.opts.Config.Listen.HTTP)
+	if err != nil {
+		return fmt.Errorf("listen http: %w", err)
+	}
+	s.setAddr("http", ln.Addr())
+	s.serveWG.Add(1)
+	go func() {
+		defer s.serveWG.Done()
+		if err := s.plain.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("http server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
 func (s *Server) setAddr(name string, a net.Addr) {
 	s.mu.Lock()
 	s.addrs[name] = a
@@ -245,8 +310,8 @@ func (s *Server) setAddr(name string, a net.Addr) {
 	s.log.Info("listening", "name", name, "addr", a.String())
 }
 
-// Addr returns the bound address of a listener by name ("https", "http3"),
-// or nil.
+// Addr returns the bound address of a listener by name ("https", "http",
+// "http3"), or nil.
 func (s *Server) Addr(name string) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -261,9 +326,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.h3 != nil {
 		errs = append(errs, s.h3.Shutdown(ctx))
 	}
-	if err := s.https.Shutdown(ctx); err != nil {
-		errs = append(errs, err)
-		s.https.Close()
+	for _, hs := range s.httpServers() {
+		if err := hs.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+			hs.Close()
+		}
 	}
 	s.closeRest()
 	return errors.Join(errs...)
@@ -275,9 +342,18 @@ func (s *Server) Close() error {
 	if s.h3 != nil {
 		errs = append(errs, s.h3.Close())
 	}
-	errs = append(errs, s.https.Close())
+	for _, hs := range s.httpServers() {
+		errs = append(errs, hs.Close())
+	}
 	s.closeRest()
 	return errors.Join(errs...)
+}
+
+func (s *Server) httpServers() []*http.Server {
+	if s.plain != nil {
+		return []*http.Server{s.https, s.plain}
+	}
+	return []*http.Server{s.https}
 }
 
 func (s *Server) closeRest() {

@@ -1,0 +1,50 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestPlainHTTP checks listen.http: a route with allow_http is served, any
+// other request is redirected to the bound HTTPS port with 308, path and
+// query kept (method and body are the client's to replay).
+func TestPlainHTTP(t *testing.T) {
+	b := echoBackend(t, "open")
+	s, _ := startProxy(t, fmt.Sprintf(`
+listen: {http: "127.0.0.1:0"}
+routes:
+  - {path: /open/, allow_http: true, proxy: {backends: ["%s"]}}
+  - {path: /, proxy: {backends: ["%s"]}}
+`, b.URL, b.URL))
+	plain := "http://" + s.Addr("http").String()
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	defer noFollow.CloseIdleConnections()
+
+	resp, err := noFollow.Get(plain + "/open/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "open") {
+		t.Errorf("allow_http route: %d %s, want 200 from the backend", resp.StatusCode, body)
+	}
+
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		req, _ := http.NewRequest(method, plain+"/devices/d1/poll?wait=30", strings.NewReader("x"))
+		req.Host = "edge.example.com"
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := fmt.Sprintf("https://edge.example.com:%d/devices/d1/poll?wait=30", s.Addr("https").(*net.TCPAddr).Port)
+		if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
+			t.Errorf("%s: %d Location %q, want 308 %q", method, resp.StatusCode, resp.Header.Get("Location"), want)
+		}
+	}
+}
