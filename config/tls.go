@@ -91,8 +91,11 @@ type ACME struct {
 	// OnDemand obtains certificates at the first handshake for allowed
 	// names. Default: off.
 	OnDemand *OnDemand `yaml:"on_demand"`
-	// AltHTTPPort and AltTLSALPNPort are the ports the CA connects to for
-	// challenges when they differ from the listeners' (tests). Default: 0.
+	// AltHTTPPort and AltTLSALPNPort override the local ports on which
+	// challenges are answered. certmagic binds its own challenge listener
+	// when such a port is free, and leaves the challenge to edgeshim when
+	// it is in use. Default: 0 (the ports of listen.http and
+	// listen.https, so edgeshim's own listeners answer).
 	AltHTTPPort    int `yaml:"alt_http_port"`
 	AltTLSALPNPort int `yaml:"alt_tls_alpn_port"`
 }

@@ -33,8 +33,7 @@ func newTerm(t testing.TB, tc config.TLS) *Terminator {
 
 func clientFor(t testing.TB, term *Terminator, maxVersion uint16) *tls.Config {
 	pool := x509.NewCertPool()
-	certs := *term.certs.Load()
-	leaf, _ := x509.ParseCertificate(certs[0].Certificate[0])
+	leaf, _ := x509.ParseCertificate(term.certs.Load().dev.Certificate[0])
 	pool.AddCert(leaf)
 	return &tls.Config{RootCAs: pool, ServerName: "localhost", MaxVersion: maxVersion, ClientSessionCache: tls.NewLRUClientSessionCache(8)}
 }
@@ -115,7 +114,7 @@ func TestKeyFileSharedAndReload(t *testing.T) {
 	b := newTerm(t, config.TLS{SessionTickets: config.SessionTickets{KeyFile: f}})
 	// The self-signed certificates differ per data dir; trust both.
 	cl := clientFor(t, a, 0)
-	leafB, _ := x509.ParseCertificate((*b.certs.Load())[0].Certificate[0])
+	leafB, _ := x509.ParseCertificate(b.certs.Load().dev.Certificate[0])
 	cl.RootCAs.AddCert(leafB)
 	handshake(t, a.TLSConfig(), cl)
 	if !handshake(t, b.TLSConfig(), cl) {

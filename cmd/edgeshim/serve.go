@@ -38,7 +38,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	term, err := tlsterm.New(tlsterm.Options{TLS: cfg.TLS, DataDir: cfg.DataDir, Logger: log, Registerer: reg})
+	term, err := tlsterm.New(tlsterm.Options{TLS: cfg.TLS, DataDir: cfg.DataDir, Listen: cfg.Listen, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
@@ -65,13 +65,14 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 	}
 
 	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailed,
-		Bridges: handlers, Logger: log, Registerer: reg})
+		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
 	if err := srv.Start(); err != nil {
 		return err
 	}
+	term.StartACME() // after Start: challenges are answered by the listeners
 	admin, err := startAdmin(cfg.Listen.Admin, reg, log)
 	if err != nil {
 		srv.Close()
