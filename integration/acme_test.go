@@ -147,6 +147,20 @@ func TestACMEHTTP01(t *testing.T) {
 	if got := e.Metric("edgeshim_acme_orders_total", `result="ok"`); got != 1 {
 		t.Errorf("orders ok = %v, want 1", got)
 	}
+	// Session tickets work with the ACME certificate.
+	resume := &tls.Config{ServerName: "localhost", RootCAs: p.Roots(), ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	for i := range 2 {
+		c, err := tls.Dial("tcp", e.Addr("https"), resume)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("GET / HTTP/1.0\r\n\r\n")) // TLS 1.3 tickets arrive after the handshake
+		io.Copy(io.Discard, c)
+		if got := c.ConnectionState().DidResume; got != (i == 1) {
+			t.Errorf("handshake %d: resumed = %v", i, got)
+		}
+		c.Close()
+	}
 	if got := e.Metric("edgeshim_acme_certificates"); got != 1 {
 		t.Errorf("edgeshim_acme_certificates = %v, want 1", got)
 	}
