@@ -1,14 +1,15 @@
 // Package bridge owns device sessions: the HTTP poll, long-poll, telemetry
-// and ack endpoints, the session registry, the upstream MQTT driver
-// (paho.golang) and presence. A Bridge is an http.Handler that proxy mounts
-// on the routes that name it.
+// and ack endpoints, the device WebSocket endpoint, the session registry,
+// the upstream drivers (MQTT 5 through paho.golang, or a WebSocket backend)
+// and presence. A Bridge is an http.Handler that proxy mounts on the routes
+// that name it.
 //
 // Delivery: a command from the broker is acknowledged (PUBACK) only after
 // it was written to the device (ack: write) or the device acknowledged it
 // (ack: explicit). Until then the broker holds it and redelivers it on the
 // device's next connection, so nothing is lost when a write fails, edgeshim
 // dies or a session ends. Telemetry is answered 202 only after the broker's
-// PUBACK.
+// PUBACK. The WebSocket driver's weaker guarantee is described on wsLink.
 package bridge
 
 import (
@@ -29,7 +30,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/eclipse/paho.golang/paho"
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/limits/wsnet"
@@ -73,6 +73,7 @@ type Bridge struct {
 	telem    pathTemplate
 	wsPath   pathTemplate
 	upgrader websocket.Upgrader
+	wsPool   *sync.Pool // write buffers shared by all WebSockets
 	retry    limits.RetryAfter
 	flap     *limits.Flapping
 
@@ -102,6 +103,7 @@ func New(o Options) (*Bridge, error) {
 		retry:          limits.RetryAfter{Min: o.Limits.RetryAfter.Min.D(), Max: o.Limits.RetryAfter.Max.D()},
 		connectLimiter: rate.NewLimiter(rate.Limit(c.Upstream.ReconnectRate), max(1, int(c.Upstream.ReconnectRate))),
 		closing:        make(chan struct{}),
+		wsPool:         &sync.Pool{},
 	}
 	if f := o.Limits.Flapping; f.Max > 0 {
 		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
@@ -119,7 +121,7 @@ func New(o Options) (*Bridge, error) {
 		if b.wsPath, err = compilePath(c.WebSocket.Path); err != nil {
 			return nil, fmt.Errorf("websocket.path: %w", err)
 		}
-		b.upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{},
+		b.upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024, WriteBufferPool: b.wsPool,
 			CheckOrigin: func(*http.Request) bool { return true }}
 	}
 	if b.ident, err = newIdentifier(c.Identity); err != nil {
@@ -509,24 +511,14 @@ func (b *Bridge) serveTelemetry(w http.ResponseWriter, r *http.Request, pathDev 
 		b.fail(w, r, http.StatusRequestEntityTooLarge, "telemetry larger than the broker's maximum packet size")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), b.cfg.Upstream.PublishTimeout.D())
-	defer cancel()
-	cl := s.waitConnected(ctx)
-	if cl == nil {
-		b.m.telemetry.WithLabelValues("unavailable").Inc()
-		b.fail(w, r, http.StatusServiceUnavailable, "broker unavailable")
+	if err := b.publishTelemetry(r.Context(), s, body); err != nil {
+		if errors.Is(err, errUnavailable) {
+			b.fail(w, r, http.StatusServiceUnavailable, "upstream unavailable")
+		} else {
+			b.fail(w, r, http.StatusServiceUnavailable, "upstream did not acknowledge: "+err.Error())
+		}
 		return
 	}
-	resp, err := cl.Publish(ctx, &paho.Publish{Topic: tp, QoS: byte(*b.cfg.Telemetry.QoS), Payload: body})
-	if err == nil && resp != nil && resp.ReasonCode >= 0x80 {
-		err = fmt.Errorf("broker refused publish: reason %#x", resp.ReasonCode)
-	}
-	if err != nil {
-		b.m.telemetry.WithLabelValues("failed").Inc()
-		b.fail(w, r, http.StatusServiceUnavailable, "broker did not acknowledge: "+err.Error())
-		return
-	}
-	b.m.telemetry.WithLabelValues("published").Inc()
 	w.WriteHeader(http.StatusAccepted)
 }
 

@@ -13,6 +13,9 @@ type metrics struct {
 	held         prometheus.Gauge
 	sockets      prometheus.Gauge
 	wsCloses     *prometheus.CounterVec
+	upSockets    prometheus.Gauge
+	upCloses     *prometheus.CounterVec
+	wsMessages   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,7 +39,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.sockets = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_bridge_websockets_open", Help: "Device WebSockets open."})
 	m.wsCloses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_websocket_closes_total",
 		Help: "Device WebSockets closed, by close code."}, []string{"code"})
-	reg.MustRegister(m.sockets, m.wsCloses)
+	m.upSockets = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_bridge_upstream_websockets_open",
+		Help: "WebSocket sessions open to the backend (upstream.driver websocket)."})
+	m.upCloses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_upstream_websocket_closes_total",
+		Help: "Backend WebSocket sessions ended, by close code (received or sent)."}, []string{"code"})
+	m.wsMessages = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_websocket_messages_total",
+		Help: "WebSocket messages, by socket (device, upstream) and direction (in: read by edgeshim, out: written)."}, []string{"socket", "direction"})
+	reg.MustRegister(m.sockets, m.wsCloses, m.upSockets, m.upCloses, m.wsMessages)
 	reg.MustRegister(m.sessionsOpen, m.connects, m.disconnects, m.delivered, m.redelivered, m.latency, m.telemetry, m.held)
 	return m
 }

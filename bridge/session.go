@@ -30,8 +30,8 @@ type command struct {
 	id      string
 	topic   string
 	payload []byte
-	pub     *paho.Publish
-	client  *paho.Client // the connection it came on; only it may ack it
+	pub     *paho.Publish // MQTT only
+	via     link          // the connection it came on; MQTT: only it may ack it
 	arrived time.Time
 	offered time.Time // explicit ack: when it was last written
 	dup     bool
@@ -47,14 +47,13 @@ type session struct {
 	tag    string // makes command ids unique across sessions
 
 	mu        sync.Mutex
-	client    *paho.Client
+	link      link          // nil while disconnected
 	connected chan struct{} // closed while connected
 	pending   []*command
 	inflight  []*command // explicit ack: written, not yet acknowledged
 	wake      chan struct{}
 	seq       uint64
 	lastPoll  time.Time
-	maxPacket uint32
 	ended     bool
 	attached  atomic.Int32 // device WebSockets holding the session open
 }
@@ -91,7 +90,7 @@ func (s *session) run() {
 		if err := s.b.connectLimiter.Wait(s.ctx); err != nil {
 			return
 		}
-		cl, err := s.connect()
+		l, err := s.connect()
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return
@@ -110,8 +109,9 @@ func (s *session) run() {
 		s.b.m.connects.WithLabelValues("ok").Inc()
 		attempt = 0
 		select {
-		case <-cl.Done():
-			s.disconnected(cl)
+		case <-l.done():
+			s.disconnected(l)
+			l.close()
 			s.b.m.disconnects.WithLabelValues(reasonLost).Inc()
 			s.b.log.Info("upstream connection lost", "device", s.device)
 			d := backoff(0, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D())
@@ -122,12 +122,8 @@ func (s *session) run() {
 			}
 		case <-s.ctx.Done():
 			reason := context.Cause(s.ctx).Error()
-			s.disconnected(cl)
-			_ = cl.Disconnect(&paho.Disconnect{ReasonCode: 0x04})
-			select {
-			case <-cl.Done():
-			case <-time.After(2 * time.Second):
-			}
+			s.disconnected(l)
+			l.close()
 			s.b.m.disconnects.WithLabelValues(reason).Inc()
 			s.b.log.Debug("session ended", "device", s.device, "reason", reason)
 			return
@@ -150,120 +146,79 @@ func backoff(attempt int, min, max time.Duration) time.Duration {
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
 
-func (s *session) connect() (*paho.Client, error) {
-	u := s.b.cfg.Upstream
-	ctx, cancel := context.WithTimeout(s.ctx, u.ConnectTimeout.D())
+// connect opens a link with the bridge's driver and makes it current.
+func (s *session) connect() (link, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.b.cfg.Upstream.ConnectTimeout.D())
 	defer cancel()
-	conn, err := s.b.dial(ctx)
+	open := s.connectMQTT
+	if s.b.cfg.Upstream.Driver == "websocket" {
+		open = s.connectWS
+	}
+	l, present, err := open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	clientID := topic(u.ClientID, s.device)
-	cl := paho.NewClient(paho.ClientConfig{
-		ClientID:                   clientID,
-		Conn:                       conn,
-		EnableManualAcknowledgment: true,
-		OnPublishReceived:          []func(paho.PublishReceived) (bool, error){s.onPublish},
-		OnClientError: func(err error) {
-			s.b.log.Debug("upstream client error", "device", s.device, "err", err)
-		},
-		OnServerDisconnect: func(d *paho.Disconnect) {
-			s.b.log.Info("broker disconnected session", "device", s.device, "reason_code", d.ReasonCode)
-		},
-	})
-	expiry := uint32(u.SessionExpiry.D() / time.Second)
-	cp := &paho.Connect{
-		ClientID:   clientID,
-		KeepAlive:  uint16(u.Keepalive.D() / time.Second),
-		CleanStart: false,
-		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry},
-	}
-	if p := s.b.cfg.Presence; p.Topic != "" {
-		cp.WillMessage = &paho.WillMessage{Retain: true, QoS: 1, Topic: topic(p.Topic, s.device), Payload: []byte(p.Offline)}
-	}
-	if u.Username != "" {
-		cp.UsernameFlag, cp.Username = true, topic(u.Username, s.device)
-	}
-	if u.Password != "" {
-		cp.PasswordFlag, cp.Password = true, []byte(topic(u.Password, s.device))
-	}
-	ca, err := cl.Connect(ctx, cp)
-	if err != nil {
-		conn.Close()
-		if ca != nil {
-			return nil, fmt.Errorf("connack reason %#x: %w", ca.ReasonCode, err)
-		}
-		return nil, fmt.Errorf("connect: %w", err)
-	}
-	sub := &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{
-		Topic: topic(s.b.cfg.Commands.Topic, s.device), QoS: 1,
-		RetainHandling: 1, // retained commands only on a new subscription
-	}}}
-	if _, err := cl.Subscribe(ctx, sub); err != nil {
-		_ = cl.Disconnect(&paho.Disconnect{ReasonCode: 0})
-		return nil, fmt.Errorf("subscribe: %w", err)
-	}
-	if p := s.b.cfg.Presence; p.Topic != "" {
-		if _, err := cl.Publish(ctx, &paho.Publish{Topic: topic(p.Topic, s.device), QoS: 1, Retain: true, Payload: []byte(p.Online)}); err != nil {
-			s.b.log.Warn("presence online not published", "device", s.device, "err", err)
-		}
-	}
 	s.mu.Lock()
-	s.client = cl
-	s.maxPacket = 0
-	if ca.Properties != nil && ca.Properties.MaximumPacketSize != nil {
-		s.maxPacket = *ca.Properties.MaximumPacketSize
-	}
-	if ca.SessionPresent {
+	s.link = l
+	if present {
 		// Commands from an earlier connection were never acknowledged: the
 		// broker redelivers them on this one, so drop the stale copies.
-		s.pending = keepFrom(s.pending, cl)
-		s.inflight = keepFrom(s.inflight, cl)
+		s.pending = keepFrom(s.pending, l)
+		s.inflight = keepFrom(s.inflight, l)
 	}
 	close(s.connected)
 	s.mu.Unlock()
-	return cl, nil
+	return l, nil
 }
 
-func keepFrom(cmds []*command, cl *paho.Client) []*command {
+func keepFrom(cmds []*command, l link) []*command {
 	out := cmds[:0]
 	for _, c := range cmds {
-		if c.client == cl {
+		if c.via == l {
 			out = append(out, c)
 		}
 	}
 	return out
 }
 
-func (s *session) disconnected(cl *paho.Client) {
+func (s *session) disconnected(l link) {
 	s.mu.Lock()
-	if s.client == cl {
-		s.client = nil
+	if s.link == l {
+		s.link = nil
 		s.connected = make(chan struct{})
 	}
 	s.mu.Unlock()
 }
 
-// onPublish buffers a command. It is acknowledged later, once delivered.
-func (s *session) onPublish(pr paho.PublishReceived) (bool, error) {
-	p := pr.Packet
+// add buffers a command from the upstream; it is acknowledged later, once
+// delivered. A command without an id (MQTT) gets one; a command whose id
+// is already held (a WebSocket backend resending after a reconnect) only
+// moves to the new link.
+func (s *session) add(c *command) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if c.id != "" {
+		for _, held := range [][]*command{s.pending, s.inflight} {
+			for _, h := range held {
+				if h.id == c.id {
+					h.via = c.via
+					return
+				}
+			}
+		}
+	}
 	if len(s.pending) >= maxPending {
-		s.b.log.Warn("command buffer full; leaving the command with the broker", "device", s.device)
-		return true, nil
+		s.b.log.Warn("command buffer full; leaving the command with the upstream", "device", s.device)
+		return
 	}
-	s.seq++
-	s.pending = append(s.pending, &command{
-		id: fmt.Sprintf("%s-%d", s.tag, s.seq), topic: p.Topic, payload: p.Payload,
-		pub: p, client: pr.Client, arrived: s.b.now(), dup: p.Duplicate(),
-	})
-	if p.Duplicate() {
-		s.b.m.redelivered.Inc()
+	if c.id == "" {
+		s.seq++
+		c.id = fmt.Sprintf("%s-%d", s.tag, s.seq)
 	}
+	c.arrived = s.b.now()
+	s.pending = append(s.pending, c)
 	close(s.wake)
 	s.wake = make(chan struct{})
-	return true, nil
 }
 
 // take removes up to max commands to offer: in explicit mode, written ones
@@ -305,10 +260,25 @@ func (s *session) delivered(cmds []*command) {
 	for _, c := range cmds {
 		s.b.m.delivered.Inc()
 		s.b.m.latency.Observe(now.Sub(c.arrived).Seconds())
-		if err := c.client.Ack(c.pub); err != nil {
+		if err := s.ackVia(c).ack(c); err != nil {
 			s.b.log.Debug("ack not sent; the broker will redeliver", "device", s.device, "id", c.id, "err", err)
 		}
 	}
+}
+
+// ackVia is the link to acknowledge c on: MQTT acks only on the
+// connection the command came on; a WebSocket backend matches acks by id,
+// so the current link serves when the original is gone.
+func (s *session) ackVia(c *command) link {
+	if c.pub != nil {
+		return c.via
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.link != nil {
+		return s.link
+	}
+	return c.via
 }
 
 // offered records commands written in explicit mode, awaiting their ack.
@@ -342,20 +312,20 @@ func (s *session) ack(id string) bool {
 	return true
 }
 
-// waitConnected returns the current client, waiting for a connection until
+// waitConnected returns the current link, waiting for a connection until
 // ctx ends; nil if none.
-func (s *session) waitConnected(ctx context.Context) *paho.Client {
+func (s *session) waitConnected(ctx context.Context) link {
 	s.mu.Lock()
-	cl, ch := s.client, s.connected
+	l, ch := s.link, s.connected
 	s.mu.Unlock()
-	if cl != nil {
-		return cl
+	if l != nil {
+		return l
 	}
 	select {
 	case <-ch:
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return s.client
+		return s.link
 	case <-ctx.Done():
 	case <-s.ctx.Done():
 	}
@@ -374,8 +344,12 @@ func (s *session) wakeChan() <-chan struct{} {
 	return s.wake
 }
 
+// packetLimit is the broker's maximum packet size (0: none, or not MQTT).
 func (s *session) packetLimit() uint32 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.maxPacket
+	if ml, ok := s.link.(*mqttLink); ok {
+		return ml.maxPacket
+	}
+	return 0
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/eclipse/paho.golang/paho"
 	"github.com/gorilla/websocket"
 )
 
@@ -130,6 +129,7 @@ func (b *Bridge) wsReader(ctx context.Context, c *websocket.Conn, s *session) in
 			}
 			return websocket.CloseNormalClosure
 		}
+		b.m.wsMessages.WithLabelValues("device", "in").Inc()
 		payload := data
 		if b.cfg.WebSocket.Format == "json" {
 			var f wsFrame
@@ -159,19 +159,21 @@ func (b *Bridge) wsReader(ctx context.Context, c *websocket.Conn, s *session) in
 	}
 }
 
+// errUnavailable: no upstream connection came up within the publish
+// timeout.
+var errUnavailable = errors.New("upstream unavailable")
+
+// publishTelemetry publishes a device's telemetry on its session's link
+// and waits for the upstream to take it, within upstream.publish_timeout.
 func (b *Bridge) publishTelemetry(ctx context.Context, s *session, payload []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Upstream.PublishTimeout.D())
 	defer cancel()
-	cl := s.waitConnected(ctx)
-	if cl == nil {
+	l := s.waitConnected(ctx)
+	if l == nil {
 		b.m.telemetry.WithLabelValues("unavailable").Inc()
-		return errors.New("broker unavailable")
+		return errUnavailable
 	}
-	resp, err := cl.Publish(ctx, &paho.Publish{Topic: topic(b.cfg.Telemetry.Topic, s.device), QoS: byte(*b.cfg.Telemetry.QoS), Payload: payload})
-	if err == nil && resp != nil && resp.ReasonCode >= 0x80 {
-		err = errors.New("broker refused publish")
-	}
-	if err != nil {
+	if err := l.publish(ctx, topic(b.cfg.Telemetry.Topic, s.device), byte(*b.cfg.Telemetry.QoS), payload); err != nil {
 		b.m.telemetry.WithLabelValues("failed").Inc()
 		return err
 	}
@@ -190,6 +192,7 @@ func (b *Bridge) wsWriter(ctx context.Context, c *websocket.Conn, s *session) in
 				s.requeue([]*command{cmd})
 				return websocket.ClosePolicyViolation
 			}
+			b.m.wsMessages.WithLabelValues("device", "out").Inc()
 			if explicit {
 				s.offered([]*command{cmd})
 			} else {

@@ -119,7 +119,8 @@ type Telemetry struct {
 
 // Commands configures broker → device commands.
 type Commands struct {
-	// Topic is the topic template, with {device}. Required.
+	// Topic is the topic template, with {device}. Required with
+	// upstream.driver mqtt; unused with websocket.
 	Topic string `yaml:"topic"`
 	// QoS of the subscription: 1 (at least once). Default: 1.
 	QoS int `yaml:"qos"`
@@ -285,7 +286,14 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 			e.add(p+".telemetry.qos", "must be 0 or 1 (got %d)", q)
 		}
 	}
-	validTemplate(e, p+".commands.topic", b.Commands.Topic, true)
+	if u.Driver == "websocket" {
+		// The backend addresses the device by its socket: no topics.
+		if b.Presence.Topic != "" {
+			e.add(p+".presence.topic", "needs upstream.driver mqtt (a WebSocket backend sees presence as the socket itself)")
+		}
+	} else {
+		validTemplate(e, p+".commands.topic", b.Commands.Topic, true)
+	}
 	if b.Commands.QoS != 1 {
 		e.add(p+".commands.qos", "must be 1 (commands are delivered at least once)")
 	}

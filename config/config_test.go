@@ -69,6 +69,14 @@ func TestValidateMessages(t *testing.T) {
     commands: {topic: "d/+/{device}"}`, []string{
 			`bridges.b.poll.max_wait: must be shorter than limits.timeouts.idle (5m0s >= 2m0s)`,
 			`bridges.b.commands.topic: must not contain MQTT wildcards + or # (got "d/+/{device}")`}},
+		{"websocket driver", `bridges:
+  b:
+    upstream: {driver: websocket, url: "mqtt://backend/{device}"}
+    identity: {from: path, allow_unauthenticated: true}
+    poll: {path: "/d/{device}"}
+    presence: {topic: "d/{device}/status"}`, []string{
+			`bridges.b.upstream.url: must be a ws:// or wss:// URL with a host (got "mqtt://backend/{device}")`,
+			`bridges.b.presence.topic: needs upstream.driver mqtt (a WebSocket backend sees presence as the socket itself)`}},
 		{"acme http-01 without listener", "tls: {acme: {domains: [edge.example.com], challenges: [http-01]}}", []string{`tls.acme.challenges[0]: http-01 needs listen.http`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
