@@ -30,7 +30,7 @@ import (
 
 // startProxy runs a Server for the YAML config (listen.https forced to
 // 127.0.0.1:0) and returns it with a client that trusts its certificate.
-func startProxy(t *testing.T, yamlCfg string) (*Server, *http.Client) {
+func startProxy(t testing.TB, yamlCfg string) (*Server, *http.Client) {
 	t.Helper()
 	raw, err := config.Parse([]byte(yamlCfg), func(string) (string, bool) { return "", false })
 	if err != nil {

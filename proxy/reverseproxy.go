@@ -59,6 +59,30 @@ type proxyDeps struct {
 	now      func() time.Time
 	retry    func() int
 	upgrades *sync.WaitGroup
+	bufs     httputil.BufferPool // response copy buffers, shared by all routes
+}
+
+// copyBufSize is the size of a response copy buffer.
+const copyBufSize = 32 << 10
+
+// bufferPool recycles response copy buffers: without it ReverseProxy
+// allocates 32 KiB per response, most of the proxy's garbage.
+type bufferPool struct{ p sync.Pool }
+
+var _ httputil.BufferPool = (*bufferPool)(nil)
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, copyBufSize)
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) == copyBufSize {
+		buf = buf[:copyBufSize]
+		b.p.Put(&buf)
+	}
 }
 
 func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, error) {
@@ -137,6 +161,7 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		Rewrite:      rp.rewrite,
 		Transport:    &poolTransport{rp: rp, h1: h1, h2c: h2c, retries: *pc.Retries, timeoutHdr: pc.Timeouts.ResponseHeader.D()},
 		ErrorHandler: rp.errorHandler,
+		BufferPool:   d.bufs,
 		ErrorLog:     slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
 		// 0: ReverseProxy flushes at once for streaming responses (unknown
 		// length, text/event-stream) and buffers the rest.

@@ -1,0 +1,45 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// BenchmarkProxyKeepAlive measures a GET through the proxy over TLS
+// keep-alive connections (HTTP/1.1) to a loopback backend. Profile the
+// hot path with -cpuprofile.
+func BenchmarkProxyKeepAlive(b *testing.B) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	}))
+	defer backend.Close()
+	s, cl := startProxy(b, fmt.Sprintf(`
+limits: {per_ip: {max_conns: 10000, rate: 100000, burst: 100000}}
+routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, backend.URL))
+	tr := cl.Transport.(*http.Transport).Clone()
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	tr.TLSClientConfig = tr.TLSClientConfig.Clone()
+	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	tr.MaxIdleConnsPerHost = 64
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	url := s.url("/x")
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get(url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+}
