@@ -116,16 +116,39 @@ tls:
 
 var obtainedRe = regexp.MustCompile(`msg="acme certificate obtained".* domain=localhost`)
 
-// leafFor completes a verified handshake with name and returns the leaf.
-func leafFor(t testing.TB, addr, name string, roots *x509.CertPool) (*x509.Certificate, error) {
+// verified is a client config for name trusting roots.
+func verified(name string, roots *x509.CertPool) *tls.Config {
+	return &tls.Config{ServerName: name, RootCAs: roots}
+}
+
+// leafFor completes a handshake with cfg and returns the server's leaf.
+func leafFor(t testing.TB, addr string, cfg *tls.Config) (*x509.Certificate, error) {
 	t.Helper()
 	d := &net.Dialer{Timeout: 5 * time.Second}
-	c, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{ServerName: name, RootCAs: roots})
+	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	return c.ConnectionState().PeerCertificates[0], nil
+}
+
+// awaitLeaf retries verified handshakes until edgeshim serves a
+// certificate for name that roots trust: the order, and then caching the
+// certificate in memory, run in the background.
+func awaitLeaf(t testing.TB, addr string, cfg *tls.Config, within time.Duration) *x509.Certificate {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		leaf, err := leafFor(t, addr, cfg)
+		if err == nil {
+			return leaf
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no certificate for %s trusted by the CA within %s: %v", cfg.ServerName, within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // TestACMEHTTP01 obtains a certificate through HTTP-01 on listen.http, and
@@ -140,10 +163,7 @@ func TestACMEHTTP01(t *testing.T) {
     challenges: [http-01]`)
 	e := startEdgeshim(t, cfg, EdgeOptions{Listeners: []string{"https", "http", "admin"}})
 	e.Logs.waitLine(t, obtainedRe, 60*time.Second)
-	leaf, err := leafFor(t, e.Addr("https"), "localhost", p.Roots())
-	if err != nil {
-		t.Fatalf("handshake with the ACME certificate: %v", err)
-	}
+	leaf := awaitLeaf(t, e.Addr("https"), verified("localhost", p.Roots()), 10*time.Second)
 	if got := e.Metric("edgeshim_acme_orders_total", `result="ok"`); got != 1 {
 		t.Errorf("orders ok = %v, want 1", got)
 	}
@@ -184,16 +204,7 @@ func TestACMEHTTP01(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2 := startEdgeshim(t, cfg, EdgeOptions{Listeners: []string{"https", "http", "admin"}})
-	var leaf2 *x509.Certificate
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if leaf2, err = leafFor(t, e2.Addr("https"), "localhost", p.Roots()); err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond) // loading from storage runs in the background
-	}
-	if err != nil {
-		t.Fatalf("after restart: %v", err)
-	}
+	leaf2 := awaitLeaf(t, e2.Addr("https"), verified("localhost", p.Roots()), 30*time.Second) // loaded from storage in the background
 	if !leaf2.Equal(leaf) {
 		t.Errorf("after restart a different certificate (serial %v, was %v): want the stored one", leaf2.SerialNumber, leaf.SerialNumber)
 	}
@@ -208,20 +219,16 @@ func TestACMETLSALPN01(t *testing.T) {
 	httpsPort := freePort(t)
 	p := startPebble(t, freePort(t), httpsPort)
 	devices := newTestCA(t)
-	cfg := acmeConfig(p, httpsPort, 0, t.TempDir(), `    domains: [localhost]
+	e := startEdgeshim(t, acmeConfig(p, httpsPort, 0, t.TempDir(), `    domains: [localhost]
     challenges: [tls-alpn-01]
-  client_auth: {ca: `+devices.File+`, mode: require}`)
-	e := startEdgeshim(t, cfg)
+  client_auth: {ca: `+devices.File+`, mode: require}`))
 	e.Logs.waitLine(t, obtainedRe, 60*time.Second)
-	dev := devices.client(t, "device-1")
-	c, err := tls.Dial("tcp", e.Addr("https"), &tls.Config{ServerName: "localhost", RootCAs: p.Roots(), Certificates: []tls.Certificate{dev}})
-	if err != nil {
-		t.Fatalf("handshake with the ACME certificate and a device certificate: %v", err)
-	}
-	if got := c.ConnectionState().PeerCertificates[0].DNSNames; len(got) != 1 || got[0] != "localhost" {
+	cfg := verified("localhost", p.Roots())
+	cfg.Certificates = []tls.Certificate{devices.client(t, "device-1")}
+	leaf := awaitLeaf(t, e.Addr("https"), cfg, 10*time.Second)
+	if got := leaf.DNSNames; len(got) != 1 || got[0] != "localhost" {
 		t.Errorf("certificate names %v, want [localhost]", got)
 	}
-	c.Close()
 }
 
 // TestACMEClusterSharedStorage runs two instances on one storage: exactly
@@ -239,16 +246,7 @@ func TestACMEClusterSharedStorage(t *testing.T) {
 	roots := p.Roots()
 	var leaves [2]*x509.Certificate
 	for i, e := range []*Edge{a, b} {
-		var err error
-		for deadline := time.Now().Add(60 * time.Second); ; {
-			if leaves[i], err = leafFor(t, e.Addr("https"), "localhost", roots); err == nil || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond) // waiting for the cluster's one order
-		}
-		if err != nil {
-			t.Fatalf("instance %d: %v", i, err)
-		}
+		leaves[i] = awaitLeaf(t, e.Addr("https"), verified("localhost", roots), 60*time.Second) // the cluster's one order
 	}
 	if !leaves[0].Equal(leaves[1]) {
 		t.Errorf("instances serve different certificates (serials %v, %v): want one order", leaves[0].SerialNumber, leaves[1].SerialNumber)
@@ -268,10 +266,10 @@ func TestACMEOnDemand(t *testing.T) {
 	e := startEdgeshim(t, acmeConfig(p, httpsPort, 0, t.TempDir(), `    challenges: [tls-alpn-01]
     on_demand: {allow: ["localhost", "device-*.fleet.example"]}`))
 	roots := p.Roots()
-	if _, err := leafFor(t, e.Addr("https"), "not-allowed.example.com", roots); err == nil {
+	if _, err := leafFor(t, e.Addr("https"), verified("not-allowed.example.com", roots)); err == nil {
 		t.Error("handshake for a name not allowed succeeded")
 	}
-	leaf, err := leafFor(t, e.Addr("https"), "localhost", roots)
+	leaf, err := leafFor(t, e.Addr("https"), verified("localhost", roots))
 	if err != nil {
 		t.Fatalf("on-demand handshake for an allowed name: %v", err)
 	}
@@ -288,7 +286,7 @@ func TestACMEOnDemand(t *testing.T) {
 		t.Error("certmagic worked on the refused name")
 	}
 	// The second handshake is served from memory, no new order.
-	if _, err := leafFor(t, e.Addr("https"), "localhost", roots); err != nil {
+	if _, err := leafFor(t, e.Addr("https"), verified("localhost", roots)); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.Metric("edgeshim_acme_orders_total"); got != 1 {
