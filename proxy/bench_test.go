@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -40,6 +41,46 @@ routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, backend.UR
 			}
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
+		}
+	})
+}
+
+// BenchmarkProxyNewConnResumed measures a GET on a new TLS connection per
+// request, resumed from a session ticket (a device reconnecting per poll).
+func BenchmarkProxyNewConnResumed(b *testing.B) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	}))
+	defer backend.Close()
+	s, cl := startProxy(b, fmt.Sprintf(`
+limits: {per_ip: {max_conns: 10000, rate: 100000, burst: 100000}, handshake: {rate: 100000, burst: 100000}}
+routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, backend.URL))
+	cfg := cl.Transport.(*http.Transport).TLSClientConfig.Clone()
+	cfg.NextProtos = []string{"http/1.1"}
+	cfg.CurvePreferences = []tls.CurveID{tls.X25519}
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+	addr := s.Addr("https").String()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		br := bufio.NewReader(nil)
+		for pb.Next() {
+			c, err := tls.Dial("tcp", addr, cfg)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+			br.Reset(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				b.Error(err)
+				c.Close()
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			c.Close()
 		}
 	})
 }

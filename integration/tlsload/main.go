@@ -22,9 +22,13 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:8443", "host:port (loopback only)")
 	conc := flag.Int("c", 32, "concurrent clients")
 	dur := flag.Duration("d", 10*time.Second, "duration")
+	pq := flag.Bool("pq", false, "offer X25519MLKEM768 (Go's default); off, offer X25519 and P-256 only, as devices and OpenSSL 3.0 clients do, so every proxy does the same key exchange")
 	flag.Parse()
 	cache := tls.NewLRUClientSessionCache(1024)
 	cfg := &tls.Config{InsecureSkipVerify: true, ClientSessionCache: cache, ServerName: "localhost", NextProtos: []string{"http/1.1"}}
+	if !*pq {
+		cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+	}
 	var n, resumed, errs atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
