@@ -205,6 +205,8 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 	case "websocket":
 		if pu, err := url.Parse(strings.ReplaceAll(u.URL, "{device}", "d")); err != nil || pu.Host == "" || !oneOf(pu.Scheme, "ws", "wss") {
 			e.add(p+".upstream.url", "must be a ws:// or wss:// URL with a host (got %q)", u.URL)
+		} else if !strings.Contains(u.URL, "{device}") || strings.Contains(strings.SplitN(strings.SplitN(u.URL, "://", 2)[1], "/", 2)[0], "{device}") {
+			e.add(p+".upstream.url", "must name {device} in its path or query: each device has its own session (got %q)", u.URL)
 		}
 	default:
 		e.add(p+".upstream.driver", "must be mqtt or websocket (got %q)", u.Driver)

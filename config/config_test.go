@@ -77,6 +77,12 @@ func TestValidateMessages(t *testing.T) {
     presence: {topic: "d/{device}/status"}`, []string{
 			`bridges.b.upstream.url: must be a ws:// or wss:// URL with a host (got "mqtt://backend/{device}")`,
 			`bridges.b.presence.topic: needs upstream.driver mqtt (a WebSocket backend sees presence as the socket itself)`}},
+		{"websocket driver without device", `bridges:
+  b:
+    upstream: {driver: websocket, url: "wss://backend/devices"}
+    identity: {from: path, allow_unauthenticated: true}
+    poll: {path: "/d/{device}"}`, []string{
+			`bridges.b.upstream.url: must name {device} in its path or query: each device has its own session (got "wss://backend/devices")`}},
 		{"acme http-01 without listener", "tls: {acme: {domains: [edge.example.com], challenges: [http-01]}}", []string{`tls.acme.challenges[0]: http-01 needs listen.http`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -116,9 +116,6 @@ type WebSocket struct {
 	// SendQueue is the per-connection queue of outgoing messages; a reader
 	// slower than that is closed. Default: 16.
 	SendQueue int `yaml:"send_queue"`
-	// Compression enables permessage-deflate (decompressed size capped by
-	// max_message). Default: false.
-	Compression bool `yaml:"compression"`
 }
 
 func (l Limits) withDefaults() Limits {
