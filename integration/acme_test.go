@@ -320,3 +320,25 @@ tls:
 		t.Errorf("orders failed = %v, want ≥ 1", got)
 	}
 }
+
+// TestACMEStaticFilesWin: a certificate file wins for its names beside
+// ACME, which still obtains and holds its certificate.
+func TestACMEStaticFilesWin(t *testing.T) {
+	httpPort := freePort(t)
+	p := startPebble(t, httpPort, freePort(t))
+	static := newTestCA(t)
+	cert, key := static.serverFiles(t) // localhost, 127.0.0.1
+	e := startEdgeshim(t, acmeConfig(p, freePort(t), httpPort, t.TempDir(), `    domains: [localhost]
+    challenges: [http-01]
+  certs: [{cert: `+cert+`, key: `+key+`}]`), EdgeOptions{Listeners: []string{"https", "http", "admin"}})
+	e.Logs.waitLine(t, obtainedRe, 60*time.Second)
+	e.WaitMetric("edgeshim_acme_certificates", 1, 10*time.Second)
+	pool := x509.NewCertPool()
+	pool.AddCert(static.cert)
+	if _, err := leafFor(t, e.Addr("https"), verified("localhost", pool)); err != nil {
+		t.Errorf("localhost not served from the certificate file: %v", err)
+	}
+	if _, err := leafFor(t, e.Addr("https"), verified("localhost", p.Roots())); err == nil {
+		t.Error("the ACME certificate won over the file for localhost")
+	}
+}
