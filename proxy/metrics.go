@@ -19,6 +19,7 @@ type metrics struct {
 	backendDuration *prometheus.HistogramVec
 	backendHealthy  *prometheus.GaugeVec
 	backendInflight *prometheus.GaugeVec
+	backendConns    *prometheus.GaugeVec
 	retries         *prometheus.CounterVec
 
 	wsOpen     prometheus.Gauge
@@ -60,6 +61,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name: "edgeshim_backend_inflight",
 		Help: "Requests in flight to a backend (upstream connections in use).",
 	}, []string{"route", "backend"})
+	m.backendConns = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "edgeshim_backend_connections_open",
+		Help: "Open upstream connections to a backend (idle in the pool or in use), by route and backend.",
+	}, []string{"route", "backend"})
 	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeshim_backend_retries_total",
 		Help: "Idempotent requests retried on another backend after a dial failure.",
@@ -88,7 +93,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Relayed sockets closed, by close code."}, []string{"code"})
 	reg.MustRegister(m.wsOpen, m.wsMessages, m.wsCloses)
 	reg.MustRegister(m.connsOpen, m.connsRefused, m.handshakesRefused, m.handshakesWaiting)
-	reg.MustRegister(m.requests, m.duration, m.backendRequests, m.backendDuration, m.backendHealthy, m.backendInflight, m.retries)
+	reg.MustRegister(m.requests, m.duration, m.backendRequests, m.backendDuration, m.backendHealthy, m.backendInflight, m.backendConns, m.retries)
 	return m
 }
 

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestPlainHTTP checks listen.http: a route with allow_http is served, any
@@ -46,5 +48,30 @@ routes:
 		if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
 			t.Errorf("%s: %d Location %q, want 308 %q", method, resp.StatusCode, resp.Header.Get("Location"), want)
 		}
+	}
+}
+
+// TestBackendConnectionsGauge: edgeshim_backend_connections_open follows
+// the upstream connections a backend pool opens and closes.
+func TestBackendConnectionsGauge(t *testing.T) {
+	b := echoBackend(t, "one")
+	s, cl := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: ["%s"]}}]`, b.URL))
+	for range 3 {
+		resp, err := cl.Get(s.url("/x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	g := s.m.backendConns.WithLabelValues("routes[0]", b.URL)
+	if got := testutil.ToFloat64(g); got != 1 {
+		t.Errorf("connections open after 3 sequential requests = %v, want 1 (kept alive)", got)
+	}
+	for _, rp := range s.router.proxies {
+		rp.closeIdle()
+	}
+	if got := testutil.ToFloat64(g); got != 0 {
+		t.Errorf("connections open after closing idle ones = %v, want 0", got)
 	}
 }

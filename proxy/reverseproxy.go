@@ -20,6 +20,7 @@ import (
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/tlsterm"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 )
 
@@ -85,6 +86,46 @@ func (b *bufferPool) Put(buf []byte) {
 	}
 }
 
+// countingDialer dials backends and keeps edgeshim_backend_connections_open
+// per backend (by dial address) as connections open and close.
+func countingDialer(d *net.Dialer, backends []*backend, g *prometheus.GaugeVec) func(context.Context, string, string) (net.Conn, error) {
+	byAddr := map[string]prometheus.Gauge{}
+	for _, b := range backends {
+		port := b.url.Port()
+		if port == "" {
+			port = "80"
+			if b.url.Scheme == "https" {
+				port = "443"
+			}
+		}
+		byAddr[net.JoinHostPort(b.url.Hostname(), port)] = g.WithLabelValues(b.name)
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		gauge, ok := byAddr[addr]
+		if !ok {
+			return c, nil
+		}
+		gauge.Inc()
+		return &countedConn{Conn: c, g: gauge}, nil
+	}
+}
+
+// countedConn decrements its gauge once, on the first Close.
+type countedConn struct {
+	net.Conn
+	g    prometheus.Gauge
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(c.g.Dec)
+	return c.Conn.Close()
+}
+
 func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, error) {
 	pc := rc.Proxy
 	var urls []*url.URL
@@ -135,9 +176,10 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		b.mErrors = d.m.backendRequests.WithLabelValues(name, b.name, "error")
 	}
 	dialer := &net.Dialer{Timeout: pc.Timeouts.Dial.D(), KeepAlive: 30 * time.Second}
+	dial := countingDialer(dialer, rp.pool.backends, d.m.backendConns.MustCurryWith(prometheus.Labels{"route": name}))
 	h1 := &http.Transport{
 		Proxy:                  nil,
-		DialContext:            dialer.DialContext,
+		DialContext:            dial,
 		TLSClientConfig:        tlsConf,
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           pc.MaxIdleConns * len(urls),
@@ -151,7 +193,7 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 	h2c := &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dialer.DialContext(ctx, network, addr)
+			return dial(ctx, network, addr)
 		},
 		ReadIdleTimeout: 30 * time.Second,
 	}
