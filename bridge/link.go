@@ -75,6 +75,7 @@ func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
 		ClientID:                   clientID,
 		Conn:                       conn,
 		EnableManualAcknowledgment: true,
+		PingHandler:                &timerPinger{},
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			p := pr.Packet
 			if p.Duplicate() {
@@ -92,11 +93,14 @@ func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
 	})
 	ml.cl = cl
 	expiry := uint32(u.SessionExpiry.D() / time.Second)
+	recvMax := uint16(u.ReceiveMaximum)
 	cp := &paho.Connect{
 		ClientID:   clientID,
 		KeepAlive:  uint16(u.Keepalive.D() / time.Second),
 		CleanStart: false,
-		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry},
+		// ReceiveMaximum also sizes paho's receive queue: without it,
+		// 64Ki slots (512 KiB) per session.
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry, ReceiveMaximum: &recvMax},
 	}
 	if p := s.b.cfg.Presence; p.Topic != "" {
 		cp.WillMessage = &paho.WillMessage{Retain: true, QoS: 1, Topic: topic(p.Topic, s.device), Payload: []byte(p.Offline)}

@@ -47,6 +47,12 @@ type Upstream struct {
 	Keepalive Duration `yaml:"keepalive"`
 	// ConnectTimeout bounds one connect attempt. Default: 10s.
 	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// ReceiveMaximum is the MQTT 5 receive maximum: how many commands the
+	// broker sends a device's session before it has acknowledged earlier
+	// ones; the rest wait, durably, at the broker. It also sizes the
+	// client's receive queue (paho allocates 64Ki slots, 512 KiB per
+	// session, without it). Default: 64.
+	ReceiveMaximum int `yaml:"receive_maximum"`
 	// PublishTimeout bounds waiting for a PUBACK. Default: 5s.
 	PublishTimeout Duration `yaml:"publish_timeout"`
 	// ReconnectRate paces session (re)connects across all sessions, per
@@ -162,6 +168,7 @@ func (b Bridge) withDefaults() Bridge {
 	def(&u.SessionExpiry, Duration(3600e9))
 	def(&u.Keepalive, Duration(30e9))
 	def(&u.ConnectTimeout, Duration(10e9))
+	def(&u.ReceiveMaximum, 64)
 	def(&u.PublishTimeout, Duration(5e9))
 	def(&u.ReconnectRate, 100)
 	def(&u.BackoffMin, Duration(1e9))
@@ -219,6 +226,9 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 	}
 	if u.Keepalive.D() > 0 && u.Keepalive.D() < 1e9 {
 		e.add(p+".upstream.keepalive", "must be at least 1s")
+	}
+	if u.ReceiveMaximum < 1 || u.ReceiveMaximum > 65535 {
+		e.add(p+".upstream.receive_maximum", "must be 1-65535 (got %d)", u.ReceiveMaximum)
 	}
 	if u.Keepalive.D() > 65535e9 {
 		e.add(p+".upstream.keepalive", "must be at most 65535s (MQTT limit)")
