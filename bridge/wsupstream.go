@@ -193,6 +193,10 @@ func (l *wsLink) write(ctx context.Context, f wsFrame) error {
 	}
 	_ = l.c.SetWriteDeadline(deadline)
 	if err := l.c.WriteMessage(websocket.TextMessage, data); err != nil {
+		// A backend too slow to read (or gone): after a failed write the
+		// socket is unusable, so end it and let the session reconnect
+		// rather than queue behind it.
+		_ = l.c.Close()
 		return err
 	}
 	l.s.b.m.wsMessages.WithLabelValues("upstream", "out").Inc()
