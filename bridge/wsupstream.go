@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -110,6 +111,9 @@ func (l *wsLink) read() int {
 			case errors.As(err, &ce):
 				b.log.Info("backend closed the websocket", "device", l.s.device, "code", ce.Code, "text", ce.Text)
 				return ce.Code
+			case isTimeout(err):
+				b.log.Warn("websocket backend missed its heartbeat; reconnecting", "device", l.s.device)
+				return websocket.CloseInternalServerErr
 			}
 			b.log.Info("backend websocket lost", "device", l.s.device, "err", err)
 			return websocket.CloseAbnormalClosure
@@ -125,8 +129,16 @@ func (l *wsLink) read() int {
 			continue
 		}
 		cmd.via = l
+		if cmd.topic == "" && b.cfg.Commands.Topic != "" {
+			cmd.topic = topic(b.cfg.Commands.Topic, l.s.device)
+		}
 		l.s.add(cmd)
 	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // errBadFrame is a backend frame edgeshim does not accept.
@@ -240,6 +252,7 @@ func (l *wsLink) close() {
 	select {
 	case <-l.gone:
 		lost = l.code // already ended by the backend or a failure
+		code, text = websocket.CloseInternalServerErr, "upstream lost"
 	default:
 	}
 	l.closeWith(code, text)

@@ -2,9 +2,12 @@ package integration
 
 import (
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +19,10 @@ import (
 // upstream.driver websocket connects each device to. Every accepted
 // socket arrives on conns; the test drives it.
 type wsBackend struct {
-	srv   *httptest.Server
-	conns chan *backendConn
+	srv    *httptest.Server
+	caFile string // trusts srv, for upstream.tls.ca
+	conns  chan *backendConn
+	silent bool // accepted sockets are never read: pings go unanswered
 }
 
 type backendConn struct {
@@ -27,16 +32,19 @@ type backendConn struct {
 	closed chan error             // the read error that ended the socket
 }
 
-func newWSBackend(t *testing.T) *wsBackend {
-	b := &wsBackend{conns: make(chan *backendConn, 16)}
+func newWSBackend(t *testing.T, silent bool) *wsBackend {
+	b := &wsBackend{conns: make(chan *backendConn, 16), silent: silent}
 	up := websocket.Upgrader{}
-	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
 		}
 		bc := &backendConn{device: strings.TrimPrefix(r.URL.Path, "/devices/"), c: c, frames: make(chan map[string]string, 64), closed: make(chan error, 1)}
 		b.conns <- bc
+		if b.silent {
+			return // the socket stays open, unread
+		}
 		for {
 			_, data, err := c.ReadMessage()
 			if err != nil {
@@ -52,7 +60,29 @@ func newWSBackend(t *testing.T) *wsBackend {
 		b.srv.CloseClientConnections()
 		b.srv.Close()
 	})
+	b.caFile = filepath.Join(t.TempDir(), "backend-ca.pem")
+	if err := os.WriteFile(b.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: b.srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return b
+}
+
+// wsUpstreamConfig is a bridge "fleet" on /devices/ whose upstream is the
+// backend, over wss. limits and poll extend those flow maps; extra is YAML
+// lines for the bridge.
+func wsUpstreamConfig(be *wsBackend, limits, poll, extra string) string {
+	return fmt.Sprintf(`
+listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0"}
+limits: {websocket: {max_message: 1KiB%s}}
+routes: [{path: /devices/, bridge: fleet}]
+bridges:
+  fleet:
+    upstream: {driver: websocket, url: "wss://%s/devices/{device}", tls: {ca: %q}, backoff_min: 50ms, backoff_max: 200ms, publish_timeout: 2s}
+    identity: {from: path, allow_unauthenticated: true}
+    poll: {path: "/devices/{device}/commands", max_wait: 30s%s}
+    telemetry: {path: "/devices/{device}/telemetry", topic: "devices/{device}/telemetry"}
+    commands: {topic: "devices/{device}/commands"}
+%s`, limits, be.srv.Listener.Addr(), be.caFile, poll, extra)
 }
 
 func (b *wsBackend) accept(t *testing.T) *backendConn {
@@ -105,18 +135,8 @@ func (bc *backendConn) awaitClose(t *testing.T, code int, what string) {
 // oversize backend frame is refused with 1009 and the session reconnects,
 // and a command resent after a reconnect is delivered once.
 func TestBridgeWebSocketUpstream(t *testing.T) {
-	be := newWSBackend(t)
-	e := startEdgeshim(t, fmt.Sprintf(`
-listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0"}
-limits: {websocket: {max_message: 1KiB}}
-routes: [{path: /devices/, bridge: fleet}]
-bridges:
-  fleet:
-    upstream: {driver: websocket, url: "ws://%s/devices/{device}", backoff_min: 50ms, backoff_max: 200ms, publish_timeout: 2s}
-    identity: {from: path, allow_unauthenticated: true}
-    poll: {path: "/devices/{device}/commands", max_wait: 30s}
-    telemetry: {path: "/devices/{device}/telemetry", topic: "devices/{device}/telemetry"}
-`, be.srv.Listener.Addr()))
+	be := newWSBackend(t, false)
+	e := startEdgeshim(t, wsUpstreamConfig(be, "", "", ""))
 	c := e.Client()
 
 	// First contact opens the session; a command frame answers the held poll.
@@ -205,4 +225,85 @@ bridges:
 	// SIGTERM: the backend socket is closed with 1001.
 	e.Stop(10 * time.Second)
 	bc4.awaitClose(t, websocket.CloseGoingAway, "SIGTERM")
+}
+
+// TestBridgeWebSocketUpstreamExplicitAck: with poll.ack explicit the ack
+// frame goes to the backend only when the device acknowledges; a binary
+// (base64) command reaches the device as raw bytes.
+func TestBridgeWebSocketUpstreamExplicitAck(t *testing.T) {
+	be := newWSBackend(t, false)
+	e := startEdgeshim(t, wsUpstreamConfig(be, "", ", ack: explicit, ack_timeout: 1h", ""))
+	c := e.Client()
+	res := make(chan pollResult, 1)
+	go func() { res <- poll(c, e.URL("/devices/x1/commands?wait=20")) }()
+	bc := be.accept(t)
+	bc.send(t, `{"id":"k1","payload":"AP8=","encoding":"base64"}`)
+	r := <-res
+	if r.code != 200 || r.body != "\x00\xff" || r.id != "k1" {
+		t.Fatalf("poll = %+v, want the binary command k1", r)
+	}
+	resp, err := c.Post(e.URL("/devices/x1/telemetry"), "text/plain", strings.NewReader("t"))
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("telemetry: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	if f := bc.next(t); f["payload"] != "t" {
+		t.Fatalf("frame after the poll = %v, want the telemetry (no ack before the device's)", f)
+	}
+	resp, err = c.Post(e.URL("/devices/x1/commands/k1/ack"), "", nil)
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("device ack: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	if f := bc.next(t); f["ack"] != "k1" {
+		t.Errorf("frame after the device's ack = %v, want ack k1", f)
+	}
+}
+
+// TestBridgeWebSocketUpstreamToDeviceWebSocket: a device on the device
+// WebSocket endpoint gets the backend's commands as frames (acked once
+// written) and its frames reach the backend as telemetry.
+func TestBridgeWebSocketUpstreamToDeviceWebSocket(t *testing.T) {
+	be := newWSBackend(t, false)
+	e := startEdgeshim(t, wsUpstreamConfig(be, "", "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n"))
+	d := websocket.Dialer{TLSClientConfig: e.TLSConfig()}
+	dev, resp, err := d.Dial("wss://"+e.Addr("https")+"/devices/w1/ws", nil)
+	if err != nil {
+		t.Fatalf("dial: %v %v", err, resp)
+	}
+	defer dev.Close()
+	bc := be.accept(t)
+	bc.send(t, `{"id":"k1","payload":"open"}`)
+	dev.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var f map[string]string
+	if err := dev.ReadJSON(&f); err != nil || f["payload"] != "open" || f["topic"] != "devices/w1/commands" || f["id"] != "k1" {
+		t.Fatalf("device frame %v, %v", f, err)
+	}
+	if f := bc.next(t); f["ack"] != "k1" {
+		t.Errorf("backend got %v, want ack k1", f)
+	}
+	if err := dev.WriteJSON(map[string]string{"payload": "temp=21"}); err != nil {
+		t.Fatal(err)
+	}
+	if f := bc.next(t); f["payload"] != "temp=21" || f["topic"] != "devices/w1/telemetry" {
+		t.Errorf("backend got %v, want the device's telemetry", f)
+	}
+}
+
+// TestBridgeWebSocketUpstreamHeartbeat: a backend that stops answering
+// pings is closed (1011) within ping + pong_timeout and the session dials
+// again.
+func TestBridgeWebSocketUpstreamHeartbeat(t *testing.T) {
+	be := newWSBackend(t, true)
+	e := startEdgeshim(t, wsUpstreamConfig(be, ", ping: 1s, pong_timeout: 1s", "", ""))
+	go poll(e.Client(), e.URL("/devices/h1/commands"))
+	be.accept(t)
+	start := time.Now()
+	be.accept(t)                                   // the second connection: the first was given up
+	if d := time.Since(start); d > 6*time.Second { // 2s, with slack for a loaded machine
+		t.Errorf("silent backend replaced after %s, want within ping + pong_timeout (2s) plus backoff", d)
+	}
+	if got := e.WaitMetric("edgeshim_bridge_upstream_websocket_closes_total", 1, 5*time.Second, `code="1011"`); got < 1 {
+		t.Errorf("closes{1011} = %v, want ≥ 1", got)
+	}
 }
