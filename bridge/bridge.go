@@ -121,7 +121,7 @@ func New(o Options) (*Bridge, error) {
 		if b.wsPath, err = compilePath(c.WebSocket.Path); err != nil {
 			return nil, fmt.Errorf("websocket.path: %w", err)
 		}
-		b.upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024, WriteBufferPool: b.wsPool,
+		b.upgrader = websocket.Upgrader{ReadBufferSize: 512, WriteBufferSize: 1024, WriteBufferPool: b.wsPool,
 			CheckOrigin: func(*http.Request) bool { return true }}
 	}
 	if b.ident, err = newIdentifier(c.Identity); err != nil {

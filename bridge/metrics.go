@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.sockets = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_bridge_websockets_open", Help: "Device WebSockets open."})
 	m.wsCloses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_websocket_closes_total",
-		Help: "Device WebSockets closed, by close code."}, []string{"code"})
+		Help: "Device WebSockets closed, by close code and reason (slow_reader, pong_timeout, too_big, bad_frame, peer_closed, peer_gone, upstream_lost, evicted, shutdown). 1006: the peer was gone, no close frame sent."}, []string{"code", "reason"})
 	m.upSockets = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeshim_bridge_upstream_websockets_open",
 		Help: "WebSocket sessions open to the backend (upstream.driver websocket)."})
 	m.upCloses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_upstream_websocket_closes_total",

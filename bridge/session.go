@@ -52,6 +52,7 @@ type session struct {
 	pending   []*command
 	inflight  []*command // explicit ack: written, not yet acknowledged
 	wake      chan struct{}
+	outlet    *wsConn // the device WebSocket to wake for commands, if any
 	seq       uint64
 	lastPoll  time.Time
 	ended     bool
@@ -219,6 +220,9 @@ func (s *session) add(c *command) {
 	s.pending = append(s.pending, c)
 	close(s.wake)
 	s.wake = make(chan struct{})
+	if s.outlet != nil {
+		s.outlet.kick()
+	}
 }
 
 // take removes up to max commands to offer: in explicit mode, written ones

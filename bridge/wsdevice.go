@@ -6,10 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"sync"
-	"time"
 	"unicode/utf8"
 
+	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/gorilla/websocket"
 )
 
@@ -24,11 +25,16 @@ type wsFrame struct {
 	Ack      string `json:"ack,omitempty"`
 }
 
-var errPeerGone = errors.New("websocket closed")
-
 // serveWS attaches a device WebSocket to the device's session: commands go
 // out as frames, frames in are telemetry (or acks). The session ends, and
 // its will fires, when the socket does.
+//
+// Once upgraded, the socket is handed to its reader goroutine and ServeHTTP
+// returns, so that net/http releases its state for the connection (the
+// request and its 4 KiB buffers) with the handler goroutine. An idle
+// socket is one goroutine blocked in a read, a ping timer and the
+// gorilla/TLS state; a writer goroutine exists only while commands are
+// being written.
 func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string) {
 	dev, ok := b.device(w, r, pathDev)
 	if !ok {
@@ -44,36 +50,28 @@ func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string)
 		return
 	}
 	b.wg.Add(1)
-	defer b.wg.Done()
 	c, err := b.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		b.wg.Done()
 		return
 	}
 	s.attached.Add(1)
-	defer s.attached.Add(-1)
 	b.m.sockets.Inc()
-	defer b.m.sockets.Dec()
-	code := b.runWS(r.Context(), c, s)
-	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
-	c.Close()
-	b.m.wsCloses.WithLabelValues(closeCodeLabel(code)).Inc()
-	if code != websocket.CloseGoingAway {
-		b.dropSession(s, "websocket_closed")
-	}
-}
-
-func closeCodeLabel(code int) string {
-	switch code {
-	case websocket.CloseGoingAway:
-		return "1001"
-	case websocket.ClosePolicyViolation:
-		return "1008"
-	case websocket.CloseMessageTooBig:
-		return "1009"
-	case websocket.CloseInternalServerErr:
-		return "1011"
-	}
-	return "1000"
+	x := &wsConn{b: b, s: s, c: c, running: 1}
+	ws := b.lim.WebSocket
+	x.keep = wsnet.Keep(c, ws.Ping.D(), ws.PongTimeout.D(), int64(ws.MaxMessage), nil)
+	// The session ending (eviction, shutdown) closes the socket, without a
+	// goroutine waiting for it.
+	x.stopEnd = context.AfterFunc(s.ctx, func() {
+		if context.Cause(s.ctx).Error() == reasonShutdown {
+			x.close(websocket.CloseGoingAway, "shutdown")
+		} else {
+			x.close(websocket.ClosePolicyViolation, "evicted")
+		}
+	})
+	s.setOutlet(x)
+	go x.read()
+	x.kick() // commands queued before the socket came
 }
 
 // dropSession ends s and removes it from the registry (if still there).
@@ -86,55 +84,89 @@ func (b *Bridge) dropSession(s *session, reason string) {
 	b.mu.Unlock()
 }
 
-// runWS runs the reader (telemetry, acks) and the writer (commands) until
-// one ends, and returns the close code that says why.
-func (b *Bridge) runWS(ctx context.Context, c *websocket.Conn, s *session) int {
-	ws := b.lim.WebSocket
-	pongWait := ws.Ping.D() + ws.PongTimeout.D()
-	c.SetReadLimit(int64(ws.MaxMessage))
-	c.SetReadDeadline(time.Now().Add(pongWait))
-	c.SetPongHandler(func(string) error { return c.SetReadDeadline(time.Now().Add(pongWait)) })
-	var pinger *time.Timer
-	pinger = time.AfterFunc(ws.Ping.D(), func() {
-		if c.WriteControl(websocket.PingMessage, nil, time.Now().Add(ws.PongTimeout.D())) == nil {
-			pinger.Reset(ws.Ping.D())
-		}
-	})
-	defer pinger.Stop()
+// wsConn is one device WebSocket attached to its session.
+type wsConn struct {
+	b       *Bridge
+	s       *session
+	c       *websocket.Conn
+	keep    *wsnet.Keeper
+	stopEnd func() bool
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	codes := make(chan int, 2)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); codes <- b.wsReader(ctx, c, s) }()
-	go func() { defer wg.Done(); codes <- b.wsWriter(ctx, c, s) }()
-	code := <-codes
-	cancel()
-	c.SetReadDeadline(time.Now()) // unblock the reader
-	wg.Wait()
-	return code
+	mu      sync.Mutex
+	writing bool // a writer goroutine is running
+	running int  // goroutines (reader, writer) not yet returned
 }
 
-func (b *Bridge) wsReader(ctx context.Context, c *websocket.Conn, s *session) int {
+// setOutlet makes x the socket the session wakes for new commands (the
+// latest attached one); x == nil detaches o if it is still the outlet.
+func (s *session) setOutlet(x *wsConn) {
+	s.mu.Lock()
+	s.outlet = x
+	s.mu.Unlock()
+}
+
+func (s *session) clearOutlet(x *wsConn) {
+	s.mu.Lock()
+	if s.outlet == x {
+		s.outlet = nil
+	}
+	s.mu.Unlock()
+}
+
+// close closes the socket once, saying why.
+func (x *wsConn) close(code int, reason string) {
+	if x.keep.Close(code, reason) {
+		x.b.log.Debug("device websocket closed", "device", x.s.device, "code", code, "reason", reason)
+	}
+}
+
+// exited is the last call of the reader and writer goroutines (a writer
+// still marked as such clears the mark); the last one to return accounts
+// for the socket.
+func (x *wsConn) exited(writer bool) {
+	x.mu.Lock()
+	if writer {
+		x.writing = false
+	}
+	x.running--
+	last := x.running == 0
+	x.mu.Unlock()
+	if !last {
+		return
+	}
+	b, s := x.b, x.s
+	x.stopEnd()
+	s.clearOutlet(x)
+	code, reason := x.keep.Why()
+	b.m.wsCloses.WithLabelValues(strconv.Itoa(code), reason).Inc()
+	b.m.sockets.Dec()
+	s.attached.Add(-1)
+	if code != websocket.CloseGoingAway {
+		b.dropSession(s, "websocket_closed")
+	}
+	b.wg.Done()
+}
+
+// read reads telemetry and acks until the socket ends.
+func (x *wsConn) read() {
+	code, reason := x.b.wsRead(x.c, x.s)
+	x.close(code, reason)
+	x.exited(false)
+}
+
+func (b *Bridge) wsRead(c *websocket.Conn, s *session) (int, string) {
 	explicit := b.cfg.WebSocket.Ack == "explicit"
 	for {
 		mt, data, err := c.ReadMessage()
 		if err != nil {
-			if errors.Is(err, websocket.ErrReadLimit) {
-				return websocket.CloseMessageTooBig
-			}
-			if ctx.Err() != nil {
-				return websocket.CloseGoingAway
-			}
-			return websocket.CloseNormalClosure
+			return wsnet.ReadCloseCode(err)
 		}
 		b.m.wsMessages.WithLabelValues("device", "in").Inc()
 		payload := data
 		if b.cfg.WebSocket.Format == "json" {
 			var f wsFrame
 			if mt != websocket.TextMessage || json.Unmarshal(data, &f) != nil {
-				return websocket.ClosePolicyViolation
+				return websocket.ClosePolicyViolation, "bad_frame"
 			}
 			if f.Ack != "" {
 				if explicit {
@@ -145,18 +177,92 @@ func (b *Bridge) wsReader(ctx context.Context, c *websocket.Conn, s *session) in
 			payload = []byte(f.Payload)
 			if f.Encoding == "base64" {
 				if payload, err = base64.StdEncoding.DecodeString(f.Payload); err != nil {
-					return websocket.ClosePolicyViolation
+					return websocket.ClosePolicyViolation, "bad_frame"
 				}
 			}
 		}
 		if b.cfg.Telemetry.Topic == "" {
 			continue
 		}
-		if err := b.publishTelemetry(ctx, s, payload); err != nil {
+		if err := b.publishTelemetry(s.ctx, s, payload); err != nil {
 			b.log.Warn("websocket telemetry not acknowledged; closing so the device resends", "device", s.device, "err", err)
-			return websocket.CloseInternalServerErr
+			return websocket.CloseInternalServerErr, "upstream_lost"
 		}
 	}
+}
+
+// kick starts the writer unless it runs (or the socket is closed): called
+// by the session when a command arrives.
+func (x *wsConn) kick() {
+	x.mu.Lock()
+	if x.writing || x.isClosed() {
+		x.mu.Unlock()
+		return
+	}
+	x.writing = true
+	x.running++
+	x.mu.Unlock()
+	go x.write()
+}
+
+// write sends the session's commands until none is left, then returns:
+// an idle socket has no writer goroutine. Each command is acknowledged
+// upstream once written (or, in explicit mode, when the device's ack frame
+// comes). A command the device does not take within pong_timeout is put
+// back, unacknowledged, and the socket is closed 1008 (slow reader): the
+// broker keeps it for the next connection. Commands wait in the session,
+// at most upstream.receive_maximum of them; the rest wait at the broker.
+func (x *wsConn) write() {
+	b, s := x.b, x.s
+	explicit := b.cfg.WebSocket.Ack == "explicit"
+	ackTimeout := b.cfg.Poll.AckTimeout.D()
+	for {
+		cmds := s.take(1, explicit, ackTimeout)
+		if len(cmds) == 0 {
+			x.mu.Lock()
+			x.writing = false
+			x.mu.Unlock()
+			// A command may have come between take and here, its kick
+			// seeing this writer still running.
+			if !s.hasPending() || !x.claimWriter() {
+				x.exited(false)
+				return
+			}
+			continue
+		}
+		cmd := cmds[0]
+		x.keep.WriteDeadline()
+		if err := b.writeFrame(x.c, cmd); err != nil {
+			s.requeue(cmds)
+			code, reason := wsnet.WriteCloseCode(err)
+			x.close(code, reason)
+			break
+		}
+		b.m.wsMessages.WithLabelValues("device", "out").Inc()
+		if explicit {
+			s.offered(cmds)
+		} else {
+			s.delivered(cmds)
+		}
+	}
+	x.exited(true)
+}
+
+func (x *wsConn) isClosed() bool {
+	code, _ := x.keep.Why()
+	return code != 0
+}
+
+// claimWriter makes the calling goroutine the writer again, if no other
+// is and the socket is open.
+func (x *wsConn) claimWriter() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.writing || x.isClosed() {
+		return false
+	}
+	x.writing = true
+	return true
 }
 
 // errUnavailable: no upstream connection came up within the publish
@@ -181,42 +287,7 @@ func (b *Bridge) publishTelemetry(ctx context.Context, s *session, payload []byt
 	return nil
 }
 
-// wsWriter sends commands as they arrive; each is acknowledged upstream
-// once written (or, in explicit mode, when the device's ack frame comes).
-func (b *Bridge) wsWriter(ctx context.Context, c *websocket.Conn, s *session) int {
-	explicit := b.cfg.WebSocket.Ack == "explicit"
-	ackTimeout := b.cfg.Poll.AckTimeout.D()
-	for {
-		for _, cmd := range s.take(1, explicit, ackTimeout) {
-			if err := b.writeFrame(c, cmd); err != nil {
-				s.requeue([]*command{cmd})
-				return websocket.ClosePolicyViolation
-			}
-			b.m.wsMessages.WithLabelValues("device", "out").Inc()
-			if explicit {
-				s.offered([]*command{cmd})
-			} else {
-				s.delivered([]*command{cmd})
-			}
-		}
-		wake := s.wakeChan()
-		if s.hasPending() {
-			continue
-		}
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return websocket.CloseGoingAway
-		case <-b.closing:
-			return websocket.CloseGoingAway
-		case <-s.ctx.Done():
-			return websocket.ClosePolicyViolation // evicted
-		}
-	}
-}
-
 func (b *Bridge) writeFrame(c *websocket.Conn, cmd *command) error {
-	c.SetWriteDeadline(time.Now().Add(b.lim.WebSocket.PongTimeout.D()))
 	if b.cfg.WebSocket.Format == "raw" {
 		return c.WriteMessage(websocket.BinaryMessage, cmd.payload)
 	}

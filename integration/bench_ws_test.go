@@ -3,7 +3,10 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,8 +34,8 @@ func BenchmarkIdleWebSocketMemory(b *testing.B) {
 			status := app.subscribe("devices/+/status")
 			cfg := bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n")
 			cfg = strings.Replace(cfg, "max_conns: 10000}", "max_conns: 20000}", 1)
-			e := startEdgeshim(b, cfg)
-			base := rss(b, e.cmd.Process.Pid)
+			e := startEdgeshim(b, cfg, benchEdgeOptions())
+			base := memSnapshot(b, e)
 			conns := dialMany(b, e, n, func(i int) string { return fmt.Sprintf("/devices/m-%d/ws", i) }, nil)
 			for online := 0; online < n; {
 				select {
@@ -51,8 +54,8 @@ func BenchmarkIdleWebSocketMemory(b *testing.B) {
 	b.Run(fmt.Sprintf("mqtt_ws/n=%d", n), func(b *testing.B) {
 		for b.Loop() {
 			m := startMosquitto(b, "max_connections -1\n")
-			e := startEdgeshim(b, mqttWSConfig("tcp://"+m.Addr(), "limits: {max_conns: 20000, per_ip: {max_conns: 20000, rate: 100000, burst: 100000}}\n"))
-			base := rss(b, e.cmd.Process.Pid)
+			e := startEdgeshim(b, mqttWSConfig("tcp://"+m.Addr(), "limits: {max_conns: 20000, per_ip: {max_conns: 20000, rate: 100000, burst: 100000}}\n"), benchEdgeOptions())
+			base := memSnapshot(b, e)
 			conns := dialMany(b, e, n, func(int) string { return "/mqtt" }, []string{"mqtt"})
 			reportPerConn(b, "mqtt_ws", e, base, n)
 			closeAll(conns)
@@ -97,12 +100,65 @@ func dialMany(b *testing.B, e *Edge, n int, path func(int) string, subprotocols 
 	return conns
 }
 
-func reportPerConn(b *testing.B, kind string, e *Edge, base int64, n int) {
+// benchEdgeOptions passes GOGC/GOMEMLIMIT through (they are in the
+// environment anyway) and turns on the admin profiles when
+// EDGESHIM_WS_PROFILE names a directory to save them in.
+func benchEdgeOptions() EdgeOptions {
+	if os.Getenv("EDGESHIM_WS_PROFILE") != "" {
+		return EdgeOptions{Env: []string{"EDGESHIM_PPROF=1"}}
+	}
+	return EdgeOptions{}
+}
+
+// mem is a process's memory as the kernel (RSS) and the Go runtime
+// (from /metrics) see it.
+type mem struct {
+	rss, heapInuse, stackInuse, goroutines float64
+}
+
+func memSnapshot(b *testing.B, e *Edge) mem {
+	return mem{
+		rss:        float64(rss(b, e.cmd.Process.Pid)),
+		heapInuse:  e.Metric("go_memstats_heap_inuse_bytes"),
+		stackInuse: e.Metric("go_memstats_stack_inuse_bytes"),
+		goroutines: e.Metric("go_goroutines"),
+	}
+}
+
+func reportPerConn(b *testing.B, kind string, e *Edge, base mem, n int) {
 	time.Sleep(2 * time.Second) // let the handshakes' garbage be collected before reading RSS
-	held := rss(b, e.cmd.Process.Pid)
-	per := float64(held-base) / float64(n) / 1024
-	b.ReportMetric(per, "KiB/conn")
-	fmt.Fprintf(os.Stderr, "%s: %d idle TLS WebSockets, edgeshim RSS %d → %d KiB, %.1f KiB per connection\n", kind, n, base>>10, held>>10, per)
+	held := memSnapshot(b, e)
+	per := func(v, v0 float64) float64 { return (v - v0) / float64(n) / 1024 }
+	b.ReportMetric(per(held.rss, base.rss), "KiB/conn")
+	b.ReportMetric(per(held.heapInuse, base.heapInuse), "heap-KiB/conn")
+	b.ReportMetric(per(held.stackInuse, base.stackInuse), "stack-KiB/conn")
+	b.ReportMetric((held.goroutines-base.goroutines)/float64(n), "goroutines/conn")
+	fmt.Fprintf(os.Stderr, "%s: %d idle TLS WebSockets, edgeshim RSS %.0f → %.0f KiB, %.1f KiB per connection "+
+		"(Go heap in use %.1f KiB, stacks %.1f KiB, %.2f goroutines)\n", kind, n, base.rss/1024, held.rss/1024,
+		per(held.rss, base.rss), per(held.heapInuse, base.heapInuse), per(held.stackInuse, base.stackInuse),
+		(held.goroutines-base.goroutines)/float64(n))
+	if dir := os.Getenv("EDGESHIM_WS_PROFILE"); dir != "" {
+		for _, p := range []string{"heap?gc=1", "goroutine?debug=1"} {
+			saveProfile(b, e, p, filepath.Join(dir, kind+"-"+strings.Split(p, "?")[0]+".pprof"))
+		}
+	}
+}
+
+// saveProfile fetches /debug/pprof/<p> from the admin listener into file.
+func saveProfile(b *testing.B, e *Edge, p, file string) {
+	resp, err := http.Get("http://" + e.Addr("admin") + "/debug/pprof/" + p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		b.Fatal(err)
+	}
 }
 
 func closeAll(conns []*websocket.Conn) {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/gorilla/websocket"
@@ -204,4 +206,176 @@ func TestDeviceWebSocket(t *testing.T) {
 	start := time.Now()
 	await(t, status, "offline", 10*time.Second)
 	t.Logf("dead device WebSocket detected and will fired after %s", time.Since(start).Round(time.Millisecond))
+}
+
+// smallWindowDialer dials with a 4 KiB receive buffer, so that a client
+// that stops reading fills its TCP window (and edgeshim's send buffer)
+// after little data, as a slow device on a thin link would.
+func smallWindowDialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		return errors.Join(err, serr)
+	}}
+	return d.DialContext
+}
+
+// TestDeviceWebSocketSlowReader: a device that stops reading while
+// commands keep coming is closed once a command waits on it longer than
+// pong_timeout (1008, counted as slow_reader), not buffered for without
+// end: the session holds at most upstream.receive_maximum commands, the
+// rest stay on the broker. No command is lost: those written before the
+// close are in the device's socket, the others arrive on its next
+// connection.
+//
+// The pings are far apart so that the missing pongs of a device that does
+// not read cannot end the socket first (that close is pong_timeout).
+func TestDeviceWebSocketSlowReader(t *testing.T) {
+	m := startMosquitto(t, "")
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	status := app.subscribe("devices/slow1/status")
+	cfg := bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n")
+	cfg = strings.Replace(cfg, "limits: {", "limits: {websocket: {ping: 60s, pong_timeout: 1s}, ", 1)
+	cfg = strings.Replace(cfg, "publish_timeout: 2s}", "publish_timeout: 2s, receive_maximum: 8}", 1)
+	e := startEdgeshim(t, cfg)
+
+	d := websocket.Dialer{TLSClientConfig: e.TLSConfig(), NetDialContext: smallWindowDialer()}
+	slow, resp, err := d.Dial("wss://"+e.Addr("https")+"/devices/slow1/ws", nil)
+	if err != nil {
+		t.Fatalf("dial: %v %v", err, resp)
+	}
+	defer slow.Close()
+	await(t, status, "online", 10*time.Second)
+
+	// Publish 16 KiB commands, never reading, until edgeshim gives up on
+	// the device (its session ends and the will says offline) or 600 were
+	// published: about 3 MiB fill the socket buffers on loopback. Fewer
+	// than the session's 1000-command buffer, because mosquitto resends a
+	// resumed session's whole backlog at once, past receive_maximum.
+	pad := strings.Repeat("x", 16<<10)
+	published := 0
+	offline := false
+	for !offline && published < 600 {
+		app.publish("devices/slow1/commands", fmt.Sprintf("%04d:%s", published, pad))
+		published++
+		select {
+		case msg := <-status:
+			offline = string(msg.Payload) == "offline"
+		default:
+		}
+	}
+	if !offline {
+		await(t, status, "offline", 10*time.Second)
+	}
+	t.Logf("slow device closed after %d commands (%d MiB) were published", published, published*len(pad)>>20)
+	if got := e.Metric("edgeshim_bridge_websocket_closes_total", `code="1008"`, `reason="slow_reader"`); got != 1 {
+		t.Errorf("closes 1008 slow_reader = %v, want 1", got)
+	}
+	if heap := e.Metric("go_memstats_heap_inuse_bytes"); heap > 64<<20 {
+		t.Errorf("edgeshim heap in use %.0f MiB while a device did not read: buffered without bound?", heap/(1<<20))
+	}
+	delivered := e.Metric("edgeshim_bridge_commands_delivered_total")
+
+	// The device reads again: what edgeshim wrote (and acknowledged) is in
+	// its socket, up to a cut frame and the end of the connection.
+	got := map[string]bool{}
+	collect := func(c *websocket.Conn) error {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var f map[string]string
+		if err := c.ReadJSON(&f); err != nil {
+			return err
+		}
+		got[strings.SplitN(f["payload"], ":", 2)[0]] = true
+		return nil
+	}
+	var rerr error
+	for rerr == nil {
+		rerr = collect(slow)
+	}
+	var ne net.Error
+	if errors.As(rerr, &ne) && ne.Timeout() {
+		t.Fatalf("slow device's socket still open after offline: %v", rerr)
+	}
+	drained := len(got)
+	if float64(drained) < delivered {
+		t.Errorf("edgeshim acknowledged %v commands but the device's socket held %d", delivered, drained)
+	}
+
+	// Reconnected, it gets every command it had not received.
+	d = websocket.Dialer{TLSClientConfig: e.TLSConfig()}
+	fresh, resp, err := d.Dial("wss://"+e.Addr("https")+"/devices/slow1/ws", nil)
+	if err != nil {
+		t.Fatalf("redial: %v %v", err, resp)
+	}
+	defer fresh.Close()
+	for len(got) < published {
+		if err := collect(fresh); err != nil {
+			t.Fatalf("after reconnecting: %d of %d commands (%d drained from the closed socket): %v", len(got), published, drained, err)
+		}
+	}
+	t.Logf("%d commands: %d acknowledged and drained from the closed socket, the rest redelivered", published, drained)
+}
+
+// TestMQTTWSSlowReader: an MQTT-over-WebSocket client that subscribes and
+// stops reading is closed once a message waits on it longer than
+// pong_timeout (1008 slow_reader); edgeshim holds at most one read buffer
+// for it meanwhile, and the broker sees the client gone (its will fires).
+func TestMQTTWSSlowReader(t *testing.T) {
+	m := startMosquitto(t, "")
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	will := app.subscribe("slow/will")
+	e := startEdgeshim(t, mqttWSConfig("tcp://"+m.Addr(), "limits: {websocket: {ping: 60s, pong_timeout: 1s}}\n"))
+	d := websocket.Dialer{TLSClientConfig: e.TLSConfig(), Subprotocols: []string{"mqtt"}, NetDialContext: smallWindowDialer()}
+	ws, resp, err := d.Dial("wss://"+e.Addr("https")+"/mqtt", nil)
+	if err != nil {
+		t.Fatalf("dial: %v %v", err, resp)
+	}
+	defer ws.Close()
+	// A bare MQTT client: CONNECT with a will, SUBSCRIBE, then no reads.
+	conn := wsnet.New(ws)
+	cp := (&paho.Connect{ClientID: "slow", CleanStart: true,
+		WillMessage: &paho.WillMessage{Topic: "slow/will", Payload: []byte("gone")}}).Packet()
+	cp.ProtocolName, cp.ProtocolVersion = "MQTT", 5
+	if _, err := cp.WriteTo(conn); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := packets.ReadPacket(conn); err != nil || p.Type != packets.CONNACK {
+		t.Fatalf("connack: %v %v", p, err)
+	}
+	sp := (&paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "slow/data", QoS: 0}}}).Packet()
+	sp.PacketID = 1
+	if _, err := sp.WriteTo(conn); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := packets.ReadPacket(conn); err != nil || p.Type != packets.SUBACK {
+		t.Fatalf("suback: %v %v", p, err)
+	}
+
+	pad := strings.Repeat("y", 64<<10)
+	published := 0
+	gone := false
+	for !gone && published < 400 {
+		app.publish("slow/data", pad)
+		published++
+		select {
+		case <-will:
+			gone = true
+		default:
+		}
+	}
+	if !gone {
+		await(t, will, "gone", 10*time.Second)
+	}
+	t.Logf("slow client closed after %d messages (%d MiB) were published", published, published*len(pad)>>20)
+	if got := e.WaitMetric("edgeshim_mqtt_ws_closes_total", 1, 5*time.Second, `code="1008"`, `reason="slow_reader"`); got != 1 {
+		t.Errorf("closes 1008 slow_reader = %v, want 1", got)
+	}
+	if heap := e.Metric("go_memstats_heap_inuse_bytes"); heap > 64<<20 {
+		t.Errorf("edgeshim heap in use %.0f MiB while a client did not read: buffered without bound?", heap/(1<<20))
+	}
+	if open := e.Metric("edgeshim_mqtt_ws_sockets_open"); open != 0 {
+		t.Errorf("sockets open = %v after the slow client was closed", open)
+	}
 }

@@ -90,7 +90,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.wsMessages = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_mqtt_ws_messages_total",
 		Help: "Relayed WebSocket messages, by direction (to_broker, to_client)."}, []string{"direction"})
 	m.wsCloses = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_mqtt_ws_closes_total",
-		Help: "Relayed sockets closed, by close code."}, []string{"code"})
+		Help: "Relayed sockets closed, by close code and reason (slow_reader, pong_timeout, too_big, peer_closed, peer_gone, upstream_lost, shutdown, text_frame). 1006: the peer was gone, no close frame sent."}, []string{"code", "reason"})
 	reg.MustRegister(m.wsOpen, m.wsMessages, m.wsCloses)
 	reg.MustRegister(m.connsOpen, m.connsRefused, m.handshakesRefused, m.handshakesWaiting)
 	reg.MustRegister(m.requests, m.duration, m.backendRequests, m.backendDuration, m.backendHealthy, m.backendInflight, m.backendConns, m.retries)

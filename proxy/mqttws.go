@@ -10,9 +10,11 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/gorilla/websocket"
 )
 
@@ -26,6 +28,7 @@ type mqttWS struct {
 	dialer   net.Dialer
 	upgrader websocket.Upgrader
 	upgrades *sync.WaitGroup
+	base     context.Context // cancelled on shutdown
 	m        *metrics
 }
 
@@ -40,12 +43,15 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 	}
 	ws := d.cfg.Limits.WebSocket
 	return &mqttWS{
-		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, m: d.m,
+		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, base: d.base, m: d.m,
 		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
 			// Small buffers: an idle relayed connection should cost little.
-			ReadBufferSize: 1024, WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{},
+			// The read buffer is the socket's own (512 B; larger payloads
+			// are read past it); write buffers come from the pool only
+			// while a message is written.
+			ReadBufferSize: 512, WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{},
 			EnableCompression: false,
 			// MQTT authenticates at the broker; dashboards are often served
 			// from another origin.
@@ -63,8 +69,6 @@ func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, `subprotocol "mqtt" required`)
 		return
 	}
-	m.upgrades.Add(1)
-	defer m.upgrades.Done()
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	bc, err := m.dialer.DialContext(ctx, "tcp", m.broker)
 	cancel()
@@ -73,17 +77,19 @@ func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadGateway, "broker unavailable")
 		return
 	}
+	m.upgrades.Add(1)
 	wc, err := m.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		bc.Close()
+		m.upgrades.Done()
 		return // the upgrader has answered
 	}
 	m.m.wsOpen.Inc()
-	defer m.m.wsOpen.Dec()
-	code := m.relay(r.Context(), wc, bc)
-	m.m.wsCloses.WithLabelValues(strconv.Itoa(code)).Inc()
+	m.relay(wc, bc)
+	// Returning lets net/http drop its state for the connection (request,
+	// 4 KiB read and write buffers) and this goroutine: an idle relayed
+	// socket costs its two copiers and little else.
 }
-
 func hasMQTTSubprotocol(r *http.Request) bool {
 	for _, p := range websocket.Subprotocols(r) {
 		if p == "mqtt" {
@@ -93,83 +99,98 @@ func hasMQTTSubprotocol(r *http.Request) bool {
 	return false
 }
 
-// relay copies both ways with two named copiers; the first to stop decides
-// the close code, both ends are closed and the sibling is awaited.
-func (m *mqttWS) relay(ctx context.Context, wc *websocket.Conn, bc net.Conn) int {
-	toBroker, toClient := m.m.wsMessages.WithLabelValues("to_broker"), m.m.wsMessages.WithLabelValues("to_client")
-	ping, pongWait := m.ws.Ping.D(), m.ws.Ping.D()+m.ws.PongTimeout.D()
-	wc.SetReadLimit(int64(m.ws.MaxMessage))
-	wc.SetReadDeadline(time.Now().Add(pongWait))
-	wc.SetPongHandler(func(string) error { return wc.SetReadDeadline(time.Now().Add(pongWait)) })
-	// One timer per connection, no goroutine parked on a ticker.
-	var pinger *time.Timer
-	pinger = time.AfterFunc(ping, func() {
-		if wc.WriteControl(websocket.PingMessage, nil, time.Now().Add(m.ws.PongTimeout.D())) == nil {
-			pinger.Reset(ping)
-		}
-	})
-	defer pinger.Stop()
+// relayConn is one relayed socket: two copiers, the heartbeat and a
+// shutdown hook. The first to end decides the close code and closes both
+// ends; the last copier to return accounts for the socket.
+type relayConn struct {
+	m            *mqttWS
+	wc           *websocket.Conn
+	bc           net.Conn
+	keep         *wsnet.Keeper
+	stopShutdown func() bool
+	left         atomic.Int32 // copiers running
+}
 
-	type result struct {
-		code int
-		err  error
+// relay starts the copiers and returns.
+func (m *mqttWS) relay(wc *websocket.Conn, bc net.Conn) {
+	x := &relayConn{m: m, wc: wc, bc: bc}
+	x.left.Store(2)
+	x.keep = wsnet.Keep(wc, m.ws.Ping.D(), m.ws.PongTimeout.D(), int64(m.ws.MaxMessage), func() { bc.Close() })
+	x.stopShutdown = context.AfterFunc(m.base, func() { x.keep.Close(websocket.CloseGoingAway, "shutdown") })
+	go x.clientToBroker()
+	go x.brokerToClient()
+}
+
+// copierDone is each copier's last call.
+func (x *relayConn) copierDone(code int, reason string, err error) {
+	if x.keep.Close(code, reason) {
+		x.m.log.Debug("mqtt websocket closed", "code", code, "reason", reason, "err", err)
 	}
-	done := make(chan result, 2)
-	go func() { // clientToBroker
-		for {
-			mt, rd, err := wc.NextReader()
-			if err != nil {
-				if errors.Is(err, websocket.ErrReadLimit) {
-					done <- result{websocket.CloseMessageTooBig, err}
-				} else {
-					done <- result{websocket.CloseNormalClosure, err}
-				}
-				return
-			}
-			if mt != websocket.BinaryMessage {
-				done <- result{websocket.CloseUnsupportedData, errors.New("text frame on an MQTT socket")}
-				return
-			}
-			if _, err := io.Copy(bc, rd); err != nil {
-				done <- result{websocket.CloseInternalServerErr, err}
-				return
-			}
-			toBroker.Inc()
+	if x.left.Add(-1) > 0 {
+		return
+	}
+	x.stopShutdown()
+	code, reason = x.keep.Why()
+	x.m.m.wsOpen.Dec()
+	x.m.m.wsCloses.WithLabelValues(strconv.Itoa(code), reason).Inc()
+	x.m.upgrades.Done()
+}
+
+func (x *relayConn) clientToBroker() {
+	toBroker := x.m.m.wsMessages.WithLabelValues("to_broker")
+	for {
+		mt, rd, err := x.wc.NextReader()
+		if err != nil {
+			code, reason := wsnet.ReadCloseCode(err)
+			x.copierDone(code, reason, err)
+			return
 		}
-	}()
-	go func() { // brokerToClient
-		buf := make([]byte, 4096)
-		for {
-			n, err := bc.Read(buf)
-			if n > 0 {
-				// A client that does not read in time is closed, not
-				// buffered for without end.
-				wc.SetWriteDeadline(time.Now().Add(m.ws.PongTimeout.D()))
-				if werr := wc.WriteMessage(websocket.BinaryMessage, buf[:n]); werr != nil {
-					done <- result{websocket.ClosePolicyViolation, werr}
-					return
-				}
-				toClient.Inc()
-			}
-			if err != nil {
-				done <- result{websocket.CloseInternalServerErr, err} // 1011: upstream lost
-				return
-			}
+		if mt != websocket.BinaryMessage {
+			x.copierDone(websocket.CloseUnsupportedData, "text_frame", errors.New("text frame on an MQTT socket"))
+			return
 		}
-	}()
-	var first result
-	select {
-	case first = <-done:
-	case <-ctx.Done():
-		first = result{websocket.CloseGoingAway, ctx.Err()}
+		if _, err := io.Copy(x.bc, rd); err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				x.copierDone(websocket.CloseMessageTooBig, "too_big", err)
+			} else {
+				x.copierDone(websocket.CloseInternalServerErr, "upstream_lost", err)
+			}
+			return
+		}
+		toBroker.Inc()
 	}
-	_ = wc.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(first.code, ""), time.Now().Add(time.Second))
-	m.log.Debug("mqtt websocket closed", "code", first.code, "reason", first.err)
-	wc.Close()
-	bc.Close()
-	<-done
-	if first.code == websocket.CloseGoingAway {
-		<-done
+}
+
+// relayBufs holds the broker-to-client read buffers: a buffer is taken
+// only once the broker has sent something, so idle sockets hold none.
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
+func (x *relayConn) brokerToClient() {
+	toClient := x.m.m.wsMessages.WithLabelValues("to_client")
+	for {
+		if err := waitReadable(x.bc); err != nil {
+			x.copierDone(websocket.CloseInternalServerErr, "upstream_lost", err) // 1011
+			return
+		}
+		buf := relayBufs.Get().(*[]byte)
+		n, err := x.bc.Read(*buf)
+		var werr error
+		if n > 0 {
+			// A client that does not take a message within pong_timeout
+			// is closed (1008), not buffered for without end.
+			x.keep.WriteDeadline()
+			werr = x.wc.WriteMessage(websocket.BinaryMessage, (*buf)[:n])
+		}
+		relayBufs.Put(buf)
+		switch {
+		case werr != nil:
+			code, reason := wsnet.WriteCloseCode(werr)
+			x.copierDone(code, reason, werr)
+			return
+		case err != nil:
+			x.copierDone(websocket.CloseInternalServerErr, "upstream_lost", err) // 1011
+			return
+		}
+		toClient.Inc()
 	}
-	return first.code
 }

@@ -60,6 +60,7 @@ type proxyDeps struct {
 	now      func() time.Time
 	retry    func() int
 	upgrades *sync.WaitGroup
+	base     context.Context     // cancelled on shutdown: ends upgraded connections
 	bufs     httputil.BufferPool // response copy buffers, shared by all routes
 }
 

@@ -82,7 +82,7 @@ func New(opts Options) (*Server, error) {
 	s.base, s.cancel = context.WithCancel(context.Background())
 	lim := opts.Config.Limits
 	rt, err := newRouter(opts.Config.Routes, opts.Bridges, proxyDeps{
-		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, bufs: &bufferPool{},
+		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: &bufferPool{},
 		retry: func() int { return retryAfterSeconds(lim.RetryAfter) },
 	})
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,7 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// adminServer serves /metrics, /healthz and /readyz.
+// adminServer serves /metrics, /healthz and /readyz, and /debug/pprof/
+// when EDGESHIM_PPROF=1.
 type adminServer struct {
 	srv   *http.Server
 	ready atomic.Bool
@@ -37,6 +40,12 @@ func startAdmin(addr string, reg *prometheus.Registry, log *slog.Logger) (*admin
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if os.Getenv("EDGESHIM_PPROF") == "1" {
+		// Profiles (heap, goroutine, ...) for measuring memory per
+		// connection; off by default, as they disclose internals.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen admin: %w", err)

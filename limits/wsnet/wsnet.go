@@ -4,8 +4,10 @@
 package wsnet
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -64,4 +66,98 @@ func (c *Conn) SetDeadline(t time.Time) error {
 		return err
 	}
 	return c.SetWriteDeadline(t)
+}
+
+// Keeper keeps a server-side WebSocket: pings from a runtime timer (no
+// goroutine), a read deadline renewed by each pong, and one close that
+// says why. It is the part of a socket's life that edgeshim's WebSocket
+// paths share.
+type Keeper struct {
+	c          *websocket.Conn
+	ping, pong time.Duration
+	pinger     *time.Timer
+	mu         sync.Mutex
+	closed     bool
+	code       int
+	reason     string
+	afterClose func()
+}
+
+// Keep starts the heartbeat on c: a ping every ping, and reads fail once
+// nothing (pong or message) arrived for ping+pongTimeout. Messages over
+// maxMessage fail the read with websocket.ErrReadLimit. afterClose, if
+// set, runs once the connection is closed.
+func Keep(c *websocket.Conn, ping, pongTimeout time.Duration, maxMessage int64, afterClose func()) *Keeper {
+	k := &Keeper{c: c, ping: ping, pong: pongTimeout, afterClose: afterClose}
+	c.SetReadLimit(maxMessage)
+	c.SetReadDeadline(time.Now().Add(ping + pongTimeout))
+	c.SetPongHandler(func(string) error { return c.SetReadDeadline(time.Now().Add(ping + pongTimeout)) })
+	k.pinger = time.AfterFunc(ping, k.sendPing)
+	return k
+}
+
+func (k *Keeper) sendPing() {
+	if k.c.WriteControl(websocket.PingMessage, nil, time.Now().Add(k.pong)) == nil {
+		k.pinger.Reset(k.ping)
+	}
+}
+
+// Close closes the connection once, with a close frame carrying code and
+// reason (best effort: a peer that does not read cannot receive it; none
+// for 1006, the peer being gone). Later calls do nothing. It reports
+// whether this call closed.
+func (k *Keeper) Close(code int, reason string) bool {
+	k.mu.Lock()
+	if k.closed {
+		k.mu.Unlock()
+		return false
+	}
+	k.closed, k.code, k.reason = true, code, reason
+	k.mu.Unlock()
+	k.pinger.Stop()
+	if code != websocket.CloseAbnormalClosure {
+		_ = k.c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	}
+	k.c.Close()
+	if k.afterClose != nil {
+		k.afterClose()
+	}
+	return true
+}
+
+// Why returns the close code and reason (0 while open).
+func (k *Keeper) Why() (int, string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.code, k.reason
+}
+
+// WriteDeadline sets the deadline for the next write: a peer that does not take
+// a message within pong timeout is a slow reader.
+func (k *Keeper) WriteDeadline() { k.c.SetWriteDeadline(time.Now().Add(k.pong)) }
+
+// ReadCloseCode maps the error that ended a WebSocket's reads to a close
+// code and a reason label.
+func ReadCloseCode(err error) (int, string) {
+	var ce *websocket.CloseError
+	var ne net.Error
+	switch {
+	case errors.Is(err, websocket.ErrReadLimit):
+		return websocket.CloseMessageTooBig, "too_big"
+	case errors.As(err, &ce):
+		return websocket.CloseNormalClosure, "peer_closed"
+	case errors.As(err, &ne) && ne.Timeout():
+		// Neither a pong nor anything else within ping + pong_timeout.
+		return websocket.ClosePolicyViolation, "pong_timeout"
+	}
+	return websocket.CloseAbnormalClosure, "peer_gone"
+}
+
+// WriteCloseCode maps a failed write: past its deadline it is a slow
+// reader (1008); otherwise the peer is gone.
+func WriteCloseCode(err error) (int, string) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return websocket.ClosePolicyViolation, "slow_reader"
+	}
+	return websocket.CloseAbnormalClosure, "peer_gone"
 }
