@@ -109,13 +109,11 @@ type WebSocket struct {
 	// Ping is the interval between pings. Default: 25s.
 	Ping Duration `yaml:"ping"`
 	// PongTimeout closes a connection that has not answered a ping in this
-	// long. Default: 10s.
+	// long, and one that has not taken a written message in this long (a
+	// slow reader: close 1008; nothing is queued behind it). Default: 10s.
 	PongTimeout Duration `yaml:"pong_timeout"`
 	// MaxMessage caps one message (close 1009 above). Default: 64KiB.
 	MaxMessage Size `yaml:"max_message"`
-	// SendQueue is the per-connection queue of outgoing messages; a reader
-	// slower than that is closed. Default: 16.
-	SendQueue int `yaml:"send_queue"`
 }
 
 func (l Limits) withDefaults() Limits {
@@ -146,7 +144,6 @@ func (l Limits) withDefaults() Limits {
 	def(&out.WebSocket.Ping, Duration(25e9))
 	def(&out.WebSocket.PongTimeout, Duration(10e9))
 	def(&out.WebSocket.MaxMessage, 64<<10)
-	def(&out.WebSocket.SendQueue, 16)
 	return out
 }
 
@@ -166,7 +163,6 @@ func (l Limits) validate(e *errs) {
 	positive(e, "limits.handshake.burst", l.Handshake.Burst)
 	positive(e, "limits.handshake.max_queue", l.Handshake.MaxQueue)
 	positive(e, "limits.max_headers", l.MaxHeaders)
-	positive(e, "limits.websocket.send_queue", l.WebSocket.SendQueue)
 	if l.PerIP.Rate <= 0 {
 		e.add("limits.per_ip.rate", "must be greater than 0")
 	}
