@@ -50,6 +50,8 @@ type Server struct {
 	log    *slog.Logger
 	router *router
 	https  *http.Server
+	h2     *http2.Server
+	tln    *tlsListener // nil until Start
 	h3     *http3.Server
 	m      *metrics
 
@@ -87,7 +89,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
-	handler := s.m.instrument(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), s.router))))
+	handler := s.m.instrument(s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), s.router)))))
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
 		Rate: lim.Handshake.Rate, Burst: lim.Handshake.Burst, MaxQueue: lim.Handshake.MaxQueue,
 		QueueTimeout: lim.Handshake.QueueTimeout.D(), Refused: s.m.handshakesRefused, Waiting: s.m.handshakesWaiting,
@@ -127,8 +129,12 @@ func New(opts Options) (*Server, error) {
 		WriteTimeout:      lim.Timeouts.Write.D(),
 		IdleTimeout:       lim.Timeouts.Idle.D(),
 		MaxHeaderBytes:    int(lim.MaxHeaderBytes),
-		ErrorLog:          errorLog(opts.Logger, opts.HandshakeFailed),
+		ErrorLog:          errorLog(opts.Logger),
 		BaseContext:       func(net.Listener) context.Context { return s.base },
+		ConnContext:       connContext,
+		// framingGuard answers "OPTIONS *": every request net/http
+		// parses must reach it to be counted.
+		DisableGeneralOptionsHandler: true,
 	}
 	h2 := &http2.Server{
 		MaxConcurrentStreams:         100,
@@ -145,10 +151,14 @@ func New(opts Options) (*Server, error) {
 			s.log.Debug("http2 protocol error", "type", errType)
 		},
 	}
+	// ConfigureServer adds h2 to the ALPN protocols and registers the
+	// GOAWAY of graceful shutdown; the connections that negotiate it are
+	// handed to h2.ServeConn by the TLS listener (see Start).
 	if err := http2.ConfigureServer(s.https, h2); err != nil {
 		s.cancel()
 		return nil, fmt.Errorf("http2: %w", err)
 	}
+	s.h2 = h2
 	return s, nil
 }
 
@@ -220,7 +230,16 @@ func (s *Server) Start() error {
 			}
 		}()
 	}
-	tln := tls.NewListener(ln, s.https.TLSConfig)
+	// The TLS handshake is done here, not by net/http, so that HTTP/1
+	// connections reach it as scanConns (see framingGuard).
+	tln := newTLSListener(ln, tlsListenerOptions{
+		Config: s.https.TLSConfig, HandshakeTimeout: lim.Timeouts.Handshake.D(),
+		HandshakeFailed: s.opts.HandshakeFailed, Logger: s.log, Base: s.base,
+		ServeH2: func(c *tls.Conn) {
+			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: s.base, BaseConfig: s.https, Handler: s.https.Handler})
+		},
+	})
+	s.tln = tln
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
@@ -265,6 +284,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, err)
 		s.https.Close()
 	}
+	if s.tln != nil {
+		s.tln.Close() // https.Shutdown has, unless Serve had not begun
+		// HTTP/2 connections were sent GOAWAY by https.Shutdown; they
+		// end when their streams are done, or are closed at ctx's end.
+		if err := s.tln.wait(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http2 connections: %w", err))
+		}
+	}
 	s.closeRest()
 	return errors.Join(errs...)
 }
@@ -276,6 +303,11 @@ func (s *Server) Close() error {
 		errs = append(errs, s.h3.Close())
 	}
 	errs = append(errs, s.https.Close())
+	if s.tln != nil {
+		s.tln.Close()
+		s.tln.closeConns()
+		s.tln.wait(context.Background())
+	}
 	s.closeRest()
 	return errors.Join(errs...)
 }
