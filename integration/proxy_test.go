@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +12,7 @@ import (
 	"os/exec"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -127,5 +130,79 @@ routes: [{path: /, proxy: {backends: [%q]}}]
 	t.Logf("h2spec: %s; failures %v", summary, failed)
 	if len(unexpected) > 0 {
 		t.Errorf("unexpected h2spec failures %v\n%s", unexpected, text[i:])
+	}
+}
+
+// TestSmugglingRefused: against the real binary, a request head carrying
+// both Content-Length and Transfer-Encoding, in either order, any case,
+// folded, on HTTP/1.0 or pipelined behind a good request, is answered 400
+// (JSON) and its connection closed; nothing of it, nor the request hidden
+// behind it, reaches the backend. Transfer-Encoding with codings other
+// than a single "chunked" is refused by net/http itself with 501.
+func TestSmugglingRefused(t *testing.T) {
+	cb := newCountingBackend(t, false)
+	e := startEdgeshim(t, fmt.Sprintf(`
+listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0"}
+routes: [{path: /, proxy: {backends: [%q]}}]
+`, cb.URL))
+	const hidden = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+	post := func(headers ...string) string {
+		return "POST /a HTTP/1.1\r\nHost: x\r\n" + strings.Join(headers, "\r\n") + "\r\n\r\n" + hidden
+	}
+	refused := 0
+	for _, tc := range []struct{ name, payload, want string }{
+		{"CL then TE", post("Content-Length: 40", "Transfer-Encoding: chunked"), "400"},
+		{"TE then CL", post("Transfer-Encoding: chunked", "Content-Length: 40"), "400"},
+		{"lower case", post("content-length: 40", "transfer-encoding: chunked"), "400"},
+		{"upper case", post("CONTENT-LENGTH: 40", "TRANSFER-ENCODING: CHUNKED"), "400"},
+		{"mixed case value", post("Content-length: 40", "Transfer-encoding: cHuNkEd"), "400"},
+		{"spaces", post("Content-Length:   40  ", "Transfer-Encoding:\t chunked "), "400"},
+		{"folded TE", post("Content-Length: 40", "Transfer-Encoding:", " chunked"), "400"},
+		{"duplicate CL and TE", post("Content-Length: 40", "Content-Length: 40", "Transfer-Encoding: chunked"), "400"},
+		{"HTTP/1.0", strings.Replace(post("Connection: keep-alive", "Transfer-Encoding: chunked", "Content-Length: 40"), "HTTP/1.1", "HTTP/1.0", 1), "400"},
+		{"HTTP/1.0 gzip, chunked", strings.Replace(post("Connection: keep-alive", "Transfer-Encoding: gzip, chunked", "Content-Length: 40"), "HTTP/1.1", "HTTP/1.0", 1), "400"},
+		{"pipelined behind OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n" + post("Content-Length: 40", "Transfer-Encoding: chunked"), "200 400"},
+		{"gzip, chunked", post("Content-Length: 40", "Transfer-Encoding: gzip, chunked"), "501"},
+		{"chunked, identity", post("Transfer-Encoding: chunked, identity", "Content-Length: 40"), "501"},
+		{"two TE fields", post("Transfer-Encoding: gzip", "Content-Length: 40", "Transfer-Encoding: chunked"), "501"},
+	} {
+		codes, closed := rawHTTP1(t, e, tc.payload)
+		if got := strings.Join(codes, " "); got != tc.want || !closed {
+			t.Errorf("%s: got %q (closed %v), want %s and the connection closed", tc.name, got, closed, tc.want)
+		}
+		refused += strings.Count(tc.want, "400")
+	}
+	if n := cb.requests.Load(); n != 0 {
+		t.Errorf("the backend saw %d requests, want 0", n)
+	}
+	if got := e.Metric("edgeshim_http_requests_total", `code="400"`); got != float64(refused) {
+		t.Errorf("400s counted %v, want %d", got, refused)
+	}
+}
+
+// rawHTTP1 writes payload on a new HTTP/1.1 TLS connection and returns
+// the status codes of the responses read until the connection is closed
+// (closed) or 10s pass.
+func rawHTTP1(t *testing.T, e *Edge, payload string) (codes []string, closed bool) {
+	t.Helper()
+	c, err := tls.Dial("tcp", e.Addr("https"), &tls.Config{RootCAs: e.CertPool(), ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, payload)
+	br := bufio.NewReader(c)
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return codes, errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 400 && resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("400 is %s %q, want JSON", resp.Header.Get("Content-Type"), body)
+		}
+		codes = append(codes, strconv.Itoa(resp.StatusCode))
 	}
 }
