@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -204,5 +205,51 @@ func rawHTTP1(t *testing.T, e *Edge, payload string) (codes []string, closed boo
 			t.Errorf("400 is %s %q, want JSON", resp.Header.Get("Content-Type"), body)
 		}
 		codes = append(codes, strconv.Itoa(resp.StatusCode))
+	}
+}
+
+// TestBackendClientCertificate: toward a backend that requires a client
+// certificate, edgeshim presents the one configured on the route (the
+// backend sees its CN); with none configured, or one from another CA, the
+// backend refuses the handshake and the client gets 502.
+func TestBackendClientCertificate(t *testing.T) {
+	ca, other := newTestCA(t), newTestCA(t)
+	serverCert, serverKey := ca.serverFiles(t)
+	pair, err := tls.LoadX509KeyPair(serverCert, serverKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := x509.NewCertPool()
+	clients.AddCert(ca.cert)
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.TLS.PeerCertificates[0].Subject.CommonName)
+	}))
+	backend.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clients}
+	backend.StartTLS()
+	t.Cleanup(backend.Close)
+	goodCert, goodKey := ca.clientFiles(t, "edge-proxy")
+	wrongCert, wrongKey := other.clientFiles(t, "edge-proxy")
+	e := startEdgeshim(t, fmt.Sprintf(`
+listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0"}
+routes:
+  - {path: /good, proxy: {backends: [%[1]q], tls: {ca: %[2]q, server_name: localhost, cert: %[3]q, key: %[4]q}}}
+  - {path: /none, proxy: {backends: [%[1]q], retries: 0, tls: {ca: %[2]q, server_name: localhost}}}
+  - {path: /wrong, proxy: {backends: [%[1]q], retries: 0, tls: {ca: %[2]q, server_name: localhost, cert: %[5]q, key: %[6]q}}}
+`, backend.URL, ca.File, goodCert, goodKey, wrongCert, wrongKey))
+	c := e.Client()
+	for _, tc := range []struct {
+		path string
+		code int
+		body string
+	}{{"/good", 200, "edge-proxy"}, {"/none", 502, ""}, {"/wrong", 502, ""}} {
+		resp, err := c.Get(e.URL(tc.path))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || (tc.body != "" && string(b) != tc.body) {
+			t.Errorf("%s: %d %q, want %d %q", tc.path, resp.StatusCode, b, tc.code, tc.body)
+		}
 	}
 }
