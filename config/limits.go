@@ -60,9 +60,8 @@ type Handshake struct {
 
 // Timeouts are server timeouts.
 type Timeouts struct {
-	// Handshake bounds the QUIC (HTTP/3) handshake. On TCP, net/http gives
-	// the TLS handshake one deadline, the smallest of read_header, read and
-	// write, so keep read_header at or below this. Default: 10s.
+	// Handshake bounds the TLS handshake on TCP and the QUIC (HTTP/3)
+	// handshake. Default: 10s.
 	Handshake Duration `yaml:"handshake"`
 	// ReadHeader bounds reading the request headers. Default: 10s.
 	ReadHeader Duration `yaml:"read_header"`

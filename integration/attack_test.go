@@ -19,18 +19,20 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// countingBackend counts the body bytes that reach it and its peak
-// concurrency.
+// countingBackend counts the requests and body bytes that reach it and
+// its peak concurrency.
 type countingBackend struct {
 	*httptest.Server
 	bytes    sync.Map // path → *atomic.Int64
 	cur, max atomic.Int32
+	requests atomic.Int32
 	release  chan struct{}
 }
 
 func newCountingBackend(t *testing.T, hold bool) *countingBackend {
 	cb := &countingBackend{release: make(chan struct{})}
 	cb.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cb.requests.Add(1)
 		n := cb.cur.Add(1)
 		defer cb.cur.Add(-1)
 		for {

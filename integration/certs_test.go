@@ -39,35 +39,55 @@ func newTestCA(t testing.TB) *testCA {
 	return &testCA{cert: cert, key: key, File: f}
 }
 
-// client issues a client certificate with the given CN.
-func (ca *testCA) client(t testing.TB, cn string) tls.Certificate {
+// issue signs a leaf certificate for tmpl (validity and serial are set
+// here) with a new key.
+func (ca *testCA) issue(t testing.TB, tmpl *x509.Certificate) (der []byte, key *ecdsa.PrivateKey) {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	key, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return der, key
+}
+
+func clientTemplate(cn string) *x509.Certificate {
+	return &x509.Certificate{Subject: pkix.Name{CommonName: cn}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+}
+
+// client issues a client certificate with the given CN.
+func (ca *testCA) client(t testing.TB, cn string) tls.Certificate {
+	t.Helper()
+	der, key := ca.issue(t, clientTemplate(cn))
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// clientFiles issues a client certificate with the given CN and writes it
+// and its key as PEM files, returning their paths.
+func (ca *testCA) clientFiles(t testing.TB, cn string) (certFile, keyFile string) {
+	t.Helper()
+	der, key := ca.issue(t, clientTemplate(cn))
+	return writePair(t, "client", der, key)
 }
 
 // serverFiles issues a server certificate for 127.0.0.1 and localhost and
 // writes it and its key as PEM files, returning their paths.
 func (ca *testCA) serverFiles(t testing.TB) (certFile, keyFile string) {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "localhost"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, key := ca.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	return writePair(t, "server", der, key)
+}
+
+// writePair writes a certificate and its key as PEM files NAME.pem and
+// NAME.key in a new temporary directory.
+func writePair(t testing.TB, name string, der []byte, key *ecdsa.PrivateKey) (certFile, keyFile string) {
+	t.Helper()
 	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
 	kder, _ := x509.MarshalECPrivateKey(key)
 	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -73,5 +75,31 @@ func TestBackendConnectionsGauge(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(g); got != 0 {
 		t.Errorf("connections open after closing idle ones = %v, want 0", got)
+	}
+}
+
+// TestPlainHTTPSmugglingRefused: listen.http refuses CL+TE like HTTPS.
+func TestPlainHTTPSmugglingRefused(t *testing.T) {
+	cb := newCountingBackend(t)
+	s, _ := startProxy(t, fmt.Sprintf(`
+listen: {http: "127.0.0.1:0"}
+routes: [{path: /, allow_http: true, proxy: {backends: ["http://%s"]}}]`, cb.ln.Addr()))
+	c, err := net.Dial("tcp", s.Addr("http").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("CL+TE on listen.http: %d, want 400", resp.StatusCode)
+	}
+	if n := cb.requests.Load(); n != 0 {
+		t.Errorf("%d requests reached the backend, want 0", n)
 	}
 }

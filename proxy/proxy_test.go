@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,7 +31,8 @@ import (
 
 // startProxy runs a Server for the YAML config (listen.https forced to
 // 127.0.0.1:0) and returns it with a client that trusts its certificate.
-func startProxy(t testing.TB, yamlCfg string) (*Server, *http.Client) {
+// mods adjust the Options before New.
+func startProxy(t testing.TB, yamlCfg string, mods ...func(*Options)) (*Server, *http.Client) {
 	t.Helper()
 	raw, err := config.Parse([]byte(yamlCfg), func(string) (string, bool) { return "", false })
 	if err != nil {
@@ -53,7 +55,11 @@ func startProxy(t testing.TB, yamlCfg string) (*Server, *http.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { term.Close() })
-	s, err := New(Options{Config: cfg, TLS: term.TLSConfig(), Logger: log, Registerer: reg})
+	opts := Options{Config: cfg, TLS: term.TLSConfig(), Logger: log, Registerer: reg}
+	for _, m := range mods {
+		m(&opts)
+	}
+	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,15 +414,12 @@ func newCountingBackend(t *testing.T) *countingBackend {
 	return cb
 }
 
+// rawTLS sends payload on a new HTTP/1.1 TLS connection and returns the
+// status of the first response.
 func rawTLS(t *testing.T, s *Server, payload string) string {
 	t.Helper()
-	c, err := tls.Dial("tcp", s.Addr("https").String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialRawTLS(t, s, payload)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, payload)
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		return "error: " + err.Error()
@@ -425,30 +428,94 @@ func rawTLS(t *testing.T, s *Server, payload string) string {
 	return resp.Status
 }
 
+// rawTLSAll sends payload on a new HTTP/1.1 TLS connection and reads
+// responses until the server closes it or 5s pass; closed tells which.
+func rawTLSAll(t *testing.T, s *Server, payload string) (statuses []string, closed bool) {
+	t.Helper()
+	c := dialRawTLS(t, s, payload)
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return statuses, errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		statuses = append(statuses, resp.Status)
+	}
+}
+
+func dialRawTLS(t *testing.T, s *Server, payload string) *tls.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", s.Addr("https").String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, payload)
+	return c
+}
+
+// TestSmugglingRefused: requests an edge must not pass on are refused and
+// none reaches the (counting, raw TCP) backend. A head with both
+// Content-Length and Transfer-Encoding gets 400 and the connection is
+// closed; net/http itself answers 501 when Transfer-Encoding is anything
+// but one "chunked", before any handler.
 func TestSmugglingRefused(t *testing.T) {
 	cb := newCountingBackend(t)
 	s, _ := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: ["http://%s"]}}]`, cb.ln.Addr()))
+	const tail = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+	// Refused upgrades leave the connection open.
 	for _, tc := range []struct{ name, payload string }{
 		{"upgrade h2c", "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"},
 		{"upgrade other", "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tls/1.3\r\n\r\n"},
-		{"duplicate CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 30\r\n\r\nhello"},
-		{"bad CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello"},
-		{"TE not chunked", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nhello"},
 	} {
-		if got := rawTLS(t, s, tc.payload); !strings.HasPrefix(got, "400") && !strings.HasPrefix(got, "501") {
-			t.Errorf("%s: got %q, want 400 (or 501)", tc.name, got)
+		if got := rawTLS(t, s, tc.payload); !strings.HasPrefix(got, "400") {
+			t.Errorf("%s: got %q, want 400", tc.name, got)
+		}
+	}
+	for _, tc := range []struct{ name, payload, want string }{
+		{"duplicate CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 30\r\n\r\nhello", "400"},
+		{"bad CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello", "400"},
+		{"TE not chunked", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nhello", "501"},
+		{"CL+TE", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n" + tail, "400"},
+		{"TE+CL", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n" + tail, "400"},
+		{"CL+TE lower case", "POST /a HTTP/1.1\r\nHost: x\r\ncontent-length: 40\r\ntransfer-encoding: Chunked\r\n\r\n" + tail, "400"},
+		{"CL+TE upper case", "POST /a HTTP/1.1\r\nHost: x\r\nCONTENT-LENGTH: 40\r\nTRANSFER-ENCODING: CHUNKED\r\n\r\n" + tail, "400"},
+		{"CL+TE folded", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding:\r\n chunked\r\n\r\n" + tail, "400"},
+		{"CL+TE HTTP/1.0", "POST /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n" + tail, "400"},
+		{"CL+TE HTTP/1.0 other codings", "POST /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 40\r\n\r\n" + tail, "400"},
+		{"CL+TE gzip, chunked", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" + tail, "501"},
+		{"CL+TE two TE fields", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n" + tail, "501"},
+		{"CL+TE after OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\nPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n" + tail, "200 400"},
+	} {
+		statuses, closed := rawTLSAll(t, s, tc.payload)
+		var codes []string
+		for _, st := range statuses {
+			codes = append(codes, st[:3])
+		}
+		if got := strings.Join(codes, " "); got != tc.want || !closed {
+			t.Errorf("%s: got %q (connection closed: %v), want %s and closed", tc.name, got, closed, tc.want)
 		}
 	}
 	if n := cb.requests.Load(); n != 0 {
 		t.Errorf("%d smuggling attempts reached the backend, want 0", n)
 	}
-	// CL+TE: net/http applies RFC 9112 §6.3 (Transfer-Encoding wins, the
-	// Content-Length is dropped) and the request is re-framed toward the
-	// backend, so the two cannot disagree about where it ends: the backend
-	// sees exactly the requests edgeshim parsed, never one hidden in a body.
-	got := rawTLS(t, s, "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
-	t.Logf("CL+TE: %s", got)
-	if p := <-cb.paths; p != "/a" {
-		t.Errorf("first request at backend %q, want /a", p)
+	// Pipelined behind requests that are served, the CL+TE one is still
+	// the one refused, and nothing after it is read.
+	statuses, closed := rawTLSAll(t, s, "GET /first HTTP/1.1\r\nHost: x\r\n\r\n"+
+		"POST /second HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"+
+		"POST /third HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"+tail)
+	if len(statuses) != 3 || statuses[0][:3] != "200" || statuses[1][:3] != "200" || statuses[2][:3] != "400" || !closed {
+		t.Errorf("pipelined: %q (closed %v), want 200 200 400 and closed", statuses, closed)
+	}
+	for _, want := range []string{"/first", "/second"} {
+		if p := <-cb.paths; p != want {
+			t.Errorf("backend saw %s, want %s", p, want)
+		}
+	}
+	if n := cb.requests.Load(); n != 2 {
+		t.Errorf("backend saw %d requests, want the 2 before the refused one", n)
 	}
 }

@@ -54,6 +54,8 @@ type Server struct {
 	router *router
 	https  *http.Server
 	plain  *http.Server // listen.http; nil if not configured
+	h2     *http2.Server
+	tln    *tlsListener // nil until Start
 	h3     *http3.Server
 	m      *metrics
 
@@ -92,7 +94,7 @@ func New(opts Options) (*Server, error) {
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
 	wrap := func(h http.Handler) http.Handler {
-		return s.m.instrument(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), h))))
+		return s.m.instrument(s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), h)))))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
@@ -144,8 +146,12 @@ func New(opts Options) (*Server, error) {
 		WriteTimeout:      lim.Timeouts.Write.D(),
 		IdleTimeout:       lim.Timeouts.Idle.D(),
 		MaxHeaderBytes:    int(lim.MaxHeaderBytes),
-		ErrorLog:          errorLog(opts.Logger, opts.HandshakeFailed),
+		ErrorLog:          errorLog(opts.Logger),
 		BaseContext:       func(net.Listener) context.Context { return s.base },
+		ConnContext:       connContext,
+		// framingGuard answers "OPTIONS *": every request net/http
+		// parses must reach it to be counted.
+		DisableGeneralOptionsHandler: true,
 	}
 	if opts.Config.Listen.HTTP != "" {
 		ph := wrap(s.router.plainHTTP(func() net.Addr { return s.Addr("https") }))
@@ -159,8 +165,11 @@ func New(opts Options) (*Server, error) {
 			WriteTimeout:      lim.Timeouts.Write.D(),
 			IdleTimeout:       lim.Timeouts.Idle.D(),
 			MaxHeaderBytes:    int(lim.MaxHeaderBytes),
-			ErrorLog:          errorLog(opts.Logger, nil),
+			ErrorLog:          errorLog(opts.Logger),
 			BaseContext:       func(net.Listener) context.Context { return s.base },
+			ConnContext:       connContext,
+			// framingGuard answers "OPTIONS *" (see s.https).
+			DisableGeneralOptionsHandler: true,
 		}
 	}
 	h2 := &http2.Server{
@@ -178,10 +187,14 @@ func New(opts Options) (*Server, error) {
 			s.log.Debug("http2 protocol error", "type", errType)
 		},
 	}
+	// ConfigureServer adds h2 to the ALPN protocols and registers the
+	// GOAWAY of graceful shutdown; the connections that negotiate it are
+	// handed to h2.ServeConn by the TLS listener (see Start).
 	if err := http2.ConfigureServer(s.https, h2); err != nil {
 		s.cancel()
 		return nil, fmt.Errorf("http2: %w", err)
 	}
+	s.h2 = h2
 	return s, nil
 }
 
@@ -247,7 +260,16 @@ func (s *Server) Start() error {
 			}
 		}()
 	}
-	tln := tls.NewListener(ln, s.https.TLSConfig)
+	// The TLS handshake is done here, not by net/http, so that HTTP/1
+	// connections reach it as scanConns (see framingGuard).
+	tln := newTLSListener(ln, tlsListenerOptions{
+		Config: s.https.TLSConfig, HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
+		HandshakeFailed: s.opts.HandshakeFailed, Logger: s.log, Base: s.base,
+		ServeH2: func(c *tls.Conn) {
+			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: s.base, BaseConfig: s.https, Handler: s.https.Handler})
+		},
+	})
+	s.tln = tln
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
@@ -296,7 +318,7 @@ func (s *Server) startPlain() error {
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
-		if err := s.plain.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.plain.Serve(plainScanListener{ln}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("http server stopped", "err", err)
 		}
 	}()
@@ -332,6 +354,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			hs.Close()
 		}
 	}
+	if s.tln != nil {
+		s.tln.Close() // https.Shutdown has, unless Serve had not begun
+		// HTTP/2 connections were sent GOAWAY by https.Shutdown; they
+		// end when their streams are done, or are closed at ctx's end.
+		if err := s.tln.wait(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http2 connections: %w", err))
+		}
+	}
 	s.closeRest()
 	return errors.Join(errs...)
 }
@@ -344,6 +374,11 @@ func (s *Server) Close() error {
 	}
 	for _, hs := range s.httpServers() {
 		errs = append(errs, hs.Close())
+	}
+	if s.tln != nil {
+		s.tln.Close()
+		s.tln.closeConns()
+		s.tln.wait(context.Background())
 	}
 	s.closeRest()
 	return errors.Join(errs...)

@@ -1,0 +1,367 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// tlsListener terminates TLS itself so that edgeshim sees the plaintext
+// of HTTP/1 connections (net/http hides request framing details from
+// handlers; see h1Scanner). It accepts from the limiting listener, does
+// each handshake in a goroutine of its own, bounded by the handshake
+// timeout, then:
+//   - ALPN "h2": serves the connection with serveH2 in that goroutine;
+//   - otherwise: hands a scanConn to http.Server through Accept.
+//
+// It owns the accept loop, the handshake goroutines and the HTTP/2
+// connections: Close stops accepting and closes connections still in
+// their handshake; closeConns closes the HTTP/2 ones; wait waits for all
+// of its goroutines.
+type tlsListener struct {
+	inner   net.Listener
+	conf    *tls.Config
+	timeout time.Duration
+	failed  func() // a handshake failed; may be nil
+	log     *slog.Logger
+	base    context.Context
+	serveH2 func(*tls.Conn)
+
+	ready chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+	shake  map[*tls.Conn]struct{} // in their handshake
+	h2     map[*tls.Conn]struct{} // served by serveH2
+}
+
+type tlsListenerOptions struct {
+	Config           *tls.Config
+	HandshakeTimeout time.Duration
+	HandshakeFailed  func()
+	Logger           *slog.Logger
+	// Base is the handshakes' context: cancelling it aborts them.
+	Base context.Context
+	// ServeH2 serves an HTTP/2 connection and returns when it has ended.
+	ServeH2 func(*tls.Conn)
+}
+
+func newTLSListener(inner net.Listener, o tlsListenerOptions) *tlsListener {
+	l := &tlsListener{
+		inner: inner, conf: o.Config, timeout: o.HandshakeTimeout, failed: o.HandshakeFailed,
+		log: o.Logger, base: o.Base, serveH2: o.ServeH2,
+		ready: make(chan net.Conn), done: make(chan struct{}),
+		shake: map[*tls.Conn]struct{}{}, h2: map[*tls.Conn]struct{}{},
+	}
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l
+}
+
+// Accept returns the next HTTP/1 connection, its handshake done.
+func (l *tlsListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *tlsListener) Addr() net.Addr { return l.inner.Addr() }
+
+// Close stops accepting and closes the connections still in their
+// handshake. HTTP/2 connections go on (they drain on GOAWAY).
+func (l *tlsListener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		err = l.inner.Close()
+		l.mu.Lock()
+		l.closed = true
+		for c := range l.shake {
+			c.NetConn().Close() // at once: no close_notify
+		}
+		l.mu.Unlock()
+	})
+	return err
+}
+
+// closeConns closes the HTTP/2 connections.
+func (l *tlsListener) closeConns() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for c := range l.h2 {
+		c.NetConn().Close() // at once: no close_notify
+	}
+}
+
+// wait waits until the HTTP/2 connections have ended or ctx is done, then
+// closes what remains and waits for every goroutine of the listener. The
+// listener must be closed.
+func (l *tlsListener) wait(ctx context.Context) error {
+	idle := make(chan struct{})
+	go func() {
+		l.wg.Wait()
+		close(idle)
+	}()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		l.closeConns()
+		<-idle
+		return ctx.Err()
+	}
+}
+
+func (l *tlsListener) acceptLoop() {
+	defer l.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.inner.Accept()
+		if err != nil {
+			select {
+			case <-l.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				l.Close()
+				return
+			}
+			// Out of file descriptors and the like: back off as
+			// net/http does, and go on.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-l.done:
+				t.Stop()
+				return
+			}
+			continue
+		}
+		backoff = 0
+		tc := tls.Server(c, l.conf)
+		if !l.track(l.shake, tc) {
+			tc.Close()
+			return
+		}
+		l.wg.Add(1)
+		go l.handshake(tc)
+	}
+}
+
+// track adds c to set unless the listener is closed.
+func (l *tlsListener) track(set map[*tls.Conn]struct{}, c *tls.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	set[c] = struct{}{}
+	return true
+}
+
+func (l *tlsListener) untrack(set map[*tls.Conn]struct{}, c *tls.Conn) {
+	l.mu.Lock()
+	delete(set, c)
+	l.mu.Unlock()
+}
+
+func (l *tlsListener) handshake(tc *tls.Conn) {
+	defer l.wg.Done()
+	err := l.doHandshake(tc)
+	l.untrack(l.shake, tc)
+	if err != nil {
+		tc.Close()
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+		if !l.track(l.h2, tc) {
+			tc.Close()
+			return
+		}
+		l.serveH2(tc)
+		l.untrack(l.h2, tc)
+		tc.Close()
+		return
+	}
+	sc := newScanConn(tc)
+	select {
+	case l.ready <- sc:
+	case <-l.done:
+		sc.Close()
+	}
+}
+
+// doHandshake runs the handshake within the timeout. A failure is
+// counted and logged as net/http did, and a client that spoke plain HTTP
+// is told so.
+func (l *tlsListener) doHandshake(tc *tls.Conn) error {
+	if l.timeout > 0 {
+		tc.SetDeadline(time.Now().Add(l.timeout))
+	}
+	err := tc.HandshakeContext(l.base)
+	if err == nil {
+		if l.timeout > 0 {
+			tc.SetDeadline(time.Time{})
+		}
+		return nil
+	}
+	reason := err.Error()
+	var re tls.RecordHeaderError
+	if errors.As(err, &re) && re.Conn != nil && recordLooksLikeHTTP(re.RecordHeader) {
+		io.WriteString(re.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+		reason = "client sent an HTTP request to an HTTPS server"
+	}
+	if l.failed != nil {
+		l.failed()
+	}
+	l.log.Debug("TLS handshake error", "remote", tc.RemoteAddr().String(), "err", reason)
+	return err
+}
+
+// recordLooksLikeHTTP is net/http's test for a plaintext request on a
+// TLS port.
+func recordLooksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO":
+		return true
+	}
+	return false
+}
+
+// framing scans the plaintext an HTTP/1 connection reads for the framing
+// of requests and counts the requests the handler sees, so that the
+// handler can refuse the request whose head carried both Content-Length
+// and Transfer-Encoding.
+type framing struct {
+	mu   sync.Mutex
+	scan h1Scanner
+	off  atomic.Bool  // the scanner has stopped
+	bad  atomic.Int64 // 1 + index of the request to refuse; 0 none
+	seen atomic.Int64 // requests handed to the handler
+}
+
+func (f *framing) feed(p []byte) {
+	if len(p) == 0 || f.off.Load() {
+		return
+	}
+	f.mu.Lock()
+	f.scan.Feed(p)
+	if i := f.scan.Flagged(); i >= 0 {
+		f.bad.Store(int64(i) + 1)
+	}
+	if f.scan.Stopped() {
+		f.off.Store(true)
+	}
+	f.mu.Unlock()
+}
+
+// nextRequest counts a request handed to the handler and reports whether
+// it is the one to refuse. The scanner has seen its head: net/http read
+// it through Read before parsing it.
+func (f *framing) nextRequest() (refuse bool) {
+	return f.seen.Add(1) == f.bad.Load()
+}
+
+// framer is a connection whose requests framingGuard checks.
+type framer interface{ nextRequest() bool }
+
+// scanConn is an HTTPS connection after its handshake. net/http reads the
+// TLS state through ConnectionState (Request.TLS).
+type scanConn struct {
+	*tls.Conn
+	framing
+}
+
+func newScanConn(tc *tls.Conn) *scanConn {
+	c := &scanConn{Conn: tc}
+	c.scan = newH1Scanner()
+	return c
+}
+
+func (c *scanConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.feed(p[:n])
+	return n, err
+}
+
+// plainScanConn is a listen.http connection.
+type plainScanConn struct {
+	net.Conn
+	framing
+}
+
+func (c *plainScanConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.feed(p[:n])
+	return n, err
+}
+
+// plainScanListener hands listen.http connections to net/http as
+// plainScanConns.
+type plainScanListener struct{ net.Listener }
+
+func (l plainScanListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	pc := &plainScanConn{Conn: c}
+	pc.scan = newH1Scanner()
+	return pc, nil
+}
+
+type scanConnKey struct{}
+
+// connContext gives HTTP/1 requests (HTTPS and listen.http) their framer.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if f, ok := c.(framer); ok {
+		return context.WithValue(ctx, scanConnKey{}, f)
+	}
+	return ctx
+}
+
+// framingGuard refuses, on HTTP/1 connections, the request whose head
+// carried both Content-Length and Transfer-Encoding (400, and the
+// connection is closed), and makes sure Request.TLS is set. It also
+// answers "OPTIONS *" as net/http would (its own handler for it is off so
+// that every request net/http parses is counted here).
+func (s *Server) framingGuard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f, ok := r.Context().Value(scanConnKey{}).(framer); ok {
+			if f.nextRequest() {
+				s.log.Info("request refused", "reason", "both Content-Length and Transfer-Encoding", "remote", r.RemoteAddr)
+				w.Header().Set("Connection", "close")
+				writeError(w, http.StatusBadRequest, "both Content-Length and Transfer-Encoding")
+				return
+			}
+			if sc, ok := f.(*scanConn); ok && r.TLS == nil {
+				cs := sc.ConnectionState()
+				r.TLS = &cs
+			}
+		}
+		if r.Method == http.MethodOptions && r.RequestURI == "*" && r.ProtoMajor < 3 {
+			w.Header().Set("Content-Length", "0")
+			if r.ContentLength != 0 {
+				io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, 4<<10))
+			}
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
