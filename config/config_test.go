@@ -83,6 +83,8 @@ func TestValidateMessages(t *testing.T) {
     identity: {from: path, allow_unauthenticated: true}
     poll: {path: "/d/{device}"}`, []string{
 			`bridges.b.upstream.url: must name {device} in its path or query: each device has its own session (got "wss://backend/devices")`}},
+		{"health check interval", "routes: [{path: /, proxy: {backends: [\"http://a\"], health_check: {interval: 1ms}}}]", []string{
+			`routes[0].proxy.health_check.interval: must be at least 10ms (got 1ms)`}},
 		{"acme http-01 without listener", "tls: {acme: {domains: [edge.example.com], challenges: [http-01]}}", []string{`tls.acme.challenges[0]: http-01 needs listen.http`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

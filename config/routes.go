@@ -195,6 +195,12 @@ func (pr *ProxyRoute) validate(e *errs, p string) {
 		if !strings.HasPrefix(hc.Path, "/") {
 			e.add(p+".health_check.path", "must start with /")
 		}
+		if hc.Interval.D() < 10e6 {
+			e.add(p+".health_check.interval", "must be at least 10ms (got %s)", hc.Interval)
+		}
+		if hc.Timeout.D() <= 0 {
+			e.add(p+".health_check.timeout", "must be positive (got %s)", hc.Timeout)
+		}
 		if hc.ExpectStatus < 100 || hc.ExpectStatus > 599 {
 			e.add(p+".health_check.expect_status", "must be an HTTP status (got %d)", hc.ExpectStatus)
 		}
