@@ -138,39 +138,31 @@ func New(opts Options) (*Server, error) {
 		}
 		handler = s.altSvc(handler)
 	}
-	s.https = &http.Server{
-		Handler:           handler,
-		TLSConfig:         shell,
-		ReadHeaderTimeout: lim.Timeouts.ReadHeader.D(),
-		ReadTimeout:       lim.Timeouts.Read.D(),
-		WriteTimeout:      lim.Timeouts.Write.D(),
-		IdleTimeout:       lim.Timeouts.Idle.D(),
-		MaxHeaderBytes:    int(lim.MaxHeaderBytes),
-		ErrorLog:          errorLog(opts.Logger),
-		BaseContext:       func(net.Listener) context.Context { return s.base },
-		ConnContext:       connContext,
-		// framingGuard answers "OPTIONS *": every request net/http
-		// parses must reach it to be counted.
-		DisableGeneralOptionsHandler: true,
+	// Both listeners: the limits' timeouts, and framingGuard answers
+	// "OPTIONS *" so that every request net/http parses reaches it and is
+	// counted.
+	newHTTPServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:                      h,
+			ReadHeaderTimeout:            lim.Timeouts.ReadHeader.D(),
+			ReadTimeout:                  lim.Timeouts.Read.D(),
+			WriteTimeout:                 lim.Timeouts.Write.D(),
+			IdleTimeout:                  lim.Timeouts.Idle.D(),
+			MaxHeaderBytes:               int(lim.MaxHeaderBytes),
+			ErrorLog:                     errorLog(opts.Logger),
+			BaseContext:                  func(net.Listener) context.Context { return s.base },
+			ConnContext:                  connContext,
+			DisableGeneralOptionsHandler: true,
+		}
 	}
+	s.https = newHTTPServer(handler)
+	s.https.TLSConfig = shell
 	if opts.Config.Listen.HTTP != "" {
 		ph := wrap(s.router.plainHTTP(func() net.Addr { return s.Addr("https") }))
 		if opts.HTTPChallenge != nil {
 			ph = opts.HTTPChallenge(ph)
 		}
-		s.plain = &http.Server{
-			Handler:           ph,
-			ReadHeaderTimeout: lim.Timeouts.ReadHeader.D(),
-			ReadTimeout:       lim.Timeouts.Read.D(),
-			WriteTimeout:      lim.Timeouts.Write.D(),
-			IdleTimeout:       lim.Timeouts.Idle.D(),
-			MaxHeaderBytes:    int(lim.MaxHeaderBytes),
-			ErrorLog:          errorLog(opts.Logger),
-			BaseContext:       func(net.Listener) context.Context { return s.base },
-			ConnContext:       connContext,
-			// framingGuard answers "OPTIONS *" (see s.https).
-			DisableGeneralOptionsHandler: true,
-		}
+		s.plain = newHTTPServer(ph)
 	}
 	h2 := &http2.Server{
 		MaxConcurrentStreams:         100,
