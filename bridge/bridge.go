@@ -15,7 +15,6 @@ package bridge
 import (
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +27,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
@@ -426,10 +424,8 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 	if b.cfg.Poll.Format == "json" {
 		out := make([]jsonCommand, len(cmds))
 		for i, c := range cmds {
-			out[i] = jsonCommand{ID: c.id, Topic: c.topic, Payload: string(c.payload)}
-			if !utf8.Valid(c.payload) {
-				out[i].Payload, out[i].Encoding = base64.StdEncoding.EncodeToString(c.payload), "base64"
-			}
+			out[i] = jsonCommand{ID: c.id, Topic: c.topic}
+			out[i].Payload, out[i].Encoding = encodePayload(c.payload)
 		}
 		body, _ = json.Marshal(out)
 		w.Header().Set("Content-Type", "application/json")

@@ -25,6 +25,15 @@ type wsFrame struct {
 	Ack      string `json:"ack,omitempty"`
 }
 
+// encodePayload carries a payload in JSON: valid UTF-8 as a string, any
+// other bytes base64 with encoding "base64".
+func encodePayload(p []byte) (payload, encoding string) {
+	if utf8.Valid(p) {
+		return string(p), ""
+	}
+	return base64.StdEncoding.EncodeToString(p), "base64"
+}
+
 // serveWS attaches a device WebSocket to the device's session: commands go
 // out as frames, frames in are telemetry (or acks). The session ends, and
 // its will fires, when the socket does.
@@ -291,10 +300,8 @@ func (b *Bridge) writeFrame(c *websocket.Conn, cmd *command) error {
 	if b.cfg.WebSocket.Format == "raw" {
 		return c.WriteMessage(websocket.BinaryMessage, cmd.payload)
 	}
-	f := wsFrame{ID: cmd.id, Topic: cmd.topic, Payload: string(cmd.payload)}
-	if !utf8.Valid(cmd.payload) {
-		f.Payload, f.Encoding = base64.StdEncoding.EncodeToString(cmd.payload), "base64"
-	}
+	f := wsFrame{ID: cmd.id, Topic: cmd.topic}
+	f.Payload, f.Encoding = encodePayload(cmd.payload)
 	data, _ := json.Marshal(f)
 	return c.WriteMessage(websocket.TextMessage, data)
 }

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 )
@@ -216,10 +215,8 @@ func (l *wsLink) write(ctx context.Context, f wsFrame) error {
 }
 
 func (l *wsLink) publish(ctx context.Context, topic string, _ byte, payload []byte) error {
-	f := wsFrame{Topic: topic, Payload: string(payload)}
-	if !utf8.Valid(payload) {
-		f.Payload, f.Encoding = base64.StdEncoding.EncodeToString(payload), "base64"
-	}
+	f := wsFrame{Topic: topic}
+	f.Payload, f.Encoding = encodePayload(payload)
 	return l.write(ctx, f)
 }
 
