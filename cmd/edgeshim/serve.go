@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/edgeshim/edgeshim/bridge"
 	"github.com/edgeshim/edgeshim/bridge/embedded"
@@ -113,6 +112,5 @@ loop:
 		log.Warn("shutdown was not clean", "err", err)
 	}
 	log.Info("stopped")
-	_ = time.Second
 	return nil
 }
