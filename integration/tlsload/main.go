@@ -23,9 +23,13 @@ func main() {
 	conc := flag.Int("c", 32, "concurrent clients")
 	dur := flag.Duration("d", 10*time.Second, "duration")
 	pq := flag.Bool("pq", false, "offer X25519MLKEM768 (Go's default); off, offer X25519 and P-256 only, as devices and OpenSSL 3.0 clients do, so every proxy does the same key exchange")
+	tls12 := flag.Bool("tls12", false, "offer TLS 1.2 only (resumption without a key exchange, as most legacy devices)")
 	flag.Parse()
 	cache := tls.NewLRUClientSessionCache(1024)
 	cfg := &tls.Config{InsecureSkipVerify: true, ClientSessionCache: cache, ServerName: "localhost", NextProtos: []string{"http/1.1"}}
+	if *tls12 {
+		cfg.MaxVersion = tls.VersionTLS12
+	}
 	if !*pq {
 		cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
 	}
