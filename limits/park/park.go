@@ -53,7 +53,9 @@ type Handle struct {
 	rc    syscall.RawConn // the socket beneath conn; nil: fallback
 	fn    func()
 	state atomic.Int32
-	armed bool // added to the poller (touched by the running goroutine only)
+	// added to the poller: set before the EPOLL_CTL_ADD, as the callback
+	// its readiness starts may park (EPOLL_CTL_MOD) before that call returns.
+	added atomic.Bool
 }
 
 // New starts a Parker. If the system's poller cannot be set up, every

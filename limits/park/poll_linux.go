@@ -87,13 +87,10 @@ func (pl *poller) arm(h *Handle) error {
 	var cerr error
 	err := h.rc.Control(func(fd uintptr) {
 		op := syscall.EPOLL_CTL_MOD
-		if !h.armed {
+		if !h.added.Swap(true) {
 			op = syscall.EPOLL_CTL_ADD
 		}
 		cerr = syscall.EpollCtl(pl.epfd, op, int(fd), &ev)
-		if cerr == nil {
-			h.armed = true
-		}
 	})
 	if err != nil {
 		return err
