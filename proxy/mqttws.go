@@ -33,6 +33,8 @@ type mqttWS struct {
 	base     context.Context // cancelled on shutdown
 	park     *park.Parker    // where idle sockets wait
 	m        *metrics
+	// messages relayed, by direction
+	toBroker, toClient prometheus.Counter
 }
 
 func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
@@ -47,6 +49,7 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 	ws := d.cfg.Limits.WebSocket
 	return &mqttWS{
 		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, base: d.base, park: d.park, m: d.m,
+		toBroker: d.m.wsMessages.WithLabelValues("to_broker"), toClient: d.m.wsMessages.WithLabelValues("to_client"),
 		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
@@ -113,13 +116,11 @@ type relayConn struct {
 	bh           *park.Handle // broker to client
 	stopShutdown func() bool
 	left         atomic.Int32 // directions not finished
-	toBroker     prometheus.Counter
-	toClient     prometheus.Counter
 }
 
 // relay registers both directions and returns.
 func (m *mqttWS) relay(u *wsnet.Upgraded, bc net.Conn) {
-	x := &relayConn{m: m, bc: bc, toBroker: m.m.wsMessages.WithLabelValues("to_broker"), toClient: m.m.wsMessages.WithLabelValues("to_client")}
+	x := &relayConn{m: m, bc: bc}
 	x.left.Store(2)
 	bh, err := m.park.Register(bc, x.brokerReady)
 	var ws *wsnet.Socket
@@ -187,7 +188,7 @@ func (x *relayConn) clientMessage(mt int, r io.Reader) (int, string) {
 		}
 		return websocket.CloseInternalServerErr, "upstream_lost"
 	}
-	x.toBroker.Inc()
+	x.m.toBroker.Inc()
 	return 0, ""
 }
 
@@ -218,7 +219,7 @@ func (x *relayConn) brokerReady() {
 		x.finished()
 		return
 	}
-	x.toClient.Inc()
+	x.m.toClient.Inc()
 	if !x.bh.Park() {
 		x.ws.Close(websocket.CloseInternalServerErr, "upstream_lost")
 		x.finished()
