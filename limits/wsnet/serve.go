@@ -144,8 +144,8 @@ type KeepOptions struct {
 // for each message; pings and pongs between messages are answered and
 // recorded here. afterClose, if set, runs once the socket is closed (see
 // Keep). done runs once when the reader has ended, after the close:
-// either from the reader's goroutine or from the closer's. It returns
-// before the socket is read.
+// either from the reader's goroutine or from the closer's. Nothing is read
+// before Start.
 func Serve(p *park.Parker, u *Upgraded, o KeepOptions, handle Handler, afterClose, done func()) (*Socket, error) {
 	s := &Socket{C: u.Conn, u: u, handle: handle, done: done}
 	h, err := p.Register(u.pc, s.ready)
