@@ -30,11 +30,17 @@ type mqttWS struct {
 	dialer   net.Dialer
 	upgrader websocket.Upgrader
 	upgrades *sync.WaitGroup
-	base     context.Context // cancelled on shutdown
-	park     *park.Parker    // where idle sockets wait
+	park     *park.Parker // where idle sockets wait
 	m        *metrics
 	// messages relayed, by direction
 	toBroker, toClient prometheus.Counter
+
+	// The open sockets, closed (1001) when the server's base context is
+	// cancelled (shutdown): one hook
+	// for all instead of a context.AfterFunc per socket (~0.4 KiB each).
+	mu       sync.Mutex
+	open     map[*relayConn]struct{}
+	shutdown bool
 }
 
 func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
@@ -47,8 +53,8 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 		host = net.JoinHostPort(u.Hostname(), "1883")
 	}
 	ws := d.cfg.Limits.WebSocket
-	return &mqttWS{
-		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, base: d.base, park: d.park, m: d.m,
+	m := &mqttWS{
+		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, park: d.park, m: d.m,
 		toBroker: d.m.wsMessages.WithLabelValues("to_broker"), toClient: d.m.wsMessages.WithLabelValues("to_client"),
 		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		upgrader: websocket.Upgrader{
@@ -63,7 +69,36 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 			// from another origin.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
-	}, nil
+		open: map[*relayConn]struct{}{},
+	}
+	context.AfterFunc(d.base, m.closeAll)
+	return m, nil
+}
+
+// closeAll closes the open sockets (1001) at shutdown, each in a goroutine
+// of its own: a close frame may wait up to a second on a slow reader.
+func (m *mqttWS) closeAll() {
+	m.mu.Lock()
+	m.shutdown = true
+	xs := make([]*relayConn, 0, len(m.open))
+	for x := range m.open {
+		xs = append(xs, x)
+	}
+	m.mu.Unlock()
+	for _, x := range xs {
+		go x.ws.Close(websocket.CloseGoingAway, "shutdown")
+	}
+}
+
+// track adds x to the open sockets, or reports false at shutdown.
+func (m *mqttWS) track(x *relayConn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.shutdown {
+		return false
+	}
+	m.open[x] = struct{}{}
+	return true
 }
 
 func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -106,16 +141,15 @@ func hasMQTTSubprotocol(r *http.Request) bool {
 }
 
 // relayConn is one relayed socket: two directions, each parked in the
-// parker while idle (no goroutine, no buffer), the heartbeat and a
-// shutdown hook. The first to end decides the close code and closes both
-// ends; the last direction to finish accounts for the socket.
+// parker while idle (no goroutine, no buffer), and the heartbeat. The
+// first to end decides the close code and closes both ends; the last
+// direction to finish accounts for the socket.
 type relayConn struct {
-	m            *mqttWS
-	ws           *wsnet.Socket
-	bc           net.Conn
-	bh           *park.Handle // broker to client
-	stopShutdown func() bool
-	left         atomic.Int32 // directions not finished
+	m    *mqttWS
+	ws   *wsnet.Socket
+	bc   net.Conn
+	bh   *park.Handle // broker to client
+	left atomic.Int32 // directions not finished
 }
 
 // relay registers both directions and returns.
@@ -140,7 +174,9 @@ func (m *mqttWS) relay(u *wsnet.Upgraded, bc net.Conn) {
 		return
 	}
 	x.ws = ws
-	x.stopShutdown = context.AfterFunc(m.base, func() { ws.Close(websocket.CloseGoingAway, "shutdown") })
+	if !m.track(x) {
+		ws.Close(websocket.CloseGoingAway, "shutdown")
+	}
 	ws.Start()
 	if !bh.Park() {
 		ws.Close(websocket.CloseInternalServerErr, "upstream_lost")
@@ -164,12 +200,12 @@ func (x *relayConn) finished() {
 	if x.left.Add(-1) > 0 {
 		return
 	}
-	if x.stopShutdown != nil {
-		x.stopShutdown()
-	}
 	code, reason := websocket.CloseGoingAway, "shutdown"
 	if x.ws != nil {
 		code, reason = x.ws.Why()
+		x.m.mu.Lock()
+		delete(x.m.open, x)
+		x.m.mu.Unlock()
 	}
 	x.m.log.Debug("mqtt websocket closed", "code", code, "reason", reason)
 	x.m.m.wsOpen.Dec()
