@@ -186,16 +186,24 @@ func TestStopWhileParked(t *testing.T) {
 	}
 }
 
-// TestStopWhileRunning: Stop of a running handle leaves it to the running
-// goroutine, whose Park then returns false.
-func TestStopWhileRunning(t *testing.T) {
+// registerOne registers one server-side loopback connection whose
+// callback must not run.
+func registerOne(t *testing.T) (net.Conn, *Handle) {
+	t.Helper()
 	p := New()
-	defer p.Close()
+	t.Cleanup(func() { p.Close() })
 	srv, _ := pairs(t, 1)
 	h, err := p.Register(srv[0], func() { t.Error("callback ran") })
 	if err != nil {
 		t.Fatal(err)
 	}
+	return srv[0], h
+}
+
+// TestStopWhileRunning: Stop of a running handle leaves it to the running
+// goroutine, whose Park then returns false.
+func TestStopWhileRunning(t *testing.T) {
+	_, h := registerOne(t)
 	if h.Stop() {
 		t.Fatal("Stop of a running handle returned true")
 	}
@@ -207,11 +215,8 @@ func TestStopWhileRunning(t *testing.T) {
 // TestParkClosedConn: a connection closed before Park cannot be watched;
 // Park returns false and the caller keeps it.
 func TestParkClosedConn(t *testing.T) {
-	p := New()
-	defer p.Close()
-	srv, _ := pairs(t, 1)
-	h, _ := p.Register(srv[0], func() { t.Error("callback ran") })
-	srv[0].Close()
+	c, h := registerOne(t)
+	c.Close()
 	if h.Park() {
 		t.Fatal("Park of a closed connection returned true")
 	}
