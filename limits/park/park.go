@@ -66,6 +66,10 @@ func New() *Parker {
 	return p
 }
 
+// NewFallback returns a Parker without a poller: every handle waits in a
+// goroutine blocked in its callback's read, as on systems without epoll.
+func NewFallback() *Parker { return &Parker{handles: map[uint64]*Handle{}} }
+
 // Register adds c, running: the caller owns it until it calls Park. fn is
 // the callback the parker runs, in a goroutine of its own, each time the
 // parked connection becomes readable (or is closed by the peer); it must

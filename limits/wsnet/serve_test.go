@@ -20,6 +20,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// newParker makes the test server's parker (TestServeFallback swaps it).
+var newParker = park.New
+
 // served is one server-side socket of the test server.
 type served struct {
 	s     *Socket
@@ -38,7 +41,7 @@ type testServer struct {
 // connection is a tls.Conn over a TCP socket, as in edgeshim).
 func newTestServer(t *testing.T, o KeepOptions) *testServer {
 	t.Helper()
-	ts := &testServer{p: park.New(), socks: make(chan *served, 100)}
+	ts := &testServer{p: newParker(), socks: make(chan *served, 100)}
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u, err := Upgrade(&websocket.Upgrader{}, w, r, nil)
 		if err != nil {
@@ -319,5 +322,18 @@ func TestParkerCloseEndsSockets(t *testing.T) {
 	case <-x.done:
 	default:
 		t.Fatal("parked socket not ended by the parker's Close")
+	}
+}
+
+// TestServeFallback: the same behaviour where sockets cannot be polled
+// (other systems): each reader waits in a goroutine of its own.
+func TestServeFallback(t *testing.T) {
+	newParker = park.NewFallback
+	defer func() { newParker = park.New }()
+	for name, test := range map[string]func(*testing.T){
+		"DrainsBuffers": TestServeDrainsBuffers, "PongTimeout": TestServePongTimeout, "LivePeerStays": TestServeLivePeerStays,
+		"CloseParked": TestServeCloseParked, "TooBig": TestServeTooBig, "ParkerCloseEndsSockets": TestParkerCloseEndsSockets,
+	} {
+		t.Run(name, test)
 	}
 }
