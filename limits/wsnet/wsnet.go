@@ -1,6 +1,8 @@
 // Package wsnet presents a WebSocket as a net.Conn (binary messages), for
 // stream protocols carried over WebSocket such as MQTT (subprotocol "mqtt")
-// toward brokers that only face port 443.
+// toward brokers that only face port 443; and it keeps edgeshim's
+// server-side WebSockets: the heartbeat and close (Keeper), and a reader
+// that holds no goroutine while the socket is idle (Upgrade, Serve).
 package wsnet
 
 import (
@@ -188,7 +190,8 @@ func ReadCloseCode(err error) (int, string) {
 	case errors.As(err, &ce):
 		return websocket.CloseNormalClosure, "peer_closed"
 	case errors.As(err, &ne) && ne.Timeout():
-		// Neither a pong nor anything else within ping + pong_timeout.
+		// A read deadline set by the caller (Serve's readers have none:
+		// the Keeper's timer closes a silent peer).
 		return websocket.ClosePolicyViolation, "pong_timeout"
 	}
 	return websocket.CloseAbnormalClosure, "peer_gone"
