@@ -388,7 +388,9 @@ func TestManyIdleWebSocketsParked(t *testing.T) {
 	const n = 300
 	m := startMosquitto(t, "max_connections -1\n")
 	cfg := bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n")
-	cfg = strings.Replace(cfg, "limits: {", "limits: {websocket: {ping: 300ms, pong_timeout: 300ms}, ", 1)
+	// Pings often, a generous pong timeout: a loaded test machine must not
+	// close a live peer.
+	cfg = strings.Replace(cfg, "limits: {", "limits: {websocket: {ping: 500ms, pong_timeout: 2s}, ", 1)
 	cfg = strings.Replace(cfg, "routes: [", fmt.Sprintf("routes: [{path: /mqtt, mqtt_ws: {broker: %q}}, ", "tcp://"+m.Addr()), 1)
 	e := startEdgeshim(t, cfg)
 	g0 := e.Metric("go_goroutines")
@@ -407,7 +409,7 @@ func TestManyIdleWebSocketsParked(t *testing.T) {
 		dial(fmt.Sprintf("/devices/idle-%d/ws", i), nil)
 		dial("/mqtt", []string{"mqtt"})
 	}
-	if got := e.WaitMetric("edgeshim_bridge_websockets_open", n, 10*time.Second); got != n {
+	if got := e.WaitMetric("edgeshim_bridge_websockets_open", n, 30*time.Second); got != n {
 		t.Fatalf("device sockets open = %v, want %d", got, n)
 	}
 	time.Sleep(2 * time.Second) // several heartbeats, every socket parked in between
@@ -418,8 +420,14 @@ func TestManyIdleWebSocketsParked(t *testing.T) {
 		t.Errorf("device sockets open = %v, want %d", got, n)
 	}
 	// Each device's MQTT session has goroutines of its own (paho's: 4);
-	// the sockets none.
-	if per := (e.Metric("go_goroutines") - g0) / n; per > 5 {
+	// the sockets none. The fewest of a few samples: a heartbeat's wake-ups
+	// are goroutines for a moment.
+	g := e.Metric("go_goroutines")
+	for range 5 {
+		time.Sleep(100 * time.Millisecond)
+		g = min(g, e.Metric("go_goroutines"))
+	}
+	if per := (g - g0) / n; per > 5 {
 		t.Errorf("%.1f goroutines per device socket and pass-through socket", per)
 	}
 	e.Signal(syscall.SIGTERM)
