@@ -132,11 +132,7 @@ func (s *session) clearOutlet(x *wsConn) {
 }
 
 // close closes the socket once, saying why.
-func (x *wsConn) close(code int, reason string) {
-	if x.keep.Close(code, reason) {
-		x.b.log.Debug("device websocket closed", "device", x.s.device, "code", code, "reason", reason)
-	}
-}
+func (x *wsConn) close(code int, reason string) { x.keep.Close(code, reason) }
 
 // exited is the last call of the reader and writer goroutines (a writer
 // still marked as such clears the mark); the last one to return accounts
@@ -156,6 +152,7 @@ func (x *wsConn) exited(writer bool) {
 	x.stopEnd()
 	s.clearOutlet(x)
 	code, reason := x.keep.Why()
+	b.log.Debug("device websocket closed", "device", s.device, "code", code, "reason", reason)
 	b.m.wsCloses.WithLabelValues(strconv.Itoa(code), reason).Inc()
 	b.m.sockets.Dec()
 	s.attached.Add(-1)
