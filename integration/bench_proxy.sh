@@ -3,7 +3,8 @@
 # front of the same small backend, on loopback, in one run:
 #   - requests/s and p99 with keep-alive (wrk),
 #   - requests/s and p99 with a new TLS connection per request, resumed from
-#     a session cache (integration/tlsload),
+#     a session cache (integration/tlsload), TLS 1.3 (with its key exchange)
+#     and TLS 1.2 (ticket resumption without one, as most legacy devices),
 # and prints edgeshim's ratio to each. Not run by CI. Usage:
 #   bash integration/bench_proxy.sh [seconds-per-measurement]
 set -euo pipefail
@@ -83,7 +84,7 @@ for p in 18080 18443 18444 18445; do
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
-declare -A KA KP NC NP
+declare -A KA KP NC NP N2 P2
 for name in edgeshim:18443 nginx:18444 haproxy:18445; do
   n=${name%%:*}; p=${name##*:}
   out=$(wrk -t2 -c64 -d${D}s --latency "https://127.0.0.1:$p/" 2>&1)
@@ -92,14 +93,18 @@ for name in edgeshim:18443 nginx:18444 haproxy:18445; do
   out=$("$W/tlsload" -addr 127.0.0.1:$p -c 32 -d ${D}s)
   NC[$n]=$(echo "$out" | awk '{print $1}')
   NP[$n]=$(echo "$out" | awk '{print $4}')
-  echo "$n: keep-alive ${KA[$n]} req/s p99 ${KP[$n]}; new TLS conn (resumed) $out"
+  out2=$("$W/tlsload" -tls12 -addr 127.0.0.1:$p -c 32 -d ${D}s)
+  N2[$n]=$(echo "$out2" | awk '{print $1}')
+  P2[$n]=$(echo "$out2" | awk '{print $4}')
+  echo "$n: keep-alive ${KA[$n]} req/s p99 ${KP[$n]}; new TLS 1.3 conn (resumed) $out; new TLS 1.2 conn (resumed) $out2"
 done
 echo
-printf "%-10s %16s %12s %22s %12s\n" proxy "keep-alive r/s" "p99" "new-conn+resume r/s" "p99"
+printf "%-10s %16s %10s %20s %10s %20s %10s\n" proxy "keep-alive r/s" "p99" "new+resume 1.3 r/s" "p99" "new+resume 1.2 r/s" "p99"
 for n in edgeshim nginx haproxy; do
-  printf "%-10s %16s %12s %22s %12s\n" $n "${KA[$n]}" "${KP[$n]}" "${NC[$n]}" "${NP[$n]}"
+  printf "%-10s %16s %10s %20s %10s %20s %10s\n" $n "${KA[$n]}" "${KP[$n]}" "${NC[$n]}" "${NP[$n]}" "${N2[$n]}" "${P2[$n]}"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
-echo "edgeshim / nginx:   keep-alive $(ratio "${KA[edgeshim]}" "${KA[nginx]}"), new-conn+resume $(ratio "${NC[edgeshim]}" "${NC[nginx]}")"
-echo "edgeshim / haproxy: keep-alive $(ratio "${KA[edgeshim]}" "${KA[haproxy]}"), new-conn+resume $(ratio "${NC[edgeshim]}" "${NC[haproxy]}")"
+for o in nginx haproxy; do
+  echo "edgeshim / $o: keep-alive $(ratio "${KA[edgeshim]}" "${KA[$o]}"), new-conn+resume TLS 1.3 $(ratio "${NC[edgeshim]}" "${NC[$o]}"), TLS 1.2 $(ratio "${N2[edgeshim]}" "${N2[$o]}")"
+done
