@@ -1,6 +1,8 @@
 package bridge
 
 import (
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -12,14 +14,17 @@ import (
 func TestTimerPinger(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		start := time.Now()
+		var mu sync.Mutex // the timer's goroutine writes, the test reads
 		var pings []time.Duration
 		var lostAt time.Duration
 		p := &timerPinger{}
 		p.start(10*time.Second, func() error {
+			mu.Lock()
 			pings = append(pings, time.Since(start))
+			mu.Unlock()
 			p.sent()
 			return nil
-		}, func() { lostAt = time.Since(start) })
+		}, func() { mu.Lock(); lostAt = time.Since(start); mu.Unlock() })
 		time.Sleep(5 * time.Second)
 		p.sent()
 		p.received() // traffic at 5s: the first ping is due at 15s
@@ -27,6 +32,8 @@ func TestTimerPinger(t *testing.T) {
 		p.received()
 		p.pingResp()
 		time.Sleep(time.Minute) // a ping at 25s gets no answer: lost at 35s
+		mu.Lock()
+		defer mu.Unlock()
 		if want := []time.Duration{15 * time.Second, 25 * time.Second}; len(pings) != 2 || pings[0] != want[0] || pings[1] != want[1] {
 			t.Errorf("PINGREQs at %v, want %v", pings, want)
 		}
@@ -36,11 +43,11 @@ func TestTimerPinger(t *testing.T) {
 
 		// A stopped pinger does nothing.
 		q := &timerPinger{}
-		fired := false
-		q.start(10*time.Second, func() error { fired = true; return nil }, func() { fired = true })
+		var fired atomic.Bool
+		q.start(10*time.Second, func() error { fired.Store(true); return nil }, func() { fired.Store(true) })
 		q.stop()
 		time.Sleep(time.Minute)
-		if fired {
+		if fired.Load() {
 			t.Error("pinger fired after stop")
 		}
 	})
