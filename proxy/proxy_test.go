@@ -69,7 +69,12 @@ func startProxy(t testing.TB, yamlCfg string, mods ...func(*Options)) (*Server, 
 	t.Cleanup(func() { s.Close() })
 	certPEM, _ := os.ReadFile(filepath.Join(cfg.DataDir, "selfsigned-cert.pem"))
 	pool := x509Pool(certPEM)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}, ForceAttemptHTTP2: true}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}, ForceAttemptHTTP2: os.Getenv("EDGESHIM_TEST_H1") == ""}
+	t.Cleanup(func() {
+		if testing.Verbose() {
+			t.Logf("fast path: %d requests served, %d connections handed to net/http", s.fast.served.Load(), s.fast.fellBack.Load())
+		}
+	})
 	t.Cleanup(tr.CloseIdleConnections)
 	return s, &http.Client{Transport: tr, Timeout: 20 * time.Second}
 }
