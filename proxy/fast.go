@@ -51,6 +51,9 @@ type fastServer struct {
 	altSvcOnce sync.Once
 	altSvc     []byte // "Alt-Svc: ...\r\n" when HTTP/3 is on
 
+	readers sync.Pool // *bufio.Reader of connections
+	date    atomic.Pointer[dateCache]
+
 	// served and fellBack count fast requests and fallbacks (tests).
 	served   atomic.Int64
 	fellBack atomic.Int64
@@ -61,8 +64,6 @@ type fastServer struct {
 const watchAfter = 10 * time.Millisecond
 
 var aLongTimeAgo = time.Unix(1, 0)
-
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
 // fastConn is one client connection on the fast path.
 type fastConn struct {
@@ -89,6 +90,27 @@ type fastConn struct {
 	mu      sync.Mutex
 	bc      *bconn // in use, closed by abort
 	aborted bool
+
+	// The deadlines set on tc, so that setting them again can be skipped.
+	rdl, wdl time.Time
+}
+
+// readDeadline sets tc's read deadline unless the one set is within
+// slack of t.
+func (fc *fastConn) readDeadline(t time.Time, slack time.Duration) {
+	if d := t.Sub(fc.rdl); d > slack || d < -slack || t.IsZero() != fc.rdl.IsZero() {
+		fc.rdl = t
+		fc.tc.SetReadDeadline(t)
+	}
+}
+
+// writeDeadline sets tc's write deadline unless the one set is within
+// slack of t.
+func (fc *fastConn) writeDeadline(t time.Time, slack time.Duration) {
+	if d := t.Sub(fc.wdl); d > slack || d < -slack || t.IsZero() != fc.wdl.IsZero() {
+		fc.wdl = t
+		fc.tc.SetWriteDeadline(t)
+	}
 }
 
 const (
@@ -145,7 +167,10 @@ func (fs *fastServer) serve(l *tlsListener, tc *tls.Conn) net.Conn {
 		tc.Close()
 		return nil
 	}
-	fc.br = readers.Get().(*bufio.Reader)
+	fc.br, _ = fs.readers.Get().(*bufio.Reader)
+	if fc.br == nil {
+		fc.br = bufio.NewReaderSize(nil, 4096)
+	}
 	fc.br.Reset(fc)
 	handoff := fc.loop(l)
 	l.untrackFast(fc)
@@ -158,7 +183,7 @@ func (fs *fastServer) serve(l *tlsListener, tc *tls.Conn) net.Conn {
 		}
 	}
 	fc.br.Reset(nil)
-	readers.Put(fc.br)
+	fs.readers.Put(fc.br)
 	if !handoff {
 		tc.Close()
 		return nil
@@ -180,7 +205,7 @@ func (fc *fastConn) loop(l *tlsListener) (handoff bool) {
 				wait = fs.readHeader
 			}
 			if wait > 0 {
-				fc.tc.SetReadDeadline(time.Now().Add(wait))
+				fc.readDeadline(time.Now().Add(wait), time.Second)
 			}
 			if _, err := fc.br.Peek(1); err != nil {
 				return false
@@ -190,10 +215,7 @@ func (fc *fastConn) loop(l *tlsListener) (handoff bool) {
 			return false // closed by shutdown
 		}
 		t0 := time.Now()
-		if fs.readHeader > 0 {
-			fc.tc.SetReadDeadline(t0.Add(fs.readHeader))
-		}
-		n, v := fc.readHead()
+		n, v := fc.readHead(t0)
 		switch v {
 		case headNotFast:
 			return true
@@ -218,8 +240,8 @@ func (fc *fastConn) loop(l *tlsListener) (handoff bool) {
 // readHead reads until a whole head is buffered. headNeedMore: the
 // connection failed; headNotFast: the head is not fast (or larger than
 // the buffer), hand it to net/http.
-func (fc *fastConn) readHead() (int, headVerdict) {
-	for {
+func (fc *fastConn) readHead(t0 time.Time) (int, headVerdict) {
+	for waited := false; ; waited = true {
 		b, _ := fc.br.Peek(fc.br.Buffered())
 		n, v := parseHead(b, &fc.h, fc.fs.maxHeaders)
 		if v != headNeedMore {
@@ -227,6 +249,11 @@ func (fc *fastConn) readHead() (int, headVerdict) {
 		}
 		if fc.br.Buffered() == fc.br.Size() {
 			return 0, headNotFast
+		}
+		if !waited && fc.fs.readHeader > 0 {
+			// The head is not all here: it has read_header from its
+			// first byte.
+			fc.readDeadline(t0.Add(fc.fs.readHeader), 0)
 		}
 		if _, err := fc.br.Peek(fc.br.Buffered() + 1); err != nil {
 			return 0, headNeedMore

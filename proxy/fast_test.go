@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -329,5 +330,25 @@ routes: [{path: /, proxy: {backends: ["http://%s"]}}]`, addr))
 	}
 	if requests.Load() != 20 || s.fast.served.Load() != 20 {
 		t.Errorf("backend %d, fast %d; want 20", requests.Load(), s.fast.served.Load())
+	}
+}
+
+// TestFastSlowBody: a body that comes after the head, slowly, is relayed
+// (the head's deadline does not apply to it).
+func TestFastSlowBody(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "4")
+		io.WriteString(w, "ab")
+		http.NewResponseController(w).Flush()
+		time.Sleep(3 * watchAfter)
+		io.WriteString(w, "cd")
+	}))
+	t.Cleanup(backend.Close)
+	s, _ := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: [%q]}}]`, backend.URL))
+	c := dialRawTLS(t, s, "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	defer c.Close()
+	got := readResponses(t, bufio.NewReader(c), 2, "GET")
+	if want := `200 OK [] "abcd" ""`; got[0] != want || got[1] != want {
+		t.Errorf("%q, want %s twice", got, want)
 	}
 }

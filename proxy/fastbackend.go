@@ -106,7 +106,8 @@ func (fb *fastBackend) dialConn(ctx context.Context) (*bconn, error) {
 // put makes bc idle, or closes it when the pool is full or closed.
 func (fb *fastBackend) put(bc *bconn) {
 	bc.at = time.Now()
-	bc.c.SetDeadline(time.Time{})
+	// Deadlines stay: the next request sets the ones it needs before it
+	// reads or writes.
 	fb.mu.Lock()
 	if fb.closed || len(fb.idle) >= fb.maxIdle {
 		fb.mu.Unlock()

@@ -69,13 +69,19 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 		req.path = p
 	}
 	fc.br.Discard(headLen)
-	if fs.read > 0 {
-		fc.tc.SetReadDeadline(t0.Add(fs.read))
-	} else {
-		fc.tc.SetReadDeadline(time.Time{})
+	if req.body > 0 {
+		// read bounds the whole request, body included (from the head's
+		// first byte, close enough).
+		if fs.read > 0 {
+			fc.readDeadline(t0.Add(fs.read), 0)
+		} else {
+			fc.readDeadline(time.Time{}, 0)
+		}
 	}
 	if fs.write > 0 {
-		fc.tc.SetWriteDeadline(t0.Add(fs.write))
+		// A deadline set up to a second ago is kept: one call less per
+		// request, at the price of a bound up to 1s shorter.
+		fc.writeDeadline(t0.Add(fs.write), time.Second)
 	}
 	// A body that fits goes in the same write as the head.
 	req.bodyLeft = req.body
@@ -294,7 +300,7 @@ func (fc *fastConn) exchange(fr *fastRoute, b *backend, req *fastReq, out []byte
 			return fastResult{}, err
 		}
 		if !req.deadline.IsZero() {
-			bc.c.SetDeadline(req.deadline)
+			bc.c.SetWriteDeadline(req.deadline)
 		}
 		_, err = bc.c.Write(out)
 		if err == nil && req.bodyLeft > 0 {
@@ -386,7 +392,7 @@ func (fc *fastConn) readResponseHead(bc *bconn, req *fastReq, rp *routeProxy, st
 	}
 	bc.c.SetReadDeadline(hdrDeadline)
 	done := make(chan struct{})
-	fc.tc.SetReadDeadline(time.Time{})
+	fc.readDeadline(time.Time{}, 0)
 	go fc.watch(bc, done)
 	n, err = readRespHead(bc.br, &fc.rh)
 	fc.tc.SetReadDeadline(aLongTimeAgo)
@@ -438,6 +444,7 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 			}
 		}
 		bc.br.Discard(n)
+		bc.c.SetReadDeadline(req.deadline)
 		var err error
 		if n, err = readRespHead(bc.br, rh); err != nil {
 			bc.close()
@@ -475,6 +482,10 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 	buf = fc.appendRespHead(buf[:0], rh, outF, req, keepClient)
 	bc.br.Discard(n)
 	keepBackend := !rh.conn.close && (!rh.http10 || rh.conn.keepAlive) && in != bodyClose
+	if in != bodyNone && !(in == bodyLength && int64(bc.br.Buffered()) >= rh.cl) {
+		// The body has the request's deadline, not the head's.
+		bc.c.SetReadDeadline(req.deadline)
+	}
 	// The backend connection goes back to the pool as soon as its
 	// response is read, before the client has all of it (as with
 	// http.Transport), so that the client's next request finds it.
@@ -535,7 +546,7 @@ func (fc *fastConn) appendRespHead(b []byte, rh *respHead, out int, req *fastReq
 			b = append(b, "Transfer-Encoding: chunked\r\n"...)
 		}
 		if !rh.hasDate {
-			b = appendDate(b)
+			b = fc.fs.appendDate(b)
 		}
 		b = fc.appendConnection(b, req, keep)
 	}
@@ -559,10 +570,21 @@ func appendStatusLine(b []byte, http10 bool, code int) []byte {
 	return append(b, "\r\n"...)
 }
 
-func appendDate(b []byte) []byte {
-	b = append(b, "Date: "...)
-	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
-	return append(b, "\r\n"...)
+// appendDate adds a Date line, formatted once a second.
+func (fs *fastServer) appendDate(b []byte) []byte {
+	now := time.Now()
+	d := fs.date.Load()
+	if d == nil || d.sec != now.Unix() {
+		line := now.UTC().AppendFormat([]byte("Date: "), http.TimeFormat)
+		d = &dateCache{sec: now.Unix(), line: append(line, "\r\n"...)}
+		fs.date.Store(d)
+	}
+	return append(b, d.line...)
+}
+
+type dateCache struct {
+	sec  int64
+	line []byte
 }
 
 // appendConnection adds Alt-Svc (HTTP/3 on) and Connection as net/http
@@ -742,7 +764,7 @@ func (fc *fastConn) appendError(b []byte, req *fastReq, code int, msg string, re
 		b = append(b, "\r\n"...)
 	}
 	b = append(b, "X-Content-Type-Options: nosniff\r\n"...)
-	b = appendDate(b)
+	b = fc.fs.appendDate(b)
 	b = append(b, "Content-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n"...)
