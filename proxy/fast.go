@@ -160,8 +160,13 @@ func (fc *fastConn) setBackend(bc *bconn) bool {
 // net/http, or nil when it has ended (and is closed).
 func (fs *fastServer) serve(l *tlsListener, tc *tls.Conn) net.Conn {
 	fc := &fastConn{fs: fs, l: l, tc: tc}
-	if ap, err := netip.ParseAddrPort(tc.RemoteAddr().String()); err == nil {
-		fc.peer = ap.Addr().Unmap()
+	switch a := tc.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		fc.peer = a.AddrPort().Addr().Unmap()
+	default:
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			fc.peer = ap.Addr().Unmap()
+		}
 	}
 	if !l.trackFast(fc) {
 		tc.Close()

@@ -352,3 +352,44 @@ func TestFastSlowBody(t *testing.T) {
 		t.Errorf("%q, want %s twice", got, want)
 	}
 }
+
+// TestFastSniffsContentType: a response of known length without
+// Content-Type gets the one net/http sniffs, on the fast path as on the
+// slow one (listen.http is served by net/http only). A streamed one is
+// not sniffed (on the slow path, that races with a flush timer).
+func TestFastSniffsContentType(t *testing.T) {
+	addr, _ := rawBackend(t, map[string]string{
+		"/cl":      "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n<html><b>x</b>",
+		"/chunked": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n%PDF-1\r\n0\r\n\r\n",
+		"/close":   "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n%PDF-1",
+		"/gzip":    "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\nab",
+		"/typed":   "HTTP/1.1 200 OK\r\nContent-Type: text/x-a\r\nContent-Length: 2\r\n\r\nab",
+	})
+	s, _ := startProxy(t, fmt.Sprintf(`
+listen: {http: "127.0.0.1:0"}
+routes: [{path: /, allow_http: true, proxy: {backends: ["http://%s"]}}]`, addr))
+	get := func(c net.Conn, p string) (string, string) {
+		io.WriteString(c, "GET "+p+" HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		c.Close()
+		return resp.Header.Get("Content-Type"), string(b)
+	}
+	for _, p := range []string{"/cl", "/chunked", "/close", "/gzip", "/typed"} {
+		pc, err := net.Dial("tcp", s.Addr("http").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		slowCT, slow := get(pc, p)
+		fastCT, fast := get(dialRawTLS(t, s, ""), p)
+		if p == "/chunked" || p == "/close" {
+			slowCT = ""
+		}
+		if slowCT != fastCT || slow != fast {
+			t.Errorf("%s: net/http %q %q, fast path %q %q", p, slowCT, slow, fastCT, fast)
+		}
+	}
+}

@@ -100,7 +100,7 @@ func (fb *fastBackend) dialConn(ctx context.Context) (*bconn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &bconn{c: c, br: bufio.NewReaderSize(c, 4096)}, nil
+	return &bconn{c: c, br: bufio.NewReaderSize(c, maxRespHead)}, nil
 }
 
 // put makes bc idle, or closes it when the pool is full or closed.
@@ -154,23 +154,24 @@ func (cc *codeCounters) inc(code int) {
 
 // respHead is a backend's response head.
 type respHead struct {
-	http10  bool
-	code    int
-	cl      int64
-	hasCL   bool
-	chunked bool
-	conn    connTokens
-	hasDate bool
-	fields  []headField
-	head    []byte // the whole head, for 1xx
+	http10       bool
+	code         int
+	cl           int64
+	hasCL        bool
+	chunked      bool
+	conn         connTokens
+	hasDate      bool
+	hasCT, hasCE bool // Content-Type; a non-empty Content-Encoding
+	fields       []headField
+	head         []byte // the whole head, for 1xx
 }
 
 var errBadResponse = errors.New("malformed HTTP response from backend")
 
-// maxRespHead bounds a backend response head (http.Transport's
-// MaxResponseHeaderBytes is 1 MiB; the fast path keeps it to what one
-// connection buffer holds and treats more as a bad response).
-const maxRespHead = 4096
+// maxRespHead bounds a backend response head, the size of a backend
+// connection's buffer (http.Transport's MaxResponseHeaderBytes is 1 MiB;
+// the fast path answers 502 to a head over 16 KiB).
+const maxRespHead = 16 << 10
 
 // readRespHead reads and parses a response head from br without
 // consuming it on error (a deadline can interrupt it and it goes on).
@@ -244,6 +245,10 @@ func parseRespHead(b []byte, h *respHead) (int, headVerdict) {
 			f.kind = fieldTrailer
 		case equalFoldASCII(f.name, "date"):
 			h.hasDate = true
+		case equalFoldASCII(f.name, "content-type"):
+			h.hasCT = true
+		case equalFoldASCII(f.name, "content-encoding"):
+			h.hasCE = h.hasCE || len(f.value) > 0
 		}
 	}
 	if h.chunked {

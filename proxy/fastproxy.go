@@ -109,7 +109,7 @@ func (fc *fastConn) appendOutHead(b []byte, rp *routeProxy, h *fastHead) []byte 
 	b = append(b, "Host: "...)
 	b = append(b, h.host...)
 	b = append(b, "\r\n"...)
-	var xff, xfh, xfp []byte
+	var xfh, xfp []byte
 	nXFF, nFwd := 0, 0
 	for i := range h.fields {
 		f := &h.fields[i]
@@ -134,8 +134,7 @@ func (fc *fastConn) appendOutHead(b []byte, rp *routeProxy, h *fastHead) []byte 
 	if trusted && nXFF > 0 {
 		for i := range h.fields {
 			if f := &h.fields[i]; f.kind == fieldXFF {
-				xff = append(append(xff[:0], f.value...), ", "...)
-				b = append(b, xff...)
+				b = append(append(b, f.value...), ", "...)
 			}
 		}
 	}
@@ -261,6 +260,9 @@ func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int)
 		if fc.gone.Load() {
 			rp.log.Debug("client went away before the backend answered", "remote", fc.tc.RemoteAddr().String())
 			return fastResult{code: statusClientClosed}
+		}
+		if errors.Is(err, errAborted) {
+			return fastResult{code: http.StatusBadGateway} // the server is closing: not the backend's fault
 		}
 		if !req.deadline.IsZero() && !time.Now().Before(req.deadline) {
 			// The request timed out: not the backend's fault.
@@ -489,6 +491,14 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 	// The backend connection goes back to the pool as soon as its
 	// response is read, before the client has all of it (as with
 	// http.Transport), so that the client's next request finds it.
+	// net/http sniffs a Content-Type for a body of known length that has
+	// none (and no Content-Encoding) from its first bytes: the head waits
+	// for them. (A streamed body's head is flushed before it, by a timer
+	// that races with the first write: mostly not sniffed; never here.)
+	sniff := -1
+	if in == bodyLength && !rh.hasCT && !rh.hasCE {
+		sniff = len(buf)
+	}
 	ok := true
 	switch in {
 	case bodyNone:
@@ -497,7 +507,7 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		ok = err == nil
 	case bodyLength:
 		var rest []byte
-		if rest, ok = fc.relayLength(bc, rh.cl, buf); ok {
+		if rest, ok = fc.relayLength(bc, rh.cl, buf, sniff); ok {
 			fc.releaseBackend(b, bc, keepBackend)
 			_, err := fc.tc.Write(rest)
 			ok = err == nil
@@ -602,10 +612,13 @@ func (fc *fastConn) appendConnection(b []byte, req *fastReq, keep bool) []byte {
 }
 
 // relayLength reads a body of n bytes and writes all but the last of it;
-// it returns what is left to write. buf holds the response head. Data is
-// written when the backend has no more buffered (so that a slow body
-// streams) or buf is full.
-func (fc *fastConn) relayLength(bc *bconn, n int64, buf []byte) ([]byte, bool) {
+// it returns what is left to write. buf holds the response head; sniff,
+// if not -1, is where the head ends and a sniffed Content-Type goes in
+// front of the first bytes. Data is written when the backend has no more
+// buffered (so that a slow body streams) or buf is full.
+func (fc *fastConn) relayLength(bc *bconn, n int64, buf []byte, sniff int) ([]byte, bool) {
+	all := buf[:cap(buf)]
+	buf = buf[: len(buf) : cap(buf)-sniffRoom]
 	for n > 0 {
 		if len(buf) == cap(buf) {
 			if _, err := fc.tc.Write(buf); err != nil {
@@ -616,6 +629,9 @@ func (fc *fastConn) relayLength(bc *bconn, n int64, buf []byte) ([]byte, bool) {
 		m, err := bc.br.Read(buf[len(buf):min(cap(buf), len(buf)+int(min(n, int64(cap(buf)))))])
 		buf = buf[:len(buf)+m]
 		n -= int64(m)
+		if sniff >= 0 && m > 0 {
+			buf, sniff = insertContentType(all[:len(buf)], sniff, buf[sniff:]), -1
+		}
 		if n == 0 {
 			break
 		}
@@ -633,6 +649,22 @@ func (fc *fastConn) relayLength(bc *bconn, n int64, buf []byte) ([]byte, bool) {
 	return buf, true
 }
 
+// sniffRoom is kept free at the end of a buffer for a sniffed
+// Content-Type line.
+const sniffRoom = 64
+
+// insertContentType puts "Content-Type: <sniffed>" at the end of the head
+// that ends at at (before its blank line), sniffed from the first bytes
+// of the body, as net/http's response writer does.
+func insertContentType(buf []byte, at int, body []byte) []byte {
+	line := "Content-Type: " + http.DetectContentType(body) + "\r\n"
+	n := len(buf)
+	buf = buf[:n+len(line)]
+	copy(buf[at-2+len(line):], buf[at-2:n])
+	copy(buf[at-2:], line)
+	return buf
+}
+
 // relayStream copies a chunked or until-close body, out chunked or
 // raw (then the connection closes). Chunk framing is checked; trailers
 // are passed on when out is chunked.
@@ -640,17 +672,19 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte) bool {
 	if _, err := fc.tc.Write(buf); err != nil {
 		return false
 	}
-	data := buf[:cap(buf)-32]
-	emit := func(p []byte) bool {
+	// Room in front of the data for a chunk-size line and after it for
+	// the chunk's CRLF: one write per chunk.
+	const front = 24
+	frame := buf[:cap(buf)-8]
+	data := frame[front:]
+	emit := func(p []byte) bool { // p is data[:len(p)]
 		if out == bodyChunked {
 			var hdr [20]byte
 			h := strconv.AppendUint(hdr[:0], uint64(len(p)), 16)
 			h = append(h, "\r\n"...)
-			// p sits in data: the chunk's CRLF fits after it.
-			p = append(p, "\r\n"...)
-			if _, err := fc.tc.Write(h); err != nil {
-				return false
-			}
+			start := front - len(h)
+			copy(frame[start:], h)
+			p = append(frame[start:front+len(p)], "\r\n"...)
 		}
 		_, err := fc.tc.Write(p)
 		return err == nil
@@ -697,7 +731,7 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte) bool {
 		}
 	}
 	// Trailer lines, then the blank line.
-	trailers := buf[:0]
+	trailers := frame[:0]
 	for {
 		line, err := bc.br.ReadSlice('\n')
 		if err != nil || len(trailers)+len(line) > 8<<10 {
@@ -717,14 +751,13 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte) bool {
 	return fc.endChunked(out, trailers)
 }
 
+// endChunked writes the last chunk and the trailers when out is chunked.
 func (fc *fastConn) endChunked(out int, trailers []byte) bool {
 	if out != bodyChunked {
 		return true
 	}
-	if _, err := fc.tc.Write([]byte("0\r\n")); err != nil {
-		return false
-	}
-	_, err := fc.tc.Write(append(trailers, "\r\n"...))
+	last := append(append(append(make([]byte, 0, len(trailers)+5), "0\r\n"...), trailers...), "\r\n"...)
+	_, err := fc.tc.Write(last)
 	return err == nil
 }
 
@@ -739,8 +772,6 @@ func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
 	case errors.Is(err, ErrNoBackend):
 		code, msg, retry = http.StatusServiceUnavailable, "no healthy backend", rp.retry()
 		rp.log.Warn("no healthy backend")
-	case errors.Is(err, errAborted):
-		return fastResult{code: http.StatusBadGateway}
 	case isTimeout(err):
 		rp.log.Warn("backend timeout", "err", err)
 		code, msg = http.StatusGatewayTimeout, "backend timeout"
