@@ -38,6 +38,22 @@ func TestFastPathRunsProxyTests(t *testing.T) {
 	}
 }
 
+// canned are the raw responses of the fast path tests' backend by path.
+var canned = map[string]string{
+	"/chunked":  "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n",
+	"/close":    "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close",
+	"/head":     "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n",
+	"/nc":       "HTTP/1.1 204 No Content\r\n\r\n",
+	"/hop":      "HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nContent-Length: 1\r\n\r\nh",
+	"/early":    "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\ne",
+	"/bad":      "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+	"/cl":       "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n<html><b>x</b>",
+	"/chunked2": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n%PDF-1\r\n0\r\n\r\n",
+	"/close2":   "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n%PDF-1",
+	"/gzip":     "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\nab",
+	"/typed":    "HTTP/1.1 200 OK\r\nContent-Type: text/x-a\r\nContent-Length: 2\r\n\r\nab",
+}
+
 // rawBackend is a countingBackend with canned responses by path.
 func rawBackend(t *testing.T, responses map[string]string) (addr string, requests *atomic.Int32) {
 	cb := newCountingBackend(t, responses)
@@ -63,15 +79,7 @@ func readResponses(t *testing.T, br *bufio.Reader, n int, method string) (out []
 }
 
 func TestFastPipelinedAndFramings(t *testing.T) {
-	addr, requests := rawBackend(t, map[string]string{
-		"/chunked": "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n",
-		"/close":   "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close",
-		"/head":    "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n",
-		"/nc":      "HTTP/1.1 204 No Content\r\n\r\n",
-		"/hop":     "HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nContent-Length: 1\r\n\r\nh",
-		"/early":   "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\ne",
-		"/bad":     "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
-	})
+	addr, requests := rawBackend(t, canned)
 	s, _ := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: ["http://%s"]}}]`, addr))
 	c := dialRawTLS(t, s, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /chunked HTTP/1.1\r\nHost: x\r\n\r\n"+
 		"GET /close HTTP/1.1\r\nHost: x\r\n\r\nGET /nc HTTP/1.1\r\nHost: x\r\n\r\nGET /hop HTTP/1.1\r\nHost: x\r\n\r\n"+
@@ -358,13 +366,7 @@ func TestFastSlowBody(t *testing.T) {
 // slow one (listen.http is served by net/http only). A streamed one is
 // not sniffed (on the slow path, that races with a flush timer).
 func TestFastSniffsContentType(t *testing.T) {
-	addr, _ := rawBackend(t, map[string]string{
-		"/cl":      "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n<html><b>x</b>",
-		"/chunked": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n%PDF-1\r\n0\r\n\r\n",
-		"/close":   "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n%PDF-1",
-		"/gzip":    "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\nab",
-		"/typed":   "HTTP/1.1 200 OK\r\nContent-Type: text/x-a\r\nContent-Length: 2\r\n\r\nab",
-	})
+	addr, _ := rawBackend(t, canned)
 	s, _ := startProxy(t, fmt.Sprintf(`
 listen: {http: "127.0.0.1:0"}
 routes: [{path: /, allow_http: true, proxy: {backends: ["http://%s"]}}]`, addr))
@@ -378,14 +380,14 @@ routes: [{path: /, allow_http: true, proxy: {backends: ["http://%s"]}}]`, addr))
 		c.Close()
 		return resp.Header.Get("Content-Type"), string(b)
 	}
-	for _, p := range []string{"/cl", "/chunked", "/close", "/gzip", "/typed"} {
+	for _, p := range []string{"/cl", "/chunked2", "/close2", "/gzip", "/typed"} {
 		pc, err := net.Dial("tcp", s.Addr("http").String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		slowCT, slow := get(pc, p)
 		fastCT, fast := get(dialRawTLS(t, s, ""), p)
-		if p == "/chunked" || p == "/close" {
+		if p == "/chunked2" || p == "/close2" {
 			slowCT = ""
 		}
 		if slowCT != fastCT || slow != fast {
