@@ -237,9 +237,7 @@ func parseRespHead(b []byte, h *respHead) (int, headVerdict) {
 		case equalFoldASCII(f.name, "connection"):
 			h.conn.add(f.value)
 			f.kind = fieldHop
-		case equalFoldASCII(f.name, "keep-alive"), equalFoldASCII(f.name, "proxy-connection"),
-			equalFoldASCII(f.name, "proxy-authenticate"), equalFoldASCII(f.name, "proxy-authorization"),
-			equalFoldASCII(f.name, "te"), equalFoldASCII(f.name, "upgrade"):
+		case isHopHeader(f.name), equalFoldASCII(f.name, "te"), equalFoldASCII(f.name, "upgrade"):
 			f.kind = fieldHop
 		case equalFoldASCII(f.name, "trailer"):
 			f.kind = fieldTrailer

@@ -102,9 +102,7 @@ func parseHead(b []byte, h *fastHead, maxFields int) (int, headVerdict) {
 		case equalFoldASCII(f.name, "te"):
 			h.teTrailers = h.teTrailers || hasToken(f.value, "trailers")
 			f.kind = fieldHop
-		case equalFoldASCII(f.name, "keep-alive"), equalFoldASCII(f.name, "proxy-connection"),
-			equalFoldASCII(f.name, "proxy-authenticate"), equalFoldASCII(f.name, "proxy-authorization"),
-			equalFoldASCII(f.name, "trailer"):
+		case isHopHeader(f.name), equalFoldASCII(f.name, "trailer"):
 			f.kind = fieldHop
 		case equalFoldASCII(f.name, "x-forwarded-for"):
 			f.kind = fieldXFF
@@ -121,6 +119,13 @@ func parseHead(b []byte, h *fastHead, maxFields int) (int, headVerdict) {
 	}
 	markConnNames(h.fields, h.conn.names)
 	return n, headOK
+}
+
+// isHopHeader: the hop-by-hop headers (ReverseProxy's list) that need no
+// other handling.
+func isHopHeader(name []byte) bool {
+	return equalFoldASCII(name, "keep-alive") || equalFoldASCII(name, "proxy-connection") ||
+		equalFoldASCII(name, "proxy-authenticate") || equalFoldASCII(name, "proxy-authorization")
 }
 
 // splitHead splits a head at the start of b into its first line and its
