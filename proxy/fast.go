@@ -74,10 +74,10 @@ type fastConn struct {
 	peer netip.Addr
 	// Scratch, kept across requests: the peer as X-Forwarded-For shows
 	// it, the method, the request line.
-	peerStr, method, line []byte
-	h                     fastHead
-	rh                    respHead
-	host                  []byte // scratch: the Host to match
+	peerStr, method, target, line []byte
+	h                             fastHead
+	rh                            respHead
+	host                          []byte // scratch: the Host to match
 
 	// state: connIdle (between requests), connActive, connClosing.
 	state atomic.Int32

@@ -24,7 +24,8 @@ type fastReq struct {
 	body        int64
 	bodyLeft    int64 // body bytes not yet read from the client
 	method      []byte
-	path, query string // path after strip_prefix; query with its '?'
+	path, query []byte // path after strip_prefix; query with its '?'
+	slash       bool   // path lost its leading '/' to strip_prefix
 	deadline    time.Time
 }
 
@@ -56,17 +57,11 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 	buf := fc.appendOutHead(bufp[:room], rp, h)
 	fc.method = append(fc.method[:0], h.method...)
 	req.method = fc.method
-	target := string(h.target) // the head's bytes are consumed below
-	req.path, req.query = target, ""
-	if i := strings.IndexByte(target, '?'); i >= 0 {
-		req.path, req.query = target[:i], target[i:]
-	}
-	if rp.route.StripPrefix && rp.route.Path != "/" {
-		p := strings.TrimPrefix(req.path, strings.TrimSuffix(rp.route.Path, "/"))
-		if !strings.HasPrefix(p, "/") {
-			p = "/" + p
-		}
-		req.path = p
+	// The target outlives the head's bytes, consumed below.
+	fc.target = append(fc.target[:0], h.target...)
+	req.path, req.query = fc.target[:len(h.path)], fc.target[len(h.path):]
+	if rp.route.StripPrefix {
+		req.stripPrefix(rp.route.Path)
 	}
 	fc.br.Discard(headLen)
 	if req.body > 0 {
@@ -206,17 +201,34 @@ func (rp *routeProxy) trustedAddr(a netip.Addr) bool {
 	return false
 }
 
+// stripPrefix removes the route's path prefix from the path (rewrite's
+// strip_prefix).
+func (req *fastReq) stripPrefix(route string) {
+	if route == "/" {
+		return
+	}
+	if pre := strings.TrimSuffix(route, "/"); hasPrefixBS(req.path, pre) {
+		req.path = req.path[len(pre):]
+	}
+	req.slash = len(req.path) == 0 || req.path[0] != '/'
+}
+
 // appendRequestLine writes "METHOD path HTTP/1.1\r\n" for backend path
 // bpath (singleJoin of the slow path).
 func appendRequestLine(b, method []byte, bpath string, req *fastReq) []byte {
 	b = append(b, method...)
 	b = append(b, ' ')
-	if bpath == "" || bpath == "/" {
+	// The path is "/"+req.path when slash, else req.path.
+	switch {
+	case bpath == "" || bpath == "/":
+		if req.slash {
+			b = append(b, '/')
+		}
 		b = append(b, req.path...)
-	} else {
-		b = append(b, strings.TrimSuffix(bpath, "/")...)
-		b = append(b, '/')
-		b = append(b, strings.TrimPrefix(req.path, "/")...)
+	case req.slash:
+		b = append(append(append(b, strings.TrimSuffix(bpath, "/")...), '/'), req.path...)
+	default:
+		b = append(append(append(b, strings.TrimSuffix(bpath, "/")...), '/'), req.path[1:]...)
 	}
 	b = append(b, req.query...)
 	return append(b, " HTTP/1.1\r\n"...)
