@@ -36,6 +36,7 @@ type tlsListener struct {
 	fastSrv *fastServer // nil: HTTP/1 goes to net/http at once
 
 	ready chan net.Conn
+	work  chan *tls.Conn // to an idle worker
 	done  chan struct{}
 	once  sync.Once
 	wg    sync.WaitGroup
@@ -68,7 +69,7 @@ func newTLSListener(inner net.Listener, o tlsListenerOptions) *tlsListener {
 	l := &tlsListener{
 		inner: inner, conf: o.Config, timeout: o.HandshakeTimeout, failed: o.HandshakeFailed,
 		log: o.Logger, base: o.Base, serveH2: o.ServeH2, fastSrv: o.Fast,
-		ready: make(chan net.Conn), done: make(chan struct{}),
+		ready: make(chan net.Conn), work: make(chan *tls.Conn), done: make(chan struct{}),
 		shake: map[*tls.Conn]struct{}{}, h2: map[*tls.Conn]struct{}{}, fast: map[*fastConn]struct{}{},
 	}
 	l.wg.Add(1)
@@ -192,8 +193,12 @@ func (l *tlsListener) acceptLoop() {
 			tc.Close()
 			return
 		}
-		l.wg.Add(1)
-		go l.handshake(tc)
+		select {
+		case l.work <- tc: // an idle worker takes it
+		default:
+			l.wg.Add(1)
+			go l.worker(tc)
+		}
 	}
 }
 
@@ -214,8 +219,32 @@ func (l *tlsListener) untrack(set map[*tls.Conn]struct{}, c *tls.Conn) {
 	l.mu.Unlock()
 }
 
-func (l *tlsListener) handshake(tc *tls.Conn) {
+// workerIdle is how long a connection worker waits for the next
+// connection before it ends.
+const workerIdle = 10 * time.Second
+
+// worker serves connections from their handshake on, one after the
+// other: a new connection goes to a worker that is idle, whose stack has
+// already grown to what a handshake needs, before a new goroutine is
+// started for it.
+func (l *tlsListener) worker(tc *tls.Conn) {
 	defer l.wg.Done()
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		l.handshake(tc)
+		t.Reset(workerIdle)
+		select {
+		case tc = <-l.work:
+		case <-t.C:
+			return
+		case <-l.done:
+			return
+		}
+	}
+}
+
+func (l *tlsListener) handshake(tc *tls.Conn) {
 	err := l.doHandshake(tc)
 	l.untrack(l.shake, tc)
 	if err != nil {
