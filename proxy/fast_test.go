@@ -395,3 +395,38 @@ routes: [{path: /, allow_http: true, proxy: {backends: ["http://%s"]}}]`, addr))
 		}
 	}
 }
+
+// TestFastLargeBodies: bodies larger than a buffer stream both ways.
+func TestFastLargeBodies(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 20000) // 320 KB
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.Method == http.MethodPost {
+			w.Header().Set("Content-Type", "text/plain")
+			w.Write(b) // Content-Length unknown: chunked
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(big)))
+		io.WriteString(w, big)
+	}))
+	t.Cleanup(backend.Close)
+	s, _ := startProxy(t, fmt.Sprintf(`
+limits: {max_body: 1MiB}
+routes: [{path: /, proxy: {backends: [%q]}}]`, backend.URL))
+	c := dialRawTLS(t, s, fmt.Sprintf("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%sGET / HTTP/1.1\r\nHost: x\r\n\r\n", len(big), big))
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i, want := range []string{"[chunked]", "[]"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || string(b) != big || fmt.Sprint(resp.TransferEncoding) != want {
+			t.Errorf("response %d: %d bytes %v %v, want the %d sent", i, len(b), resp.TransferEncoding, err, len(big))
+		}
+	}
+	if s.fast.served.Load() != 2 {
+		t.Errorf("fast path served %d, want 2", s.fast.served.Load())
+	}
+}
