@@ -137,13 +137,19 @@ func (fc *fastConn) shutdown() {
 
 // abort closes the connection and its backend connection at once.
 func (fc *fastConn) abort() {
+	fc.tc.NetConn().Close() // first: nothing more reaches the client
 	fc.mu.Lock()
 	fc.aborted = true
 	if fc.bc != nil {
 		fc.bc.close()
 	}
 	fc.mu.Unlock()
-	fc.tc.NetConn().Close()
+}
+
+func (fc *fastConn) isAborted() bool {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return fc.aborted
 }
 
 func (fc *fastConn) setBackend(bc *bconn) bool {

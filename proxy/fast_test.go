@@ -204,17 +204,16 @@ routes: [{path: /, proxy: {backends: ["http://%s"]}}]`, addr))
 // backend is slow ends the backend request (its connection is closed),
 // counted as 499.
 func TestFastClientGoneCancelsBackend(t *testing.T) {
-	backend, arrived, _ := heldBackend(t)
-	gone := make(chan struct{})
-	backend.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateClosed {
-			select {
-			case <-gone:
-			default:
-				close(gone)
-			}
+	arrived, gone := make(chan struct{}), make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		select {
+		case <-r.Context().Done(): // its connection closed
+			close(gone)
+		case <-time.After(10 * time.Second):
 		}
-	}
+	}))
+	t.Cleanup(backend.Close)
 	s, _ := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: [%q]}}]`, backend.URL))
 	c := dialRawTLS(t, s, "GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
 	<-arrived
@@ -222,7 +221,7 @@ func TestFastClientGoneCancelsBackend(t *testing.T) {
 	select {
 	case <-gone:
 	case <-time.After(5 * time.Second):
-		t.Fatal("backend connection not closed after the client went away")
+		t.Fatal("backend request not cancelled after the client went away")
 	}
 	waitFor(t, func() bool {
 		return testutil.ToFloat64(s.m.requests.WithLabelValues("routes[0]", "499")) == 1

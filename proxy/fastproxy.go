@@ -273,7 +273,7 @@ func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int)
 			rp.log.Debug("client went away before the backend answered", "remote", fc.tc.RemoteAddr().String())
 			return fastResult{code: statusClientClosed}
 		}
-		if errors.Is(err, errAborted) {
+		if errors.Is(err, errAborted) || fc.isAborted() {
 			return fastResult{code: http.StatusBadGateway} // the server is closing: not the backend's fault
 		}
 		if !req.deadline.IsZero() && !time.Now().Before(req.deadline) {
@@ -539,8 +539,7 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 // releaseBackend returns bc to the pool if it can be reused, else
 // closes it.
 func (fc *fastConn) releaseBackend(b *backend, bc *bconn, keep bool) {
-	fc.setBackend(nil)
-	if keep && bc.br.Buffered() == 0 {
+	if fc.setBackend(nil) && keep && bc.br.Buffered() == 0 {
 		b.fast.put(bc)
 	} else {
 		bc.close()
