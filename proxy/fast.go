@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -46,7 +45,6 @@ type fastServer struct {
 	maxHeaders int
 	heap       *limits.HeapWatermark
 	bufs       *bufferPool
-	log        *slog.Logger
 
 	altSvcOnce sync.Once
 	altSvc     []byte // "Alt-Svc: ...\r\n" when HTTP/3 is on

@@ -163,7 +163,6 @@ type respHead struct {
 	hasDate      bool
 	hasCT, hasCE bool // Content-Type; a non-empty Content-Encoding
 	fields       []headField
-	head         []byte // the whole head, for 1xx
 }
 
 var errBadResponse = errors.New("malformed HTTP response from backend")
@@ -253,7 +252,6 @@ func parseRespHead(b []byte, h *respHead) (int, headVerdict) {
 		h.hasCL, h.cl = false, 0 // Transfer-Encoding wins (RFC 9112 §6.3)
 	}
 	markConnNames(h.fields, h.conn.names)
-	h.head = b[:n]
 	return n, headOK
 }
 

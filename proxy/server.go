@@ -191,7 +191,7 @@ func New(opts Options) (*Server, error) {
 	s.h2 = h2
 	s.fast = &fastServer{
 		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
-		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, heap: heap, bufs: bufs, log: opts.Logger,
+		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, heap: heap, bufs: bufs,
 	}
 	return s, nil
 }
