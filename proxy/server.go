@@ -56,6 +56,7 @@ type Server struct {
 	plain  *http.Server // listen.http; nil if not configured
 	h2     *http2.Server
 	tln    *tlsListener // nil until Start
+	fast   *fastServer
 	h3     *http3.Server
 	m      *metrics
 
@@ -83,8 +84,9 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	lim := opts.Config.Limits
+	bufs := &bufferPool{}
 	rt, err := newRouter(opts.Config.Routes, opts.Bridges, proxyDeps{
-		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: &bufferPool{},
+		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: bufs,
 		retry: func() int { return retryAfterSeconds(lim.RetryAfter) },
 	})
 	if err != nil {
@@ -187,6 +189,10 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("http2: %w", err)
 	}
 	s.h2 = h2
+	s.fast = &fastServer{
+		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
+		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, heap: heap, bufs: bufs,
+	}
 	return s, nil
 }
 
@@ -260,6 +266,7 @@ func (s *Server) Start() error {
 		ServeH2: func(c *tls.Conn) {
 			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: s.base, BaseConfig: s.https, Handler: s.https.Handler})
 		},
+		Fast: s.fast,
 	})
 	s.tln = tln
 	s.serveWG.Add(1)
