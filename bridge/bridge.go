@@ -1,6 +1,6 @@
 // Package bridge owns device sessions: the HTTP poll, long-poll, telemetry
 // and ack endpoints, the device WebSocket endpoint, the session registry,
-// the upstream drivers (MQTT 5 through paho.golang, or a WebSocket backend)
+// the upstream drivers (MQTT 5 on paho.golang's packet codec, or a WebSocket backend)
 // and presence. A Bridge is an http.Handler that proxy mounts on the routes
 // that name it.
 //
@@ -192,11 +192,8 @@ func (b *Bridge) session(device string) (*session, error) {
 	s, ok := b.sessions.Get(device)
 	if !ok {
 		s = newSession(b, device)
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			s.run()
-		}()
+		b.wg.Add(1) // released by the session when it ends
+		s.start()
 		b.sessions.Add(device, s) // may evict the least recently polled
 	}
 	s.lastPoll = b.now()

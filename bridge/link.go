@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/packets"
 )
 
 // link is one connection of a device session to its upstream: an MQTT
-// broker (mqttLink) or a WebSocket backend (wsLink). A session holds at
+// broker (mqttConn) or a WebSocket backend (wsLink). A session holds at
 // most one at a time and replaces it after a loss.
 type link interface {
 	// publish sends telemetry; it returns once the upstream took it
@@ -25,94 +25,58 @@ type link interface {
 	close()
 }
 
-// ackInterval is how often a session's manual PUBACKs are flushed.
-const ackInterval = time.Second
-
 // errRefused is an upstream's refusal of a publish.
 var errRefused = errors.New("upstream refused publish")
 
-// mqttLink is a paho MQTT 5 client connection.
-type mqttLink struct {
-	cl        *paho.Client
-	maxPacket uint32 // from CONNACK; 0 = no limit
+var _ link = (*mqttConn)(nil)
+
+func (l *mqttConn) publish(ctx context.Context, topic string, qos byte, payload []byte) error {
+	return l.pub(ctx, &packets.Publish{Topic: topic, QoS: qos, Payload: payload})
 }
 
-var _ link = (*mqttLink)(nil)
-
-func (l *mqttLink) publish(ctx context.Context, topic string, qos byte, payload []byte) error {
-	resp, err := l.cl.Publish(ctx, &paho.Publish{Topic: topic, QoS: qos, Payload: payload})
-	if err != nil {
-		return err
+// ack sends the PUBACK (in order, see mqttConn); only the connection the
+// PUBLISH came on may. A QoS 0 command has nothing to acknowledge.
+func (l *mqttConn) ack(c *command) error {
+	if c.pid == 0 {
+		return nil
 	}
-	if resp != nil && resp.ReasonCode >= 0x80 {
-		return fmt.Errorf("%w: reason %#x", errRefused, resp.ReasonCode)
-	}
-	return nil
+	return l.ackID(c.pid)
 }
 
-// ack sends the PUBACK; only the connection the PUBLISH came on may.
-func (l *mqttLink) ack(c *command) error { return l.cl.Ack(c.pub) }
-
-func (l *mqttLink) done() <-chan struct{} { return l.cl.Done() }
-
-func (l *mqttLink) close() {
-	_ = l.cl.Disconnect(&paho.Disconnect{ReasonCode: 0x04}) // with will: presence turns offline
-	select {
-	case <-l.cl.Done():
-	case <-time.After(2 * time.Second):
-	}
+// mqttMaxIn is the largest packet edgeshim takes from the broker: a
+// command as large as a device body may be, plus room for the topic and
+// properties. It is sent as the CONNECT's maximum packet size, so the
+// broker does not send larger ones (MQTT 5 has it drop them); a broker
+// that does anyway is disconnected with 0x95.
+func mqttMaxIn(maxBody int64) int {
+	return int(min(max(maxBody, 64<<10)+64<<10, maxRemaining))
 }
 
 // connectMQTT opens the session's MQTT connection: CONNECT with a
 // persistent session (clean start false, session expiry), the will, the
 // command subscription and the online presence.
 func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
-	u := s.b.cfg.Upstream
-	conn, err := s.b.dial(ctx)
+	b := s.b
+	u := b.cfg.Upstream
+	conn, err := b.dial(ctx)
 	if err != nil {
 		return nil, false, err
 	}
-	clientID := topic(u.ClientID, s.device)
-	ml := &mqttLink{}
-	cl := paho.NewClient(paho.ClientConfig{
-		ClientID:                   clientID,
-		Conn:                       conn,
-		EnableManualAcknowledgment: true,
-		PingHandler:                &timerPinger{},
-		// paho sends manual acks from a ticker per session; its 50ms
-		// default wakes 20 times a second per idle session (5M wake-ups/s
-		// for 250k devices). An ack a little later only delays the
-		// broker's inflight window; if the connection drops meanwhile the
-		// command is redelivered, which at-least-once allows.
-		SendAcksInterval: ackInterval,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			p := pr.Packet
-			if p.Duplicate() {
-				s.b.m.redelivered.Inc()
-			}
-			s.add(&command{topic: p.Topic, payload: p.Payload, pub: p, via: ml, dup: p.Duplicate()})
-			return true, nil
-		}},
-		OnClientError: func(err error) {
-			s.b.log.Debug("upstream client error", "device", s.device, "err", err)
-		},
-		OnServerDisconnect: func(d *paho.Disconnect) {
-			s.b.log.Info("broker disconnected session", "device", s.device, "reason_code", d.ReasonCode)
-		},
-	})
-	ml.cl = cl
 	expiry := uint32(u.SessionExpiry.D() / time.Second)
 	recvMax := uint16(u.ReceiveMaximum)
-	cp := &paho.Connect{
-		ClientID:   clientID,
+	maxIn := mqttMaxIn(int64(b.lim.MaxBody))
+	maxPacket := uint32(maxIn)
+	cp := &packets.Connect{
+		ProtocolName: "MQTT", ProtocolVersion: 5,
+		ClientID:   topic(u.ClientID, s.device),
 		KeepAlive:  uint16(u.Keepalive.D() / time.Second),
 		CleanStart: false,
-		// ReceiveMaximum also sizes paho's receive queue: without it,
-		// 64Ki slots (512 KiB) per session.
-		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry, ReceiveMaximum: &recvMax},
+		Properties: &packets.Properties{SessionExpiryInterval: &expiry, ReceiveMaximum: &recvMax, MaximumPacketSize: &maxPacket},
 	}
-	if p := s.b.cfg.Presence; p.Topic != "" {
-		cp.WillMessage = &paho.WillMessage{Retain: true, QoS: 1, Topic: topic(p.Topic, s.device), Payload: []byte(p.Offline)}
+	if p := b.cfg.Presence; p.Topic != "" {
+		cp.WillFlag, cp.WillRetain, cp.WillQOS = true, true, 1
+		cp.WillTopic, cp.WillMessage = topic(p.Topic, s.device), []byte(p.Offline)
+		cp.WillProperties = &packets.Properties{}
 	}
 	if u.Username != "" {
 		cp.UsernameFlag, cp.Username = true, topic(u.Username, s.device)
@@ -120,29 +84,41 @@ func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
 	if u.Password != "" {
 		cp.PasswordFlag, cp.Password = true, []byte(topic(u.Password, s.device))
 	}
-	ca, err := cl.Connect(ctx, cp)
+	s.b.wg.Add(1) // the reader's last act is reporting the loss to the session
+	l, ca, err := mqttConnect(ctx, conn, mqttOptions{
+		connect: cp, writeTimeout: u.PublishTimeout.D(), maxIn: maxIn,
+		onPublish: func(l *mqttConn, p *packets.Publish) {
+			if p.Duplicate {
+				b.m.redelivered.Inc()
+			}
+			s.add(&command{topic: p.Topic, payload: p.Payload, pid: p.PacketID, via: l, dup: p.Duplicate})
+		},
+		onDisconnect: func(d *packets.Disconnect) {
+			b.log.Info("broker disconnected session", "device", s.device, "reason_code", d.ReasonCode)
+		},
+		onLost: func(l *mqttConn, err error) {
+			defer s.b.wg.Done()
+			b.log.Debug("upstream client error", "device", s.device, "err", err)
+			s.linkLost(l)
+		},
+	})
 	if err != nil {
-		conn.Close()
-		if ca != nil {
-			return nil, false, fmt.Errorf("connack reason %#x: %w", ca.ReasonCode, err)
-		}
-		return nil, false, fmt.Errorf("connect: %w", err)
+		s.b.wg.Done()
+		return nil, false, err
 	}
-	if ca.Properties != nil && ca.Properties.MaximumPacketSize != nil {
-		ml.maxPacket = *ca.Properties.MaximumPacketSize
-	}
-	sub := &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{
-		Topic: topic(s.b.cfg.Commands.Topic, s.device), QoS: 1,
+	sub := packets.SubOptions{
+		Topic: topic(b.cfg.Commands.Topic, s.device), QoS: 1,
 		RetainHandling: 1, // retained commands only on a new subscription
-	}}}
-	if _, err := cl.Subscribe(ctx, sub); err != nil {
-		_ = cl.Disconnect(&paho.Disconnect{ReasonCode: 0})
+	}
+	if err := l.subscribe(ctx, sub); err != nil {
+		l.disconnect(0)
+		l.close()
 		return nil, false, fmt.Errorf("subscribe: %w", err)
 	}
-	if p := s.b.cfg.Presence; p.Topic != "" {
-		if _, err := cl.Publish(ctx, &paho.Publish{Topic: topic(p.Topic, s.device), QoS: 1, Retain: true, Payload: []byte(p.Online)}); err != nil {
-			s.b.log.Warn("presence online not published", "device", s.device, "err", err)
+	if p := b.cfg.Presence; p.Topic != "" {
+		if err := l.pub(ctx, &packets.Publish{Topic: topic(p.Topic, s.device), QoS: 1, Retain: true, Payload: []byte(p.Online)}); err != nil {
+			b.log.Warn("presence online not published", "device", s.device, "err", err)
 		}
 	}
-	return ml, ca.SessionPresent, nil
+	return l, ca.SessionPresent, nil
 }

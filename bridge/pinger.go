@@ -1,22 +1,15 @@
 package bridge
 
 import (
-	"context"
-	"net"
 	"sync"
 	"time"
-
-	"github.com/eclipse/paho.golang/packets"
-	"github.com/eclipse/paho.golang/paho"
-	"github.com/eclipse/paho.golang/paho/log"
 )
 
-// timerPinger is a paho.Pinger that keeps the MQTT keepalive with a
-// runtime timer instead of a goroutine per session: idle sessions are the
-// common case, and each goroutine costs its stack. It sends PINGREQ when
-// nothing was sent or received for a keepalive interval, and closes the
-// connection (paho then reports it lost) when a PINGREQ got no PINGRESP
-// within the next interval.
+// timerPinger keeps an MQTT keepalive with a runtime timer instead of a
+// goroutine per connection: idle sessions are the common case, and each
+// goroutine costs its stack. It sends PINGREQ when nothing was sent or
+// received for a keepalive interval, and reports the connection lost when
+// a PINGREQ got no PINGRESP within the next interval.
 type timerPinger struct {
 	mu           sync.Mutex
 	lastSent     time.Time
@@ -24,39 +17,41 @@ type timerPinger struct {
 	lastPingSent time.Time
 	lastPingResp time.Time
 	timer        *time.Timer
+	stopped      bool
 }
 
-var _ paho.Pinger = (*timerPinger)(nil)
-
-// Run arms the timer and returns at once; paho's worker goroutine for
-// the pinger ends with it. The timer stops when ctx ends.
-func (p *timerPinger) Run(ctx context.Context, conn net.Conn, keepAlive uint16) error {
-	if keepAlive == 0 {
-		return nil
-	}
-	interval := time.Duration(keepAlive) * time.Second
+// start arms the timer: ping sends a PINGREQ, lost ends the connection.
+// Both run on the timer's goroutine, never with the pinger's lock held.
+func (p *timerPinger) start(interval time.Duration, ping func() error, lost func()) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return
+	}
 	now := time.Now()
 	p.lastSent, p.lastReceived = now, now
-	p.timer = time.AfterFunc(interval, func() { p.tick(ctx, conn, interval) })
-	p.mu.Unlock()
-	context.AfterFunc(ctx, func() {
-		p.mu.Lock()
-		p.timer.Stop()
-		p.mu.Unlock()
-	})
-	return nil
+	p.timer = time.AfterFunc(interval, func() { p.tick(interval, ping, lost) })
 }
 
-func (p *timerPinger) tick(ctx context.Context, conn net.Conn, interval time.Duration) {
+// stop disarms the timer for good.
+func (p *timerPinger) stop() {
 	p.mu.Lock()
-	if ctx.Err() != nil {
+	p.stopped = true
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.mu.Unlock()
+}
+
+func (p *timerPinger) tick(interval time.Duration, ping func() error, lost func()) {
+	p.mu.Lock()
+	if p.stopped {
 		p.mu.Unlock()
 		return
 	}
 	if !p.lastPingSent.IsZero() && p.lastPingSent.After(p.lastPingResp) {
 		p.mu.Unlock()
-		conn.Close() // PINGRESP timed out: the broker is gone
+		lost() // PINGRESP timed out: the broker is gone
 		return
 	}
 	due := p.lastSent
@@ -73,29 +68,28 @@ func (p *timerPinger) tick(ctx context.Context, conn net.Conn, interval time.Dur
 	p.lastPingSent = now
 	p.timer.Reset(interval)
 	p.mu.Unlock()
-	if _, err := packets.NewControlPacket(packets.PINGREQ).WriteTo(conn); err != nil {
-		conn.Close()
-		return
+	if err := ping(); err != nil {
+		lost()
 	}
-	p.PacketSent()
 }
 
-func (p *timerPinger) PacketSent() {
+// sent records a packet written to the broker.
+func (p *timerPinger) sent() {
 	p.mu.Lock()
 	p.lastSent = time.Now()
 	p.mu.Unlock()
 }
 
-func (p *timerPinger) PacketReceived() {
+// received records a packet read from the broker.
+func (p *timerPinger) received() {
 	p.mu.Lock()
 	p.lastReceived = time.Now()
 	p.mu.Unlock()
 }
 
-func (p *timerPinger) PingResp() {
+// pingResp records a PINGRESP.
+func (p *timerPinger) pingResp() {
 	p.mu.Lock()
 	p.lastPingResp = time.Now()
 	p.mu.Unlock()
 }
-
-func (p *timerPinger) SetDebug(log.Logger) {}

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
+	"golang.org/x/time/rate"
 )
 
 // Session end reasons (label values of the disconnect metric).
@@ -30,20 +30,23 @@ type command struct {
 	id      string
 	topic   string
 	payload []byte
-	pub     *paho.Publish // MQTT only
-	via     link          // the connection it came on; MQTT: only it may ack it
+	pid     uint16 // MQTT QoS 1 packet id, to acknowledge it
+	via     link   // the connection it came on; MQTT: only it may ack it
 	arrived time.Time
 	offered time.Time // explicit ack: when it was last written
 	dup     bool
 }
 
-// session is one device's live MQTT session on the broker.
+// session is one device's live MQTT session on the broker. It has no
+// goroutine of its own: a connect attempt runs on a short-lived goroutine,
+// the backoff and the connect limiter's delay are timers, a lost link
+// reports itself (linkLost) and the session's end closes the link from
+// context.AfterFunc.
 type session struct {
 	b      *Bridge
 	device string
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	done   chan struct{}
 	tag    string // makes command ids unique across sessions
 
 	mu        sync.Mutex
@@ -57,79 +60,187 @@ type session struct {
 	lastPoll  time.Time
 	ended     bool
 	attached  atomic.Int32 // device WebSockets holding the session open
+
+	// reconnect state, under mu
+	timer    *time.Timer       // backoff or connect limiter delay
+	resv     *rate.Reservation // the limiter's, while its delay runs
+	dialing  bool              // a connect attempt is running
+	stopped  bool              // the session ended: no more attempts
+	attempts int               // failed attempts in a row
 }
 
 func newSession(b *Bridge, device string) *session {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	return &session{
-		b: b, device: device, ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		b: b, device: device, ctx: ctx, cancel: cancel,
 		tag:       fmt.Sprintf("%06x", rand.Uint32()&0xffffff),
 		connected: make(chan struct{}), wake: make(chan struct{}), lastPoll: b.now(),
 	}
 }
 
-// end stops the session; its goroutine disconnects with reason 0x04
+// end stops the session; its link disconnects with reason 0x04
 // (disconnect with will message) so presence turns offline.
 func (s *session) end(reason string) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.ended {
-		s.mu.Unlock()
 		return
 	}
 	s.ended = true
-	s.mu.Unlock()
 	s.cancel(errors.New(reason))
 }
 
-// run connects, and reconnects with jittered exponential backoff, paced by
-// the bridge-wide connect limiter, until the session ends.
-func (s *session) run() {
-	defer close(s.done)
-	defer s.b.m.sessionsOpen.Dec()
+// start connects, and reconnects with jittered exponential backoff, paced
+// by the bridge-wide connect limiter, until the session ends. The caller
+// has added the session to the bridge's wait group; finish releases it.
+func (s *session) start() {
 	s.b.m.sessionsOpen.Inc()
-	for attempt := 0; ; {
-		if err := s.b.connectLimiter.Wait(s.ctx); err != nil {
-			return
-		}
-		l, err := s.connect()
-		if err != nil {
-			if s.ctx.Err() != nil {
-				return
-			}
-			s.b.m.connects.WithLabelValues("error").Inc()
-			d := backoff(attempt, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D())
-			attempt++
-			s.b.log.Warn("upstream connect failed", "device", s.device, "err", err, "retry_in", d.Round(time.Millisecond).String())
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-time.After(d):
-			}
-			continue
-		}
-		s.b.m.connects.WithLabelValues("ok").Inc()
-		attempt = 0
-		select {
-		case <-l.done():
-			s.disconnected(l)
-			l.close()
-			s.b.m.disconnects.WithLabelValues(reasonLost).Inc()
-			s.b.log.Info("upstream connection lost", "device", s.device)
-			d := backoff(0, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D())
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-time.After(d):
-			}
-		case <-s.ctx.Done():
-			reason := context.Cause(s.ctx).Error()
-			s.disconnected(l)
-			l.close()
-			s.b.m.disconnects.WithLabelValues(reason).Inc()
-			s.b.log.Debug("session ended", "device", s.device, "reason", reason)
-			return
-		}
+	s.mu.Lock()
+	s.schedule(0)
+	s.mu.Unlock()
+	context.AfterFunc(s.ctx, s.stop)
+}
+
+// schedule makes the next connect attempt after d, then after the
+// connect limiter's delay. s.mu is held.
+func (s *session) schedule(d time.Duration) {
+	if d <= 0 {
+		s.reserve()
+		return
 	}
+	s.timer = time.AfterFunc(d, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !s.stopped {
+			s.timer = nil
+			s.reserve()
+		}
+	})
+}
+
+// reserve takes a token of the connect limiter and attempts when it is
+// due. s.mu is held.
+func (s *session) reserve() {
+	r := s.b.connectLimiter.Reserve()
+	d := r.Delay()
+	if d <= 0 {
+		s.launch()
+		return
+	}
+	s.resv = r
+	s.timer = time.AfterFunc(d, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !s.stopped {
+			s.timer, s.resv = nil, nil
+			s.launch()
+		}
+	})
+}
+
+// launch starts a connect attempt; s.mu is held and the session is not
+// stopped, so it still holds its place in the bridge's wait group.
+func (s *session) launch() {
+	s.dialing = true
+	s.b.wg.Add(1)
+	go s.attempt()
+}
+
+// attempt connects once and installs the link, or schedules the next try.
+func (s *session) attempt() {
+	defer s.b.wg.Done()
+	l, present, err := s.connect()
+	s.mu.Lock()
+	s.dialing = false
+	if s.stopped { // stop left the end to this attempt
+		s.mu.Unlock()
+		if l != nil {
+			l.close()
+			s.b.m.disconnects.WithLabelValues(context.Cause(s.ctx).Error()).Inc()
+		}
+		s.finish()
+		return
+	}
+	if err != nil {
+		s.b.m.connects.WithLabelValues("error").Inc()
+		d := backoff(s.attempts, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D())
+		s.attempts++
+		s.schedule(d)
+		s.mu.Unlock()
+		s.b.log.Warn("upstream connect failed", "device", s.device, "err", err, "retry_in", d.Round(time.Millisecond).String())
+		return
+	}
+	s.b.m.connects.WithLabelValues("ok").Inc()
+	s.attempts = 0
+	s.link = l
+	if present {
+		// Commands from an earlier connection were never acknowledged: the
+		// broker redelivers them on this one, so drop the stale copies.
+		s.pending = keepFrom(s.pending, l)
+		s.inflight = keepFrom(s.inflight, l)
+	}
+	close(s.connected)
+	s.mu.Unlock()
+	select {
+	case <-l.done(): // lost before it was installed: its report was ignored
+		s.linkLost(l)
+	default:
+	}
+}
+
+// linkLost is a link's report that it ended. If it is the session's link
+// and the session goes on, it reconnects after a backoff.
+func (s *session) linkLost(l link) {
+	s.mu.Lock()
+	if s.link != l || s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	s.link = nil
+	s.connected = make(chan struct{})
+	s.schedule(backoff(0, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D()))
+	s.mu.Unlock()
+	l.close()
+	s.b.m.disconnects.WithLabelValues(reasonLost).Inc()
+	s.b.log.Info("upstream connection lost", "device", s.device)
+}
+
+// stop runs when the session's context ends: no more attempts, and the
+// link is closed (its will fires). A running attempt finishes instead.
+func (s *session) stop() {
+	s.mu.Lock()
+	s.stopped = true
+	if s.timer != nil {
+		s.timer.Stop() // a callback already running sees stopped
+		s.timer = nil
+	}
+	if s.resv != nil {
+		s.resv.Cancel() // give the token back to other sessions
+		s.resv = nil
+	}
+	l := s.link
+	if l != nil {
+		s.link = nil
+		s.connected = make(chan struct{})
+	}
+	dialing := s.dialing
+	s.mu.Unlock()
+	if dialing {
+		return
+	}
+	if l != nil {
+		reason := context.Cause(s.ctx).Error()
+		l.close()
+		s.b.m.disconnects.WithLabelValues(reason).Inc()
+		s.b.log.Debug("session ended", "device", s.device, "reason", reason)
+	}
+	s.finish()
+}
+
+// finish releases the session's place in the bridge's wait group.
+func (s *session) finish() {
+	s.b.m.sessionsOpen.Dec()
+	s.b.wg.Done()
 }
 
 // backoff is exponential from min, capped at max, with equal jitter.
@@ -147,29 +258,15 @@ func backoff(attempt int, min, max time.Duration) time.Duration {
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
 
-// connect opens a link with the bridge's driver and makes it current.
-func (s *session) connect() (link, error) {
+// connect opens a link with the bridge's driver.
+func (s *session) connect() (link, bool, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.b.cfg.Upstream.ConnectTimeout.D())
 	defer cancel()
 	open := s.connectMQTT
 	if s.b.cfg.Upstream.Driver == "websocket" {
 		open = s.connectWS
 	}
-	l, present, err := open(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.link = l
-	if present {
-		// Commands from an earlier connection were never acknowledged: the
-		// broker redelivers them on this one, so drop the stale copies.
-		s.pending = keepFrom(s.pending, l)
-		s.inflight = keepFrom(s.inflight, l)
-	}
-	close(s.connected)
-	s.mu.Unlock()
-	return l, nil
+	return open(ctx)
 }
 
 func keepFrom(cmds []*command, l link) []*command {
@@ -180,15 +277,6 @@ func keepFrom(cmds []*command, l link) []*command {
 		}
 	}
 	return out
-}
-
-func (s *session) disconnected(l link) {
-	s.mu.Lock()
-	if s.link == l {
-		s.link = nil
-		s.connected = make(chan struct{})
-	}
-	s.mu.Unlock()
 }
 
 // add buffers a command from the upstream; it is acknowledged later, once
@@ -274,7 +362,7 @@ func (s *session) delivered(cmds []*command) {
 // connection the command came on; a WebSocket backend matches acks by id,
 // so the current link serves when the original is gone.
 func (s *session) ackVia(c *command) link {
-	if c.pub != nil {
+	if c.pid != 0 {
 		return c.via
 	}
 	s.mu.Lock()
@@ -352,7 +440,7 @@ func (s *session) wakeChan() <-chan struct{} {
 func (s *session) packetLimit() uint32 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ml, ok := s.link.(*mqttLink); ok {
+	if ml, ok := s.link.(*mqttConn); ok {
 		return ml.maxPacket
 	}
 	return 0

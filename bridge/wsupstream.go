@@ -86,10 +86,13 @@ func (s *session) connectWS(ctx context.Context) (link, bool, error) {
 	})
 	b.m.upSockets.Inc()
 	l.wg.Add(1)
+	b.wg.Add(1) // the reader's last act is reporting the loss to the session
 	go func() {
-		defer l.wg.Done()
+		defer b.wg.Done()
 		l.code = l.read()
 		close(l.gone)
+		l.wg.Done() // before linkLost, which closes the link and waits for it
+		s.linkLost(l)
 	}()
 	return l, false, nil
 }

@@ -49,9 +49,7 @@ type Upstream struct {
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// ReceiveMaximum is the MQTT 5 receive maximum: how many commands the
 	// broker sends a device's session before it has acknowledged earlier
-	// ones; the rest wait, durably, at the broker. It also sizes the
-	// client's receive queue (paho allocates 64Ki slots, 512 KiB per
-	// session, without it). Default: 64.
+	// ones; the rest wait, durably, at the broker. Default: 64.
 	ReceiveMaximum int `yaml:"receive_maximum"`
 	// PublishTimeout bounds waiting for a PUBACK. Default: 5s.
 	PublishTimeout Duration `yaml:"publish_timeout"`

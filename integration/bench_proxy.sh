@@ -41,6 +41,7 @@ limits:
 routes: [{path: /, proxy: {backends: ["http://127.0.0.1:18080"], max_idle_conns: 256}}]
 CONF
 "$W/edgeshim" run -c "$W/edgeshim.yaml" 2>"$W/edgeshim.log" &
+PID_edgeshim=$!
 
 # nginx as TLS proxy, one worker per core, tickets and a session cache
 cat > "$W/nginx.conf" <<CONF
@@ -59,6 +60,7 @@ http {
 }
 CONF
 nginx -c "$W/nginx.conf" -e "$W/nginx.err" 2>/dev/null &
+PID_nginx=$!
 
 # HAProxy as TLS proxy
 cat > "$W/haproxy.cfg" <<CONF
@@ -78,28 +80,51 @@ backend be
   server s1 127.0.0.1:18080
 CONF
 haproxy -f "$W/haproxy.cfg" -db 2>"$W/haproxy.err" &
+PID_haproxy=$!
 
 for p in 18080 18443 18444 18445; do
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
-declare -A KA KP NC NP
+# cpu_ticks PID: utime+stime (clock ticks) of the process and its children
+# (nginx's workers).
+cpu_ticks() {
+  local t=0 p
+  for p in $1 $(pgrep -P "$1" || true); do
+    t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat)))
+  done
+  echo $t
+}
+HZ=$(getconf CLK_TCK)
+# us_per_req TICKS REQS: CPU microseconds per request.
+us_per_req() { awk -v t="$1" -v r="$2" -v hz="$HZ" 'BEGIN { if (r > 0) printf "%.0f", t * 1e6 / hz / r; else print "n/a" }'; }
+
+declare -A KA KP NC NP KU NU N12 NU12
 for name in edgeshim:18443 nginx:18444 haproxy:18445; do
-  n=${name%%:*}; p=${name##*:}
+  n=${name%%:*}; p=${name##*:}; pid_var=PID_$n; pid=${!pid_var}
+  t0=$(cpu_ticks $pid)
   out=$(wrk -t2 -c64 -d${D}s --latency "https://127.0.0.1:$p/" 2>&1)
+  t1=$(cpu_ticks $pid)
   KA[$n]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   KP[$n]=$(echo "$out" | awk '$1=="99%" {print $2}')
+  KU[$n]=$(us_per_req $((t1 - t0)) "$(echo "$out" | awk '/requests in/ {print $1}')")
   out=$("$W/tlsload" -addr 127.0.0.1:$p -c 32 -d ${D}s)
+  t2=$(cpu_ticks $pid)
   NC[$n]=$(echo "$out" | awk '{print $1}')
   NP[$n]=$(echo "$out" | awk '{print $4}')
-  echo "$n: keep-alive ${KA[$n]} req/s p99 ${KP[$n]}; new TLS conn (resumed) $out"
+  NU[$n]=$(us_per_req $((t2 - t1)) "$(awk -v r="${NC[$n]}" -v d="$D" 'BEGIN { print r * d }')")
+  out12=$("$W/tlsload" -addr 127.0.0.1:$p -c 32 -d ${D}s -tls12)
+  t3=$(cpu_ticks $pid)
+  N12[$n]=$(echo "$out12" | awk '{print $1}')
+  NU12[$n]=$(us_per_req $((t3 - t2)) "$(awk -v r="${N12[$n]}" -v d="$D" 'BEGIN { print r * d }')")
+  echo "$n: keep-alive ${KA[$n]} req/s p99 ${KP[$n]} (${KU[$n]} us CPU/req); new TLS conn (resumed) $out (${NU[$n]} us CPU/req); TLS 1.2 $out12 (${NU12[$n]} us CPU/req)"
 done
 echo
-printf "%-10s %16s %12s %22s %12s\n" proxy "keep-alive r/s" "p99" "new-conn+resume r/s" "p99"
+printf "%-10s %16s %12s %8s %22s %12s %8s %14s %8s\n" proxy "keep-alive r/s" "p99" "us/req" "new-conn+resume r/s" "p99" "us/req" "TLS1.2 r/s" "us/req"
 for n in edgeshim nginx haproxy; do
-  printf "%-10s %16s %12s %22s %12s\n" $n "${KA[$n]}" "${KP[$n]}" "${NC[$n]}" "${NP[$n]}"
+  printf "%-10s %16s %12s %8s %22s %12s %8s %14s %8s\n" $n "${KA[$n]}" "${KP[$n]}" "${KU[$n]}" "${NC[$n]}" "${NP[$n]}" "${NU[$n]}" "${N12[$n]}" "${NU12[$n]}"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
-echo "edgeshim / nginx:   keep-alive $(ratio "${KA[edgeshim]}" "${KA[nginx]}"), new-conn+resume $(ratio "${NC[edgeshim]}" "${NC[nginx]}")"
-echo "edgeshim / haproxy: keep-alive $(ratio "${KA[edgeshim]}" "${KA[haproxy]}"), new-conn+resume $(ratio "${NC[edgeshim]}" "${NC[haproxy]}")"
+echo "edgeshim / nginx:   keep-alive $(ratio "${KA[edgeshim]}" "${KA[nginx]}"), new-conn+resume $(ratio "${NC[edgeshim]}" "${NC[nginx]}"), TLS 1.2 $(ratio "${N12[edgeshim]}" "${N12[nginx]}")"
+echo "edgeshim / haproxy: keep-alive $(ratio "${KA[edgeshim]}" "${KA[haproxy]}"), new-conn+resume $(ratio "${NC[edgeshim]}" "${NC[haproxy]}"), TLS 1.2 $(ratio "${N12[edgeshim]}" "${N12[haproxy]}")"

@@ -306,20 +306,31 @@ func (s *h1Scanner) endHead() {
 	}
 }
 
-// chunkSize reads "hex[;ext]" CRLF as net/http does: CRLF required, no
-// other CR, at most 16 hex digits.
+// chunkSize reads "hex[;ext]" CRLF as net/http does.
 func (s *h1Scanner) chunkSize(line []byte) {
-	if len(line) == 0 || bytes.IndexByte(line, '\r') != len(line)-1 {
+	n, ok := parseChunkSize(line)
+	switch {
+	case !ok:
 		s.stop()
-		return
+	case n == 0:
+		s.st = stTrailer
+	default:
+		s.st, s.remain = stChunkData, n
+	}
+}
+
+// parseChunkSize parses a chunk-size line without its LF as net/http
+// does: CR required at its end, no other CR, at most 16 hex digits.
+func parseChunkSize(line []byte) (uint64, bool) {
+	if len(line) == 0 || bytes.IndexByte(line, '\r') != len(line)-1 {
+		return 0, false
 	}
 	line = bytes.TrimRight(line[:len(line)-1], " \t")
 	if i := bytes.IndexByte(line, ';'); i >= 0 {
 		line = line[:i]
 	}
 	if len(line) == 0 || len(line) > 16 {
-		s.stop()
-		return
+		return 0, false
 	}
 	var n uint64
 	for _, c := range line {
@@ -331,16 +342,11 @@ func (s *h1Scanner) chunkSize(line []byte) {
 		case 'A' <= c && c <= 'F':
 			c -= 'A' - 10
 		default:
-			s.stop()
-			return
+			return 0, false
 		}
 		n = n<<4 | uint64(c)
 	}
-	if n == 0 {
-		s.st = stTrailer
-		return
-	}
-	s.st, s.remain = stChunkData, n
+	return n, true
 }
 
 // parseContentLength parses a decimal Content-Length as net/http does

@@ -33,8 +33,10 @@ type tlsListener struct {
 	log     *slog.Logger
 	base    context.Context
 	serveH2 func(*tls.Conn)
+	fastSrv *fastServer // nil: HTTP/1 goes to net/http at once
 
 	ready chan net.Conn
+	work  chan *tls.Conn // to an idle worker
 	done  chan struct{}
 	once  sync.Once
 	wg    sync.WaitGroup
@@ -43,6 +45,10 @@ type tlsListener struct {
 	closed bool
 	shake  map[*tls.Conn]struct{} // in their handshake
 	h2     map[*tls.Conn]struct{} // served by serveH2
+	fast   map[*fastConn]struct{} // served by the HTTP/1 fast path
+	// draining is set by Close: fast connections end after their
+	// request.
+	draining atomic.Bool
 }
 
 type tlsListenerOptions struct {
@@ -54,14 +60,17 @@ type tlsListenerOptions struct {
 	Base context.Context
 	// ServeH2 serves an HTTP/2 connection and returns when it has ended.
 	ServeH2 func(*tls.Conn)
+	// Fast serves HTTP/1 connections until a request is not fast; nil:
+	// net/http serves them all.
+	Fast *fastServer
 }
 
 func newTLSListener(inner net.Listener, o tlsListenerOptions) *tlsListener {
 	l := &tlsListener{
 		inner: inner, conf: o.Config, timeout: o.HandshakeTimeout, failed: o.HandshakeFailed,
-		log: o.Logger, base: o.Base, serveH2: o.ServeH2,
-		ready: make(chan net.Conn), done: make(chan struct{}),
-		shake: map[*tls.Conn]struct{}{}, h2: map[*tls.Conn]struct{}{},
+		log: o.Logger, base: o.Base, serveH2: o.ServeH2, fastSrv: o.Fast,
+		ready: make(chan net.Conn), work: make(chan *tls.Conn), done: make(chan struct{}),
+		shake: map[*tls.Conn]struct{}{}, h2: map[*tls.Conn]struct{}{}, fast: map[*fastConn]struct{}{},
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -81,32 +90,57 @@ func (l *tlsListener) Accept() (net.Conn, error) {
 func (l *tlsListener) Addr() net.Addr { return l.inner.Addr() }
 
 // Close stops accepting and closes the connections still in their
-// handshake. HTTP/2 connections go on (they drain on GOAWAY).
+// handshake and the idle fast ones; fast ones serving a request close
+// after it. HTTP/2 connections go on (they drain on GOAWAY).
 func (l *tlsListener) Close() error {
 	var err error
 	l.once.Do(func() {
 		close(l.done)
 		err = l.inner.Close()
+		l.draining.Store(true)
 		l.mu.Lock()
 		l.closed = true
 		for c := range l.shake {
 			c.NetConn().Close() // at once: no close_notify
+		}
+		for c := range l.fast {
+			c.shutdown()
 		}
 		l.mu.Unlock()
 	})
 	return err
 }
 
-// closeConns closes the HTTP/2 connections.
+// closeConns closes the HTTP/2 and fast connections.
 func (l *tlsListener) closeConns() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for c := range l.h2 {
 		c.NetConn().Close() // at once: no close_notify
 	}
+	for c := range l.fast {
+		c.abort()
+	}
 }
 
-// wait waits until the HTTP/2 connections have ended or ctx is done, then
+// trackFast adds a fast connection unless the listener is closed.
+func (l *tlsListener) trackFast(c *fastConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.fast[c] = struct{}{}
+	return true
+}
+
+func (l *tlsListener) untrackFast(c *fastConn) {
+	l.mu.Lock()
+	delete(l.fast, c)
+	l.mu.Unlock()
+}
+
+// wait waits until the HTTP/2 and fast connections have ended or ctx is done, then
 // closes what remains and waits for every goroutine of the listener. The
 // listener must be closed.
 func (l *tlsListener) wait(ctx context.Context) error {
@@ -159,8 +193,12 @@ func (l *tlsListener) acceptLoop() {
 			tc.Close()
 			return
 		}
-		l.wg.Add(1)
-		go l.handshake(tc)
+		select {
+		case l.work <- tc: // an idle worker takes it
+		default:
+			l.wg.Add(1)
+			go l.worker(tc)
+		}
 	}
 }
 
@@ -181,8 +219,32 @@ func (l *tlsListener) untrack(set map[*tls.Conn]struct{}, c *tls.Conn) {
 	l.mu.Unlock()
 }
 
-func (l *tlsListener) handshake(tc *tls.Conn) {
+// workerIdle is how long a connection worker waits for the next
+// connection before it ends.
+const workerIdle = 10 * time.Second
+
+// worker serves connections from their handshake on, one after the
+// other: a new connection goes to a worker that is idle, whose stack has
+// already grown to what a handshake needs, before a new goroutine is
+// started for it.
+func (l *tlsListener) worker(tc *tls.Conn) {
 	defer l.wg.Done()
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		l.handshake(tc)
+		t.Reset(workerIdle)
+		select {
+		case tc = <-l.work:
+		case <-t.C:
+			return
+		case <-l.done:
+			return
+		}
+	}
+}
+
+func (l *tlsListener) handshake(tc *tls.Conn) {
 	err := l.doHandshake(tc)
 	l.untrack(l.shake, tc)
 	if err != nil {
@@ -199,7 +261,14 @@ func (l *tlsListener) handshake(tc *tls.Conn) {
 		tc.Close()
 		return
 	}
-	sc := newScanConn(tc)
+	var sc net.Conn
+	if l.fastSrv != nil {
+		if sc = l.fastSrv.serve(l, tc); sc == nil {
+			return
+		}
+	} else {
+		sc = newScanConn(tc)
+	}
 	select {
 	case l.ready <- sc:
 	case <-l.done:
@@ -286,6 +355,7 @@ type framer interface{ nextRequest() bool }
 type scanConn struct {
 	*tls.Conn
 	framing
+	pre []byte // read by the fast path and not served: replayed first
 }
 
 func newScanConn(tc *tls.Conn) *scanConn {
@@ -295,6 +365,12 @@ func newScanConn(tc *tls.Conn) *scanConn {
 }
 
 func (c *scanConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		c.feed(p[:n])
+		return n, nil
+	}
 	n, err := c.Conn.Read(p)
 	c.feed(p[:n])
 	return n, err

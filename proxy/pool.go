@@ -26,6 +26,8 @@ type backend struct {
 	mDuration interface{ Observe(float64) }
 	mErrors   interface{ Inc() }
 
+	fast *fastBackend // the fast path's client; nil unless its route is fast
+
 	mu           sync.Mutex
 	fails        int       // consecutive failures
 	ejectedUntil time.Time // passive ejection

@@ -32,6 +32,13 @@ import (
 // startProxy runs a Server for the YAML config (listen.https forced to
 // 127.0.0.1:0) and returns it with a client that trusts its certificate.
 // mods adjust the Options before New.
+// testH1 makes startProxy's client speak HTTP/1.1 (TestFastPathRunsProxyTests);
+// testFastServed adds up the requests the fast path served.
+var (
+	testH1         = os.Getenv("EDGESHIM_TEST_H1") != ""
+	testFastServed atomic.Int64
+)
+
 func startProxy(t testing.TB, yamlCfg string, mods ...func(*Options)) (*Server, *http.Client) {
 	t.Helper()
 	raw, err := config.Parse([]byte(yamlCfg), func(string) (string, bool) { return "", false })
@@ -69,7 +76,8 @@ func startProxy(t testing.TB, yamlCfg string, mods ...func(*Options)) (*Server, 
 	t.Cleanup(func() { s.Close() })
 	certPEM, _ := os.ReadFile(filepath.Join(cfg.DataDir, "selfsigned-cert.pem"))
 	pool := x509Pool(certPEM)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}, ForceAttemptHTTP2: true}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}, ForceAttemptHTTP2: !testH1}
+	t.Cleanup(func() { testFastServed.Add(s.fast.served.Load()) })
 	t.Cleanup(tr.CloseIdleConnections)
 	return s, &http.Client{Transport: tr, Timeout: 20 * time.Second}
 }
@@ -382,7 +390,9 @@ type countingBackend struct {
 	paths    chan string
 }
 
-func newCountingBackend(t *testing.T) *countingBackend {
+// newCountingBackend answers 200 "ok", or responses[path] (a whole raw
+// response; the connection ends after one with Connection: close).
+func newCountingBackend(t *testing.T, responses ...map[string]string) *countingBackend {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -405,8 +415,18 @@ func newCountingBackend(t *testing.T) *countingBackend {
 					}
 					io.Copy(io.Discard, req.Body)
 					cb.requests.Add(1)
-					cb.paths <- req.URL.Path
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					select {
+					case cb.paths <- req.URL.Path:
+					default:
+					}
+					resp := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+					if len(responses) > 0 && responses[0][req.URL.Path] != "" {
+						resp = responses[0][req.URL.Path]
+					}
+					io.WriteString(c, resp)
+					if strings.Contains(resp, "Connection: close") {
+						return
+					}
 				}
 			}()
 		}

@@ -45,12 +45,18 @@ type routeProxy struct {
 	client   *http.Client // active health checks
 	h1       *http.Transport
 	h2c      *http2.Transport
+	fast     *fastRoute // nil unless every backend is plain http://
 }
 
 // closeIdle closes the idle upstream connections of the route's pools.
 func (rp *routeProxy) closeIdle() {
 	rp.h1.CloseIdleConnections()
 	rp.h2c.CloseIdleConnections()
+	for _, b := range rp.pool.backends {
+		if b.fast != nil {
+			b.fast.closeIdle()
+		}
+	}
 }
 
 // proxyDeps are what a routeProxy takes from its Server.
@@ -201,6 +207,9 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		ReadIdleTimeout: 30 * time.Second,
 	}
 	rp.h1, rp.h2c = h1, h2c
+	if allPlainHTTP(urls) {
+		rp.fast = newFastRoute(rp, d.m, dial, pc.MaxIdleConns)
+	}
 	rp.client = &http.Client{Transport: h1, Timeout: 0}
 	rp.rp = &httputil.ReverseProxy{
 		Rewrite:      rp.rewrite,
@@ -213,6 +222,17 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		FlushInterval: 0,
 	}
 	return rp, nil
+}
+
+// allPlainHTTP: every backend is http:// (HTTP/1.1 on the fast path; https
+// may negotiate HTTP/2, h2c is HTTP/2).
+func allPlainHTTP(urls []*url.URL) bool {
+	for _, u := range urls {
+		if u.Scheme != "http" || u.Opaque != "" || u.RawQuery != "" {
+			return false
+		}
+	}
+	return len(urls) > 0
 }
 
 func (rp *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -25,6 +25,7 @@ type route struct {
 	early   bool // HTTP/3 0-RTT GETs allowed
 	plain   bool // served on listen.http too (allow_http)
 	handler http.Handler
+	fast    *fastRoute // the fast path serves it; nil: net/http only
 }
 
 func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps) (*router, error) {
@@ -52,6 +53,9 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 			}
 			r.handler = rp
 			rt.proxies = append(rt.proxies, rp)
+			if !rc.Decompress {
+				r.fast = rp.fast
+			}
 		case rc.MQTTWS != nil:
 			h, err := newMQTTWS(r.name, rc, d)
 			if err != nil {

@@ -57,6 +57,7 @@ type Server struct {
 	plain  *http.Server // listen.http; nil if not configured
 	h2     *http2.Server
 	tln    *tlsListener // nil until Start
+	fast   *fastServer
 	h3     *http3.Server
 	m      *metrics
 
@@ -90,8 +91,9 @@ func New(opts Options) (*Server, error) {
 			s.park = park.New()
 		}
 	}
+	bufs := &bufferPool{}
 	rt, err := newRouter(opts.Config.Routes, opts.Bridges, proxyDeps{
-		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: &bufferPool{},
+		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: bufs,
 		retry: func() int { return retryAfterSeconds(lim.RetryAfter) }, park: s.park,
 	})
 	if err != nil {
@@ -197,6 +199,10 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("http2: %w", err)
 	}
 	s.h2 = h2
+	s.fast = &fastServer{
+		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
+		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, heap: heap, bufs: bufs,
+	}
 	return s, nil
 }
 
@@ -270,6 +276,7 @@ func (s *Server) Start() error {
 		ServeH2: func(c *tls.Conn) {
 			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: s.base, BaseConfig: s.https, Handler: s.https.Handler})
 		},
+		Fast: s.fast,
 	})
 	s.tln = tln
 	s.serveWG.Add(1)

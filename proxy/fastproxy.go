@@ -1,0 +1,816 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// fastReq is what the fast path keeps of a request once its head is
+// consumed.
+type fastReq struct {
+	head        bool // HEAD: no response body
+	http10      bool
+	closeAfter  bool // the client asked for close (or HTTP/1.0 without keep-alive)
+	keepAlive10 bool // HTTP/1.0 with Connection: keep-alive
+	replayable  bool // may be sent again on a fresh connection (http.Transport's rule)
+	idempotent  bool // may be retried on another backend after a dial failure
+	body        int64
+	bodyLeft    int64 // body bytes not yet read from the client
+	method      []byte
+	path, query []byte // path after strip_prefix; query with its '?'
+	slash       bool   // path lost its leading '/' to strip_prefix
+	deadline    time.Time
+}
+
+// proxy serves one fast request. It returns whether the connection goes
+// on.
+func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
+	fs, rp := fc.fs, fr.rp
+	h := &fc.h
+	req := fastReq{
+		head: string(h.method) == http.MethodHead, http10: h.http10, body: h.contentLength,
+		closeAfter:  h.conn.close || (h.http10 && !h.conn.keepAlive),
+		keepAlive10: h.http10 && h.conn.keepAlive && !h.conn.close,
+	}
+	switch string(h.method) {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		req.replayable, req.idempotent = req.body == 0, req.body == 0
+	case http.MethodPut, http.MethodDelete:
+		req.idempotent = req.body == 0
+	}
+	if d := rp.route.Proxy.Timeouts.Request.D(); d > 0 {
+		req.deadline = t0.Add(d)
+	}
+	bufp := fs.bufs.Get()
+	defer fs.bufs.Put(bufp)
+
+	// The outgoing head after its request line; the request line goes in
+	// front of it, per backend, in the room left at the start of buf.
+	room := len(h.method) + len(h.target) + fr.maxPath + 16
+	buf := fc.appendOutHead(bufp[:room], rp, h)
+	fc.method = append(fc.method[:0], h.method...)
+	req.method = fc.method
+	// The target outlives the head's bytes, consumed below.
+	fc.target = append(fc.target[:0], h.target...)
+	req.path, req.query = fc.target[:len(h.path)], fc.target[len(h.path):]
+	if rp.route.StripPrefix {
+		req.stripPrefix(rp.route.Path)
+	}
+	fc.br.Discard(headLen)
+	if req.body > 0 {
+		// read bounds the whole request, body included (from the head's
+		// first byte, close enough).
+		if fs.read > 0 {
+			fc.readDeadline(t0.Add(fs.read), 0)
+		} else {
+			fc.readDeadline(time.Time{}, 0)
+		}
+	}
+	if fs.write > 0 {
+		// A deadline set up to a second ago is kept: one call less per
+		// request, at the price of a bound up to 1s shorter.
+		fc.writeDeadline(t0.Add(fs.write), time.Second)
+	}
+	// A body that fits goes in the same write as the head.
+	req.bodyLeft = req.body
+	if req.body > 0 && req.body <= int64(cap(buf)-len(buf)) {
+		n := len(buf)
+		buf = buf[:n+int(req.body)]
+		if _, err := io.ReadFull(fc.br, buf[n:]); err != nil {
+			return false // the client went mid-body: nothing was sent
+		}
+		req.bodyLeft = 0
+	}
+	res := fc.roundTrip(fr, &req, buf, room)
+	fr.requests.inc(res.code)
+	fr.duration.Observe(time.Since(t0).Seconds())
+	return res.keep && !fc.l.draining.Load()
+}
+
+// appendOutHead appends the outgoing header lines: Host, the client's
+// fields but the hop-by-hop ones, X-Forwarded-For/-Host/-Proto and
+// Forwarded (the client's values kept only from a trusted proxy),
+// Content-Length, and Te: trailers if the client sent it; then the blank
+// line. It is routeProxy.rewrite and http.Request.Write on a fastHead.
+func (fc *fastConn) appendOutHead(b []byte, rp *routeProxy, h *fastHead) []byte {
+	trusted := rp.trustedAddr(fc.peer)
+	b = append(b, "Host: "...)
+	b = append(b, h.host...)
+	b = append(b, "\r\n"...)
+	var xfh, xfp []byte
+	nXFF, nFwd := 0, 0
+	for i := range h.fields {
+		f := &h.fields[i]
+		switch f.kind {
+		case fieldPass:
+			b = appendField(b, f.name, f.value)
+		case fieldXFF:
+			nXFF++
+		case fieldXFH:
+			if xfh == nil {
+				xfh = f.value
+			}
+		case fieldXFP:
+			if xfp == nil {
+				xfp = f.value
+			}
+		case fieldFwd:
+			nFwd++
+		}
+	}
+	b = append(b, "X-Forwarded-For: "...)
+	if trusted && nXFF > 0 {
+		for i := range h.fields {
+			if f := &h.fields[i]; f.kind == fieldXFF {
+				b = append(append(b, f.value...), ", "...)
+			}
+		}
+	}
+	b = append(b, fc.peerString()...)
+	b = append(b, "\r\nX-Forwarded-Host: "...)
+	if trusted && len(xfh) > 0 {
+		b = append(b, xfh...)
+	} else {
+		b = append(b, h.host...)
+	}
+	b = append(b, "\r\nX-Forwarded-Proto: "...)
+	if trusted && len(xfp) > 0 {
+		b = append(b, xfp...)
+	} else {
+		b = append(b, "https"...)
+	}
+	b = append(b, "\r\nForwarded: "...)
+	if trusted && nFwd > 0 {
+		for i := range h.fields {
+			if f := &h.fields[i]; f.kind == fieldFwd {
+				b = append(append(b, f.value...), ", "...)
+			}
+		}
+	}
+	b = append(b, "for="...)
+	if fc.peer.Is6() {
+		b = append(append(append(b, `"[`...), fc.peerString()...), `]"`...)
+	} else {
+		b = append(b, fc.peerString()...)
+	}
+	b = append(b, `;host="`...)
+	b = append(b, h.host...) // validFastHost: nothing to escape
+	b = append(b, `";proto=https`...)
+	b = append(b, "\r\n"...)
+	switch m := string(h.method); {
+	case h.contentLength > 0, m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, h.contentLength, 10)
+		b = append(b, "\r\n"...)
+	}
+	if h.teTrailers {
+		b = append(b, "Te: trailers\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+func appendField(b, name, value []byte) []byte {
+	b = append(b, name...)
+	b = append(b, ": "...)
+	b = append(b, value...)
+	return append(b, "\r\n"...)
+}
+
+// peerString is the client's address as X-Forwarded-For shows it.
+func (fc *fastConn) peerString() []byte {
+	if fc.peerStr == nil {
+		fc.peerStr = fc.peer.AppendTo(nil)
+	}
+	return fc.peerStr
+}
+
+// trustedAddr reports whether a is a trusted proxy (trustedPeer's test).
+func (rp *routeProxy) trustedAddr(a netip.Addr) bool {
+	for _, p := range rp.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// stripPrefix removes the route's path prefix from the path (rewrite's
+// strip_prefix).
+func (req *fastReq) stripPrefix(route string) {
+	if route == "/" {
+		return
+	}
+	if pre := strings.TrimSuffix(route, "/"); hasPrefixBS(req.path, pre) {
+		req.path = req.path[len(pre):]
+	}
+	req.slash = len(req.path) == 0 || req.path[0] != '/'
+}
+
+// appendRequestLine writes "METHOD path HTTP/1.1\r\n" for backend path
+// bpath (singleJoin of the slow path).
+func appendRequestLine(b, method []byte, bpath string, req *fastReq) []byte {
+	b = append(b, method...)
+	b = append(b, ' ')
+	// The path is "/"+req.path when slash, else req.path.
+	switch {
+	case bpath == "" || bpath == "/":
+		if req.slash {
+			b = append(b, '/')
+		}
+		b = append(b, req.path...)
+	case req.slash:
+		b = append(append(append(b, strings.TrimSuffix(bpath, "/")...), '/'), req.path...)
+	default:
+		b = append(append(append(b, strings.TrimSuffix(bpath, "/")...), '/'), req.path[1:]...)
+	}
+	b = append(b, req.query...)
+	return append(b, " HTTP/1.1\r\n"...)
+}
+
+type fastResult struct {
+	code int
+	keep bool
+}
+
+// roundTrip picks a backend (another after a dial failure, for
+// idempotent requests, as poolTransport does), exchanges the request and
+// response with it, or answers the error as errorHandler does. buf holds
+// the outgoing head after its request line (and the body if it fits),
+// with room bytes free in front.
+func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int) fastResult {
+	rp := fr.rp
+	var triedA [4]*backend
+	tried := triedA[:0]
+	for attempt := 0; ; attempt++ {
+		b, err := rp.pool.pick(tried)
+		if err != nil {
+			if len(tried) > 0 {
+				err = fmt.Errorf("after %d attempts: %w", len(tried), err)
+			}
+			return fc.fail(fr, req, err)
+		}
+		tried = append(tried, b)
+		fc.line = appendRequestLine(fc.line[:0], req.method, b.fast.path, req)
+		out := buf[room-len(fc.line):]
+		copy(out, fc.line)
+		start := time.Now()
+		b.inflight.Add(1)
+		b.mInflight.Inc()
+		res, err := fc.exchange(fr, b, req, out, start)
+		b.inflight.Add(-1)
+		b.mInflight.Dec()
+		if err == nil {
+			return res
+		}
+		if fc.gone.Load() {
+			rp.log.Debug("client went away before the backend answered", "remote", fc.tc.RemoteAddr().String())
+			return fastResult{code: statusClientClosed}
+		}
+		if errors.Is(err, errAborted) || fc.isAborted() {
+			return fastResult{code: http.StatusBadGateway} // the server is closing: not the backend's fault
+		}
+		if !req.deadline.IsZero() && !time.Now().Before(req.deadline) {
+			// The request timed out: not the backend's fault.
+			return fc.fail(fr, req, context.DeadlineExceeded)
+		}
+		rp.pool.failure(b)
+		b.mErrors.Inc()
+		if isDialError(err) && attempt < *rp.route.Proxy.Retries && req.idempotent {
+			fr.retries.Inc()
+			rp.log.Info("retrying on another backend", "backend", b.name, "err", err)
+			continue
+		}
+		return fc.fail(fr, req, err)
+	}
+}
+
+// errAborted: the server closed the connection (Close, or the end of
+// Shutdown's grace).
+var errAborted = errors.New("connection closed by the server")
+
+// exchange sends the request to b and relays the response. An error
+// means nothing was written to the client.
+func (fc *fastConn) exchange(fr *fastRoute, b *backend, req *fastReq, out []byte, start time.Time) (fastResult, error) {
+	fb := b.fast
+	rp := fr.rp
+	fresh := false
+	var bc *bconn
+	defer func() {
+		if bc != nil {
+			fc.setBackend(nil)
+		}
+	}()
+	for {
+		var err error
+		bc, err = fc.getBackendConn(fb, req, fresh)
+		if err != nil {
+			return fastResult{}, err
+		}
+		if !req.deadline.IsZero() {
+			bc.c.SetWriteDeadline(req.deadline)
+		}
+		_, err = bc.c.Write(out)
+		if err == nil && req.bodyLeft > 0 {
+			err = fc.sendBody(bc, req, out[:cap(out)])
+		}
+		if err == nil {
+			var n int
+			n, err = fc.readResponseHead(bc, req, rp, start)
+			if err == nil {
+				return fc.relay(fr, b, bc, req, n, out[:0], start), nil
+			}
+		}
+		retry := bc.reused && req.replayable && !fc.gone.Load() && bc.br.Buffered() == 0 && !isTimeout(err)
+		bc.close()
+		if !retry {
+			if isTimeout(err) && !fc.gone.Load() {
+				err = fmt.Errorf("timeout awaiting response headers: %w", err)
+			}
+			return fastResult{}, err
+		}
+		// A reused connection the backend had closed: again on a new one,
+		// as http.Transport does.
+		fresh = true
+	}
+}
+
+func (fc *fastConn) getBackendConn(fb *fastBackend, req *fastReq, fresh bool) (*bconn, error) {
+	bc := (*bconn)(nil)
+	if !fresh {
+		bc = fb.getIdle()
+	}
+	if bc == nil {
+		ctx, cancel := fc.fs.s.base, context.CancelFunc(func() {})
+		if !req.deadline.IsZero() {
+			ctx, cancel = context.WithDeadline(ctx, req.deadline)
+		}
+		var err error
+		bc, err = fb.dialConn(ctx)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	if !fc.setBackend(bc) {
+		bc.close()
+		return nil, errAborted
+	}
+	return bc, nil
+}
+
+// sendBody streams the rest of the request body to the backend.
+func (fc *fastConn) sendBody(bc *bconn, req *fastReq, buf []byte) error {
+	for req.bodyLeft > 0 {
+		n, err := fc.br.Read(buf[:min(int64(len(buf)), req.bodyLeft)])
+		req.bodyLeft -= int64(n)
+		if n > 0 {
+			if _, werr := bc.c.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readResponseHead waits for the response head, up to the response
+// header timeout; past watchAfter it watches the client connection in a
+// goroutine (net/http's background read), so that a client that goes
+// away ends the wait.
+func (fc *fastConn) readResponseHead(bc *bconn, req *fastReq, rp *routeProxy, start time.Time) (int, error) {
+	hdrDeadline := req.deadline
+	if d := rp.route.Proxy.Timeouts.ResponseHeader.D(); d > 0 {
+		if t := start.Add(d); hdrDeadline.IsZero() || t.Before(hdrDeadline) {
+			hdrDeadline = t
+		}
+	}
+	quick := start.Add(watchAfter)
+	watch := fc.br.Buffered() == 0 && !fc.stashed && (hdrDeadline.IsZero() || quick.Before(hdrDeadline))
+	if watch {
+		bc.c.SetReadDeadline(quick)
+	} else {
+		bc.c.SetReadDeadline(hdrDeadline)
+	}
+	n, err := readRespHead(bc.br, &fc.rh)
+	if err == nil || !watch || !isTimeout(err) {
+		return n, err
+	}
+	bc.c.SetReadDeadline(hdrDeadline)
+	done := make(chan struct{})
+	fc.readDeadline(time.Time{}, 0)
+	go fc.watch(bc, done)
+	n, err = readRespHead(bc.br, &fc.rh)
+	fc.tc.SetReadDeadline(aLongTimeAgo)
+	<-done
+	fc.tc.SetReadDeadline(time.Time{})
+	if fc.gone.Load() {
+		return 0, context.Canceled
+	}
+	return n, err
+}
+
+// watch reads one byte from the client: a pipelined request's first byte
+// is kept for Read; an error other than the deadline that stops the
+// watch means the client went away, and the backend wait is cut short.
+func (fc *fastConn) watch(bc *bconn, done chan struct{}) {
+	defer close(done)
+	n, err := fc.tc.Read(fc.stash[:])
+	if n == 1 {
+		fc.stashed = true
+		return
+	}
+	if err != nil && !isTimeout(err) {
+		fc.gone.Store(true)
+		bc.c.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// Body framings of a response, in and out.
+const (
+	bodyNone = iota
+	bodyLength
+	bodyChunked
+	bodyClose // until the connection closes
+)
+
+// relay writes the response head and streams the body to the client,
+// then returns the backend connection to the pool if it can be reused.
+// The backend's head is buffered in bc.br (n bytes).
+func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n int, buf []byte, start time.Time) fastResult {
+	rh := &fc.rh
+	rp := fr.rp
+	for rh.code != http.StatusSwitchingProtocols && rh.code < 200 {
+		// 1xx: passed on (ReverseProxy does), then the real response.
+		if !req.http10 {
+			buf = fc.appendRespHead(buf[:0], rh, bodyNone, req, false)
+			if _, err := fc.tc.Write(buf); err != nil {
+				bc.close()
+				return fastResult{code: rh.code}
+			}
+		}
+		bc.br.Discard(n)
+		bc.c.SetReadDeadline(req.deadline)
+		var err error
+		if n, err = readRespHead(bc.br, rh); err != nil {
+			bc.close()
+			rp.log.Warn("backend error", "err", err)
+			return fastResult{code: http.StatusBadGateway}
+		}
+	}
+	if rh.code == http.StatusSwitchingProtocols {
+		bc.close()
+		return fc.fail(fr, req, errBadResponse)
+	}
+	rp.pool.success(b)
+	b.fast.codes.inc(rh.code)
+	b.mDuration.Observe(time.Since(start).Seconds())
+
+	in := bodyClose
+	switch {
+	case req.head || rh.code == http.StatusNoContent || rh.code == http.StatusNotModified:
+		in = bodyNone
+	case rh.chunked:
+		in = bodyChunked
+	case rh.hasCL:
+		in = bodyLength
+	}
+	outF := in
+	if (in == bodyChunked || in == bodyClose) && req.http10 {
+		outF = bodyClose // HTTP/1.0 has no chunked: the body ends with the connection
+	} else if in == bodyClose {
+		outF = bodyChunked
+	}
+	keepClient := !req.closeAfter && outF != bodyClose && req.bodyLeft == 0 && !fc.l.draining.Load()
+	if req.http10 && outF != bodyLength && outF != bodyNone {
+		keepClient = false
+	}
+	buf = fc.appendRespHead(buf[:0], rh, outF, req, keepClient)
+	bc.br.Discard(n)
+	keepBackend := !rh.conn.close && (!rh.http10 || rh.conn.keepAlive) && in != bodyClose
+	if in != bodyNone && !(in == bodyLength && int64(bc.br.Buffered()) >= rh.cl) {
+		// The body has the request's deadline, not the head's.
+		bc.c.SetReadDeadline(req.deadline)
+	}
+	// The backend connection goes back to the pool as soon as its
+	// response is read, before the client has all of it (as with
+	// http.Transport), so that the client's next request finds it.
+	// net/http sniffs a Content-Type for a body of known length that has
+	// none (and no Content-Encoding) from its first bytes: the head waits
+	// for them. (A streamed body's head is flushed before it, by a timer
+	// that races with the first write: mostly not sniffed; never here.)
+	sniff := -1
+	if in == bodyLength && !rh.hasCT && !rh.hasCE {
+		sniff = len(buf)
+	}
+	ok := true
+	switch in {
+	case bodyNone:
+		fc.releaseBackend(b, bc, keepBackend)
+		_, err := fc.tc.Write(buf)
+		ok = err == nil
+	case bodyLength:
+		var rest []byte
+		if rest, ok = fc.relayLength(bc, rh.cl, buf, sniff); ok {
+			fc.releaseBackend(b, bc, keepBackend)
+			_, err := fc.tc.Write(rest)
+			ok = err == nil
+		}
+	default:
+		if ok = fc.relayStream(bc, in, outF, buf); ok {
+			fc.releaseBackend(b, bc, keepBackend)
+		}
+	}
+	if !ok {
+		bc.close()
+		return fastResult{code: rh.code}
+	}
+	return fastResult{code: rh.code, keep: keepClient}
+}
+
+// releaseBackend returns bc to the pool if it can be reused, else
+// closes it.
+func (fc *fastConn) releaseBackend(b *backend, bc *bconn, keep bool) {
+	if fc.setBackend(nil) && keep && bc.br.Buffered() == 0 {
+		b.fast.put(bc)
+	} else {
+		bc.close()
+	}
+}
+
+// appendRespHead writes the status line and the backend's fields but the
+// hop-by-hop ones, with the framing headers of out, Date if the backend
+// sent none, Alt-Svc with HTTP/3, and Connection as net/http writes it.
+func (fc *fastConn) appendRespHead(b []byte, rh *respHead, out int, req *fastReq, keep bool) []byte {
+	b = appendStatusLine(b, req.http10, rh.code)
+	for i := range rh.fields {
+		f := &rh.fields[i]
+		if f.kind == fieldPass || (f.kind == fieldTrailer && out == bodyChunked) {
+			b = appendField(b, f.name, f.value)
+		}
+	}
+	if rh.code >= 200 {
+		switch {
+		case out == bodyLength || (out == bodyNone && rh.hasCL && rh.code != http.StatusNoContent):
+			b = append(b, "Content-Length: "...)
+			b = strconv.AppendInt(b, rh.cl, 10)
+			b = append(b, "\r\n"...)
+		case out == bodyChunked:
+			b = append(b, "Transfer-Encoding: chunked\r\n"...)
+		}
+		if !rh.hasDate {
+			b = fc.fs.appendDate(b)
+		}
+		b = fc.appendConnection(b, req, keep)
+	}
+	return append(b, "\r\n"...)
+}
+
+func appendStatusLine(b []byte, http10 bool, code int) []byte {
+	if http10 {
+		b = append(b, "HTTP/1.0 "...)
+	} else {
+		b = append(b, "HTTP/1.1 "...)
+	}
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, ' ')
+	if t := http.StatusText(code); t != "" {
+		b = append(b, t...)
+	} else {
+		b = append(b, "status code "...)
+		b = strconv.AppendInt(b, int64(code), 10)
+	}
+	return append(b, "\r\n"...)
+}
+
+// appendDate adds a Date line, formatted once a second.
+func (fs *fastServer) appendDate(b []byte) []byte {
+	now := time.Now()
+	d := fs.date.Load()
+	if d == nil || d.sec != now.Unix() {
+		line := now.UTC().AppendFormat([]byte("Date: "), http.TimeFormat)
+		d = &dateCache{sec: now.Unix(), line: append(line, "\r\n"...)}
+		fs.date.Store(d)
+	}
+	return append(b, d.line...)
+}
+
+type dateCache struct {
+	sec  int64
+	line []byte
+}
+
+// appendConnection adds Alt-Svc (HTTP/3 on) and Connection as net/http
+// does: close when the connection ends after this response (HTTP/1.1),
+// keep-alive for an HTTP/1.0 keep-alive.
+func (fc *fastConn) appendConnection(b []byte, req *fastReq, keep bool) []byte {
+	b = append(b, fc.fs.altSvcLine()...)
+	switch {
+	case !keep && !req.http10:
+		b = append(b, "Connection: close\r\n"...)
+	case keep && req.keepAlive10:
+		b = append(b, "Connection: keep-alive\r\n"...)
+	}
+	return b
+}
+
+// relayLength reads a body of n bytes and writes all but the last of it;
+// it returns what is left to write. buf holds the response head; sniff,
+// if not -1, is where the head ends and a sniffed Content-Type goes in
+// front of the first bytes. Data is written when the backend has no more
+// buffered (so that a slow body streams) or buf is full.
+func (fc *fastConn) relayLength(bc *bconn, n int64, buf []byte, sniff int) ([]byte, bool) {
+	all := buf[:cap(buf)]
+	buf = buf[: len(buf) : cap(buf)-sniffRoom]
+	for n > 0 {
+		if len(buf) == cap(buf) {
+			if _, err := fc.tc.Write(buf); err != nil {
+				return nil, false
+			}
+			buf = buf[:0]
+		}
+		m, err := bc.br.Read(buf[len(buf):min(cap(buf), len(buf)+int(min(n, int64(cap(buf)))))])
+		buf = buf[:len(buf)+m]
+		n -= int64(m)
+		if sniff >= 0 && m > 0 {
+			buf, sniff = insertContentType(all[:len(buf)], sniff, buf[sniff:]), -1
+		}
+		if n == 0 {
+			break
+		}
+		if err != nil {
+			return nil, false
+		}
+		if bc.br.Buffered() > 0 && len(buf) < cap(buf) {
+			continue
+		}
+		if _, err := fc.tc.Write(buf); err != nil {
+			return nil, false
+		}
+		buf = buf[:0]
+	}
+	return buf, true
+}
+
+// sniffRoom is kept free at the end of a buffer for a sniffed
+// Content-Type line.
+const sniffRoom = 64
+
+// insertContentType puts "Content-Type: <sniffed>" at the end of the head
+// that ends at at (before its blank line), sniffed from the first bytes
+// of the body, as net/http's response writer does.
+func insertContentType(buf []byte, at int, body []byte) []byte {
+	line := "Content-Type: " + http.DetectContentType(body) + "\r\n"
+	n := len(buf)
+	buf = buf[:n+len(line)]
+	copy(buf[at-2+len(line):], buf[at-2:n])
+	copy(buf[at-2:], line)
+	return buf
+}
+
+// relayStream copies a chunked or until-close body, out chunked or
+// raw (then the connection closes). Chunk framing is checked; trailers
+// are passed on when out is chunked.
+func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte) bool {
+	if _, err := fc.tc.Write(buf); err != nil {
+		return false
+	}
+	// Room in front of the data for a chunk-size line and after it for
+	// the chunk's CRLF: one write per chunk.
+	const front = 24
+	frame := buf[:cap(buf)-8]
+	data := frame[front:]
+	emit := func(p []byte) bool { // p is data[:len(p)]
+		if out == bodyChunked {
+			var hdr [20]byte
+			h := strconv.AppendUint(hdr[:0], uint64(len(p)), 16)
+			h = append(h, "\r\n"...)
+			start := front - len(h)
+			copy(frame[start:], h)
+			p = append(frame[start:front+len(p)], "\r\n"...)
+		}
+		_, err := fc.tc.Write(p)
+		return err == nil
+	}
+	if in == bodyClose {
+		for {
+			n, err := bc.br.Read(data)
+			if n > 0 && !emit(data[:n]) {
+				return false
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return false
+			}
+		}
+		return fc.endChunked(out, nil)
+	}
+	for {
+		line, err := bc.br.ReadSlice('\n')
+		if err != nil {
+			return false
+		}
+		size, ok := chunkSizeLine(line)
+		if !ok {
+			return false
+		}
+		if size == 0 {
+			break
+		}
+		for size > 0 {
+			n, err := bc.br.Read(data[:min(uint64(len(data)), size)])
+			size -= uint64(n)
+			if n > 0 && !emit(data[:n]) {
+				return false
+			}
+			if err != nil && size > 0 {
+				return false
+			}
+		}
+		if crlf, err := bc.br.ReadSlice('\n'); err != nil || string(crlf) != "\r\n" {
+			return false
+		}
+	}
+	// Trailer lines, then the blank line.
+	trailers := frame[:0]
+	for {
+		line, err := bc.br.ReadSlice('\n')
+		if err != nil || len(trailers)+len(line) > 8<<10 {
+			return false
+		}
+		if string(line) == "\r\n" {
+			break
+		}
+		if len(line) < 2 || line[len(line)-2] != '\r' {
+			return false
+		}
+		if _, ok := splitField(line[:len(line)-2]); !ok {
+			return false
+		}
+		trailers = append(trailers, line...)
+	}
+	return fc.endChunked(out, trailers)
+}
+
+// endChunked writes the last chunk and the trailers when out is chunked.
+func (fc *fastConn) endChunked(out int, trailers []byte) bool {
+	if out != bodyChunked {
+		return true
+	}
+	last := append(append(append(make([]byte, 0, len(trailers)+5), "0\r\n"...), trailers...), "\r\n"...)
+	_, err := fc.tc.Write(last)
+	return err == nil
+}
+
+// fail answers an error as errorHandler does: 503 with Retry-After when
+// no backend is healthy, 504 on a timeout, else 502, with its log line.
+func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
+	rp := fr.rp
+	var code int
+	var msg string
+	retry := -1
+	switch {
+	case errors.Is(err, ErrNoBackend):
+		code, msg, retry = http.StatusServiceUnavailable, "no healthy backend", rp.retry()
+		rp.log.Warn("no healthy backend")
+	case isTimeout(err):
+		rp.log.Warn("backend timeout", "err", err)
+		code, msg = http.StatusGatewayTimeout, "backend timeout"
+	default:
+		rp.log.Warn("backend error", "err", err)
+		code, msg = http.StatusBadGateway, "backend unavailable"
+	}
+	keep := !req.closeAfter && req.bodyLeft == 0 && !fc.l.draining.Load()
+	_, werr := fc.tc.Write(fc.appendError(nil, req, code, msg, retry, keep))
+	return fastResult{code: code, keep: keep && werr == nil}
+}
+
+// appendError writes limits.WriteError's response as net/http sends it.
+func (fc *fastConn) appendError(b []byte, req *fastReq, code int, msg string, retry int, keep bool) []byte {
+	body := `{"error":` + strconv.Quote(msg) + "}\n"
+	b = appendStatusLine(b, req.http10, code)
+	b = append(b, "Content-Type: application/json\r\n"...)
+	if retry >= 0 {
+		b = append(b, "Retry-After: "...)
+		b = strconv.AppendInt(b, int64(retry), 10)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "X-Content-Type-Options: nosniff\r\n"...)
+	b = fc.fs.appendDate(b)
+	b = append(b, "Content-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\n"...)
+	b = fc.appendConnection(b, req, keep)
+	b = append(b, "\r\n"...)
+	return append(b, body...)
+}
