@@ -30,6 +30,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/gorilla/websocket"
@@ -71,7 +72,8 @@ type Bridge struct {
 	telem    pathTemplate
 	wsPath   pathTemplate
 	upgrader websocket.Upgrader
-	wsPool   *sync.Pool // write buffers shared by all WebSockets
+	wsPool   *sync.Pool   // write buffers shared by all WebSockets
+	park     *park.Parker // idle device WebSockets wait here; nil without websocket
 	retry    limits.RetryAfter
 	flap     *limits.Flapping
 
@@ -119,7 +121,8 @@ func New(o Options) (*Bridge, error) {
 		if b.wsPath, err = compilePath(c.WebSocket.Path); err != nil {
 			return nil, fmt.Errorf("websocket.path: %w", err)
 		}
-		b.upgrader = websocket.Upgrader{ReadBufferSize: 512, WriteBufferSize: 1024, WriteBufferPool: b.wsPool,
+		// The read buffer is the socket's own 512 B (wsnet.Upgrade).
+		b.upgrader = websocket.Upgrader{WriteBufferSize: 1024, WriteBufferPool: b.wsPool,
 			CheckOrigin: func(*http.Request) bool { return true }}
 	}
 	if b.ident, err = newIdentifier(c.Identity); err != nil {
@@ -129,6 +132,9 @@ func New(o Options) (*Bridge, error) {
 		return nil, fmt.Errorf("upstream.tls: %w", err)
 	}
 	b.sessions, _ = lru.NewWithEvict(c.Session.Max, func(_ string, s *session) { b.endSession(s, reasonEvicted) })
+	if c.WebSocket != nil {
+		b.park = park.New()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stopIdle = cancel
 	b.wg.Add(1)
@@ -534,6 +540,9 @@ func (b *Bridge) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		b.wg.Wait()
+		if b.park != nil {
+			b.park.Close() // after the sockets, which the sessions' ends closed
+		}
 		close(done)
 	}()
 	select {

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"sync"
@@ -38,12 +39,12 @@ func encodePayload(p []byte) (payload, encoding string) {
 // out as frames, frames in are telemetry (or acks). The session ends, and
 // its will fires, when the socket does.
 //
-// Once upgraded, the socket is handed to its reader goroutine and ServeHTTP
+// Once upgraded, the socket's reader is parked (wsnet.Serve) and ServeHTTP
 // returns, so that net/http releases its state for the connection (the
 // request and its 4 KiB buffers) with the handler goroutine. An idle
-// socket is one goroutine blocked in a read, a ping timer and the
-// gorilla/TLS state; a writer goroutine exists only while commands are
-// being written.
+// socket has no goroutine: a parked reader, a ping timer and the
+// gorilla/TLS state; a reader goroutine exists only while the device
+// sends, a writer goroutine only while commands are being written.
 func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string) {
 	dev, ok := b.device(w, r, pathDev)
 	if !ok {
@@ -59,16 +60,24 @@ func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string)
 		return
 	}
 	b.wg.Add(1)
-	c, err := b.upgrader.Upgrade(w, r, nil)
+	u, err := wsnet.Upgrade(&b.upgrader, w, r, nil)
 	if err != nil {
 		b.wg.Done()
 		return
 	}
 	s.attached.Add(1)
 	b.m.sockets.Inc()
-	x := &wsConn{b: b, s: s, c: c, running: 1}
+	x := &wsConn{b: b, s: s, c: u.Conn, running: 1}
 	ws := b.lim.WebSocket
-	x.keep = wsnet.Keep(c, ws.Ping.D(), ws.PongTimeout.D(), int64(ws.MaxMessage), nil)
+	sock, err := wsnet.Serve(b.park, u, wsnet.KeepOptions{Ping: ws.Ping.D(), PongTimeout: ws.PongTimeout.D(), MaxMessage: int64(ws.MaxMessage)},
+		x.message, nil, func() { x.exited(false) })
+	if err != nil { // the parker is closed: shutting down
+		s.attached.Add(-1)
+		b.m.sockets.Dec()
+		b.wg.Done()
+		return
+	}
+	x.keep = sock.Keeper
 	// The session ending (eviction, shutdown) closes the socket, without a
 	// goroutine waiting for it.
 	x.stopEnd = context.AfterFunc(s.ctx, func() {
@@ -79,8 +88,8 @@ func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string)
 		}
 	})
 	s.setOutlet(x)
-	go x.read()
-	x.kick() // commands queued before the socket came
+	sock.Start() // the reader: parked until the device sends something
+	x.kick()     // commands queued before the socket came
 }
 
 // dropSession ends s and removes it from the registry (if still there).
@@ -123,11 +132,7 @@ func (s *session) clearOutlet(x *wsConn) {
 }
 
 // close closes the socket once, saying why.
-func (x *wsConn) close(code int, reason string) {
-	if x.keep.Close(code, reason) {
-		x.b.log.Debug("device websocket closed", "device", x.s.device, "code", code, "reason", reason)
-	}
-}
+func (x *wsConn) close(code int, reason string) { x.keep.Close(code, reason) }
 
 // exited is the last call of the reader and writer goroutines (a writer
 // still marked as such clears the mark); the last one to return accounts
@@ -147,6 +152,7 @@ func (x *wsConn) exited(writer bool) {
 	x.stopEnd()
 	s.clearOutlet(x)
 	code, reason := x.keep.Why()
+	b.log.Debug("device websocket closed", "device", s.device, "code", code, "reason", reason)
 	b.m.wsCloses.WithLabelValues(strconv.Itoa(code), reason).Inc()
 	b.m.sockets.Dec()
 	s.attached.Add(-1)
@@ -156,48 +162,48 @@ func (x *wsConn) exited(writer bool) {
 	b.wg.Done()
 }
 
-// read reads telemetry and acks until the socket ends.
-func (x *wsConn) read() {
-	code, reason := x.b.wsRead(x.c, x.s)
-	x.close(code, reason)
-	x.exited(false)
+// message handles one frame from the device: telemetry or an ack. It runs
+// in the socket's reader, which exists only while the device sends.
+func (x *wsConn) message(mt int, r io.Reader) (int, string) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return wsnet.ReadCloseCode(err)
+	}
+	return x.b.wsMessage(x.s, mt, data)
 }
 
-func (b *Bridge) wsRead(c *websocket.Conn, s *session) (int, string) {
-	explicit := b.cfg.WebSocket.Ack == "explicit"
-	for {
-		mt, data, err := c.ReadMessage()
-		if err != nil {
-			return wsnet.ReadCloseCode(err)
+// wsMessage handles one frame; it returns 0 to go on, or the close code
+// and reason that end the socket.
+func (b *Bridge) wsMessage(s *session, mt int, data []byte) (int, string) {
+	b.m.wsMessages.WithLabelValues("device", "in").Inc()
+	payload := data
+	if b.cfg.WebSocket.Format == "json" {
+		var f wsFrame
+		if mt != websocket.TextMessage || json.Unmarshal(data, &f) != nil {
+			return websocket.ClosePolicyViolation, "bad_frame"
 		}
-		b.m.wsMessages.WithLabelValues("device", "in").Inc()
-		payload := data
-		if b.cfg.WebSocket.Format == "json" {
-			var f wsFrame
-			if mt != websocket.TextMessage || json.Unmarshal(data, &f) != nil {
+		if f.Ack != "" {
+			if b.cfg.WebSocket.Ack == "explicit" {
+				s.ack(f.Ack)
+			}
+			return 0, ""
+		}
+		payload = []byte(f.Payload)
+		if f.Encoding == "base64" {
+			var err error
+			if payload, err = base64.StdEncoding.DecodeString(f.Payload); err != nil {
 				return websocket.ClosePolicyViolation, "bad_frame"
 			}
-			if f.Ack != "" {
-				if explicit {
-					s.ack(f.Ack)
-				}
-				continue
-			}
-			payload = []byte(f.Payload)
-			if f.Encoding == "base64" {
-				if payload, err = base64.StdEncoding.DecodeString(f.Payload); err != nil {
-					return websocket.ClosePolicyViolation, "bad_frame"
-				}
-			}
-		}
-		if b.cfg.Telemetry.Topic == "" {
-			continue
-		}
-		if err := b.publishTelemetry(s.ctx, s, payload); err != nil {
-			b.log.Warn("websocket telemetry not acknowledged; closing so the device resends", "device", s.device, "err", err)
-			return websocket.CloseInternalServerErr, "upstream_lost"
 		}
 	}
+	if b.cfg.Telemetry.Topic == "" {
+		return 0, ""
+	}
+	if err := b.publishTelemetry(s.ctx, s, payload); err != nil {
+		b.log.Warn("websocket telemetry not acknowledged; closing so the device resends", "device", s.device, "err", err)
+		return websocket.CloseInternalServerErr, "upstream_lost"
+	}
+	return 0, ""
 }
 
 // kick starts the writer unless it runs (or the socket is closed): called

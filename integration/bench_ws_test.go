@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,13 +22,22 @@ import (
 // connection to the broker). Each costs edgeshim two descriptors, so N stays
 // under the 20,000 open-file limit (EDGESHIM_WS_N, default 5000).
 //
+// The clients offer X25519 and P-256 only, the classic ClientHello of
+// devices (and OpenSSL 3.0): Go's default X25519MLKEM768 key share makes a
+// ~1.5 KiB hello that grows crypto/tls's server-side buffers for the
+// connection's life. EDGESHIM_WS_PQ=1 offers Go's default curves instead.
+//
 //	EDGESHIM_WS_N=9000 go test -run XXX -bench IdleWebSocketMemory -benchtime 1x ./integration/
 func BenchmarkIdleWebSocketMemory(b *testing.B) {
 	n := 5000
 	if v, err := strconv.Atoi(os.Getenv("EDGESHIM_WS_N")); err == nil {
 		n = v
 	}
-	b.Run(fmt.Sprintf("device/n=%d", n), func(b *testing.B) {
+	hello := "classic"
+	if os.Getenv("EDGESHIM_WS_PQ") == "1" {
+		hello = "pq"
+	}
+	b.Run(fmt.Sprintf("device/hello=%s/n=%d", hello, n), func(b *testing.B) {
 		for b.Loop() {
 			m := startMosquitto(b, "max_connections -1\n")
 			app := newMQTTPeer(b, m.Addr(), "bench-app", true)
@@ -51,7 +61,7 @@ func BenchmarkIdleWebSocketMemory(b *testing.B) {
 			closeAll(conns)
 		}
 	})
-	b.Run(fmt.Sprintf("mqtt_ws/n=%d", n), func(b *testing.B) {
+	b.Run(fmt.Sprintf("mqtt_ws/hello=%s/n=%d", hello, n), func(b *testing.B) {
 		for b.Loop() {
 			m := startMosquitto(b, "max_connections -1\n")
 			e := startEdgeshim(b, mqttWSConfig("tcp://"+m.Addr(), "limits: {max_conns: 20000, per_ip: {max_conns: 20000, rate: 100000, burst: 100000}}\n"), benchEdgeOptions())
@@ -64,7 +74,11 @@ func BenchmarkIdleWebSocketMemory(b *testing.B) {
 }
 
 func dialMany(b *testing.B, e *Edge, n int, path func(int) string, subprotocols []string) []*websocket.Conn {
-	d := websocket.Dialer{TLSClientConfig: e.TLSConfig(), Subprotocols: subprotocols, NetDialContext: spreadDialer(),
+	tc := e.TLSConfig()
+	if os.Getenv("EDGESHIM_WS_PQ") != "1" {
+		tc.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+	}
+	d := websocket.Dialer{TLSClientConfig: tc, Subprotocols: subprotocols, NetDialContext: spreadDialer(),
 		ReadBufferSize: 256, WriteBufferSize: 256}
 	conns := make([]*websocket.Conn, n)
 	sem := make(chan struct{}, 64)
@@ -133,8 +147,12 @@ func reportPerConn(b *testing.B, kind string, e *Edge, base mem, n int) {
 	b.ReportMetric(per(held.heapInuse, base.heapInuse), "heap-KiB/conn")
 	b.ReportMetric(per(held.stackInuse, base.stackInuse), "stack-KiB/conn")
 	b.ReportMetric((held.goroutines-base.goroutines)/float64(n), "goroutines/conn")
+	label := kind + " (classic hello)"
+	if os.Getenv("EDGESHIM_WS_PQ") == "1" {
+		label = kind + " (pq hello)"
+	}
 	fmt.Fprintf(os.Stderr, "%s: %d idle TLS WebSockets, edgeshim RSS %.0f → %.0f KiB, %.1f KiB per connection "+
-		"(Go heap in use %.1f KiB, stacks %.1f KiB, %.2f goroutines)\n", kind, n, base.rss/1024, held.rss/1024,
+		"(Go heap in use %.1f KiB, stacks %.1f KiB, %.2f goroutines)\n", label, n, base.rss/1024, held.rss/1024,
 		per(held.rss, base.rss), per(held.heapInuse, base.heapInuse), per(held.stackInuse, base.stackInuse),
 		(held.goroutines-base.goroutines)/float64(n))
 	if dir := os.Getenv("EDGESHIM_WS_PROFILE"); dir != "" {

@@ -96,6 +96,10 @@ type limitedConn struct {
 	once sync.Once
 }
 
+// NetConn returns the accepted connection, as tls.Conn's does: beneath
+// the wrappers the socket can be watched for readiness (limits/park).
+func (c *limitedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.l.release(c.ip) })

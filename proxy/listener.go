@@ -382,6 +382,9 @@ type plainScanConn struct {
 	framing
 }
 
+// NetConn returns the wrapped connection (for limits/park).
+func (c *plainScanConn) NetConn() net.Conn { return c.Conn }
+
 func (c *plainScanConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.feed(p[:n])

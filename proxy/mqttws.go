@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // mqttWS relays MQTT over WebSocket (subprotocol "mqtt") to a broker's TCP
@@ -28,8 +30,17 @@ type mqttWS struct {
 	dialer   net.Dialer
 	upgrader websocket.Upgrader
 	upgrades *sync.WaitGroup
-	base     context.Context // cancelled on shutdown
+	park     *park.Parker // where idle sockets wait
 	m        *metrics
+	// messages relayed, by direction
+	toBroker, toClient prometheus.Counter
+
+	// The open sockets, closed (1001) when the server's base context is
+	// cancelled (shutdown): one hook
+	// for all instead of a context.AfterFunc per socket (~0.4 KiB each).
+	mu       sync.Mutex
+	open     map[*relayConn]struct{}
+	shutdown bool
 }
 
 func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
@@ -42,22 +53,52 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 		host = net.JoinHostPort(u.Hostname(), "1883")
 	}
 	ws := d.cfg.Limits.WebSocket
-	return &mqttWS{
-		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, base: d.base, m: d.m,
+	m := &mqttWS{
+		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, park: d.park, m: d.m,
+		toBroker: d.m.wsMessages.WithLabelValues("to_broker"), toClient: d.m.wsMessages.WithLabelValues("to_client"),
 		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
 			// Small buffers: an idle relayed connection should cost little.
-			// The read buffer is the socket's own (512 B; larger payloads
-			// are read past it); write buffers come from the pool only
-			// while a message is written.
-			ReadBufferSize: 512, WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{},
+			// The read buffer is the socket's own (512 B, see
+			// wsnet.Upgrade; larger payloads are read past it); write
+			// buffers come from the pool only while a message is written.
+			WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{},
 			EnableCompression: false,
 			// MQTT authenticates at the broker; dashboards are often served
 			// from another origin.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
-	}, nil
+		open: map[*relayConn]struct{}{},
+	}
+	context.AfterFunc(d.base, m.closeAll)
+	return m, nil
+}
+
+// closeAll closes the open sockets (1001) at shutdown, each in a goroutine
+// of its own: a close frame may wait up to a second on a slow reader.
+func (m *mqttWS) closeAll() {
+	m.mu.Lock()
+	m.shutdown = true
+	xs := make([]*relayConn, 0, len(m.open))
+	for x := range m.open {
+		xs = append(xs, x)
+	}
+	m.mu.Unlock()
+	for _, x := range xs {
+		go x.ws.Close(websocket.CloseGoingAway, "shutdown")
+	}
+}
+
+// track adds x to the open sockets, or reports false at shutdown.
+func (m *mqttWS) track(x *relayConn) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.shutdown {
+		return false
+	}
+	m.open[x] = struct{}{}
+	return true
 }
 
 func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -78,7 +119,7 @@ func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.upgrades.Add(1)
-	wc, err := m.upgrader.Upgrade(w, r, nil)
+	wc, err := wsnet.Upgrade(&m.upgrader, w, r, nil)
 	if err != nil {
 		bc.Close()
 		m.upgrades.Done()
@@ -88,7 +129,7 @@ func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.relay(wc, bc)
 	// Returning lets net/http drop its state for the connection (request,
 	// 4 KiB read and write buffers) and this goroutine: an idle relayed
-	// socket costs its two copiers and little else.
+	// socket has no goroutine at all, both directions are parked.
 }
 func hasMQTTSubprotocol(r *http.Request) bool {
 	for _, p := range websocket.Subprotocols(r) {
@@ -99,98 +140,124 @@ func hasMQTTSubprotocol(r *http.Request) bool {
 	return false
 }
 
-// relayConn is one relayed socket: two copiers, the heartbeat and a
-// shutdown hook. The first to end decides the close code and closes both
-// ends; the last copier to return accounts for the socket.
+// relayConn is one relayed socket: two directions, each parked in the
+// parker while idle (no goroutine, no buffer), and the heartbeat. The
+// first to end decides the close code and closes both ends; the last
+// direction to finish accounts for the socket.
 type relayConn struct {
-	m            *mqttWS
-	wc           *websocket.Conn
-	bc           net.Conn
-	keep         *wsnet.Keeper
-	stopShutdown func() bool
-	left         atomic.Int32 // copiers running
+	m    *mqttWS
+	ws   *wsnet.Socket
+	bc   net.Conn
+	bh   *park.Handle // broker to client
+	left atomic.Int32 // directions not finished
 }
 
-// relay starts the copiers and returns.
-func (m *mqttWS) relay(wc *websocket.Conn, bc net.Conn) {
-	x := &relayConn{m: m, wc: wc, bc: bc}
+// relay registers both directions and returns.
+func (m *mqttWS) relay(u *wsnet.Upgraded, bc net.Conn) {
+	x := &relayConn{m: m, bc: bc}
 	x.left.Store(2)
-	x.keep = wsnet.Keep(wc, m.ws.Ping.D(), m.ws.PongTimeout.D(), int64(m.ws.MaxMessage), func() { bc.Close() })
-	x.stopShutdown = context.AfterFunc(m.base, func() { x.keep.Close(websocket.CloseGoingAway, "shutdown") })
-	go x.clientToBroker()
-	go x.brokerToClient()
+	bh, err := m.park.Register(bc, x.brokerReady)
+	var ws *wsnet.Socket
+	if err == nil {
+		x.bh = bh
+		ws, err = wsnet.Serve(m.park, u, wsnet.KeepOptions{Ping: m.ws.Ping.D(), PongTimeout: m.ws.PongTimeout.D(), MaxMessage: int64(m.ws.MaxMessage)},
+			x.clientMessage, x.closeBroker, x.finished)
+	}
+	if err != nil { // the parker is closed: shutting down
+		if bh != nil {
+			bh.Stop()
+		}
+		u.Close()
+		bc.Close()
+		x.left.Store(1)
+		x.finished()
+		return
+	}
+	x.ws = ws
+	if !m.track(x) {
+		ws.Close(websocket.CloseGoingAway, "shutdown")
+	}
+	ws.Start()
+	if !bh.Park() {
+		ws.Close(websocket.CloseInternalServerErr, "upstream_lost")
+		x.finished()
+	}
 }
 
-// copierDone is each copier's last call.
-func (x *relayConn) copierDone(code int, reason string, err error) {
-	if x.keep.Close(code, reason) {
-		x.m.log.Debug("mqtt websocket closed", "code", code, "reason", reason, "err", err)
+// closeBroker runs once the WebSocket is closed: it closes the broker's
+// connection and finishes the broker direction if it was parked.
+func (x *relayConn) closeBroker() {
+	parked := x.bh.Stop() // out of the poller before the descriptor is closed
+	x.bc.Close()
+	if parked {
+		x.finished()
 	}
+}
+
+// finished is each direction's last call; the last one accounts for the
+// socket.
+func (x *relayConn) finished() {
 	if x.left.Add(-1) > 0 {
 		return
 	}
-	x.stopShutdown()
-	code, reason = x.keep.Why()
+	code, reason := websocket.CloseGoingAway, "shutdown"
+	if x.ws != nil {
+		code, reason = x.ws.Why()
+		x.m.mu.Lock()
+		delete(x.m.open, x)
+		x.m.mu.Unlock()
+	}
+	x.m.log.Debug("mqtt websocket closed", "code", code, "reason", reason)
 	x.m.m.wsOpen.Dec()
 	x.m.m.wsCloses.WithLabelValues(strconv.Itoa(code), reason).Inc()
 	x.m.upgrades.Done()
 }
 
-func (x *relayConn) clientToBroker() {
-	toBroker := x.m.m.wsMessages.WithLabelValues("to_broker")
-	for {
-		mt, rd, err := x.wc.NextReader()
-		if err != nil {
-			code, reason := wsnet.ReadCloseCode(err)
-			x.copierDone(code, reason, err)
-			return
-		}
-		if mt != websocket.BinaryMessage {
-			x.copierDone(websocket.CloseUnsupportedData, "text_frame", errors.New("text frame on an MQTT socket"))
-			return
-		}
-		if _, err := io.Copy(x.bc, rd); err != nil {
-			if errors.Is(err, websocket.ErrReadLimit) {
-				x.copierDone(websocket.CloseMessageTooBig, "too_big", err)
-			} else {
-				x.copierDone(websocket.CloseInternalServerErr, "upstream_lost", err)
-			}
-			return
-		}
-		toBroker.Inc()
+// clientMessage relays one message from the client to the broker.
+func (x *relayConn) clientMessage(mt int, r io.Reader) (int, string) {
+	if mt != websocket.BinaryMessage {
+		return websocket.CloseUnsupportedData, "text_frame" // a text frame on an MQTT socket
 	}
+	if _, err := io.Copy(x.bc, r); err != nil {
+		if errors.Is(err, websocket.ErrReadLimit) {
+			return websocket.CloseMessageTooBig, "too_big"
+		}
+		return websocket.CloseInternalServerErr, "upstream_lost"
+	}
+	x.m.toBroker.Inc()
+	return 0, ""
 }
 
 // relayBufs holds the broker-to-client read buffers: a buffer is taken
 // only once the broker has sent something, so idle sockets hold none.
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
-func (x *relayConn) brokerToClient() {
-	toClient := x.m.m.wsMessages.WithLabelValues("to_client")
-	for {
-		if err := waitReadable(x.bc); err != nil {
-			x.copierDone(websocket.CloseInternalServerErr, "upstream_lost", err) // 1011
-			return
-		}
-		buf := relayBufs.Get().(*[]byte)
-		n, err := x.bc.Read(*buf)
-		var werr error
-		if n > 0 {
-			// A client that does not take a message within pong_timeout
-			// is closed (1008), not buffered for without end.
-			x.keep.WriteDeadline()
-			werr = x.wc.WriteMessage(websocket.BinaryMessage, (*buf)[:n])
-		}
-		relayBufs.Put(buf)
-		switch {
-		case werr != nil:
-			code, reason := wsnet.WriteCloseCode(werr)
-			x.copierDone(code, reason, werr)
-			return
-		case err != nil:
-			x.copierDone(websocket.CloseInternalServerErr, "upstream_lost", err) // 1011
-			return
-		}
-		toClient.Inc()
+// brokerReady relays what the broker sent, once its connection is
+// readable, and parks it again.
+func (x *relayConn) brokerReady() {
+	buf := relayBufs.Get().(*[]byte)
+	n, err := x.bc.Read(*buf)
+	var werr error
+	if n > 0 {
+		// A client that does not take a message within pong_timeout
+		// is closed (1008), not buffered for without end.
+		x.ws.WriteDeadline()
+		werr = x.ws.C.WriteMessage(websocket.BinaryMessage, (*buf)[:n])
+	}
+	relayBufs.Put(buf)
+	switch {
+	case werr != nil:
+		x.ws.Close(wsnet.WriteCloseCode(werr))
+		x.finished()
+		return
+	case err != nil:
+		x.ws.Close(websocket.CloseInternalServerErr, "upstream_lost") // 1011
+		x.finished()
+		return
+	}
+	x.m.toClient.Inc()
+	if !x.bh.Park() {
+		x.ws.Close(websocket.CloseInternalServerErr, "upstream_lost")
+		x.finished()
 	}
 }

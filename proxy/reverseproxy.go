@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
@@ -68,6 +69,7 @@ type proxyDeps struct {
 	upgrades *sync.WaitGroup
 	base     context.Context     // cancelled on shutdown: ends upgraded connections
 	bufs     httputil.BufferPool // response copy buffers, shared by all routes
+	park     *park.Parker        // where idle upgraded sockets wait
 }
 
 // copyBufSize is the size of a response copy buffer.

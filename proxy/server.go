@@ -18,6 +18,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -66,6 +67,7 @@ type Server struct {
 	base     context.Context
 	cancel   context.CancelFunc
 	upgrades sync.WaitGroup // upgraded (WebSocket) connections being relayed
+	park     *park.Parker   // idle MQTT-over-WebSocket sockets wait here
 	loops    sync.WaitGroup // health checks
 	serveWG  sync.WaitGroup
 
@@ -84,13 +86,21 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	lim := opts.Config.Limits
+	for _, rc := range opts.Config.Routes {
+		if rc.MQTTWS != nil && s.park == nil {
+			s.park = park.New()
+		}
+	}
 	bufs := &bufferPool{}
 	rt, err := newRouter(opts.Config.Routes, opts.Bridges, proxyDeps{
 		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: bufs,
-		retry: func() int { return retryAfterSeconds(lim.RetryAfter) },
+		retry: func() int { return retryAfterSeconds(lim.RetryAfter) }, park: s.park,
 	})
 	if err != nil {
 		s.cancel()
+		if s.park != nil {
+			s.park.Close()
+		}
 		return nil, err
 	}
 	s.router = rt
@@ -393,6 +403,9 @@ func (s *Server) httpServers() []*http.Server {
 func (s *Server) closeRest() {
 	s.cancel()
 	s.upgrades.Wait()
+	if s.park != nil {
+		s.park.Close()
+	}
 	s.loops.Wait()
 	s.serveWG.Wait()
 	for _, rp := range s.router.proxies {

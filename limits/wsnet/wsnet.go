@@ -1,6 +1,8 @@
 // Package wsnet presents a WebSocket as a net.Conn (binary messages), for
 // stream protocols carried over WebSocket such as MQTT (subprotocol "mqtt")
-// toward brokers that only face port 443.
+// toward brokers that only face port 443; and it keeps edgeshim's
+// server-side WebSockets: the heartbeat and close (Keeper), and a reader
+// that holds no goroutine while the socket is idle (Upgrade, Serve).
 package wsnet
 
 import (
@@ -9,6 +11,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -68,38 +71,75 @@ func (c *Conn) SetDeadline(t time.Time) error {
 	return c.SetWriteDeadline(t)
 }
 
-// Keeper keeps a server-side WebSocket: pings from a runtime timer (no
-// goroutine), a read deadline renewed by each pong, and one close that
-// says why. It is the part of a socket's life that edgeshim's WebSocket
-// paths share.
+// Keeper keeps a server-side WebSocket: pings and the check that the peer
+// answers them from one runtime timer (no goroutine, and no read blocked
+// on a deadline: an idle socket may have no reader at all, see Serve),
+// and one close that says why. It is the part of a socket's life that
+// edgeshim's WebSocket paths share.
 type Keeper struct {
 	c          *websocket.Conn
 	ping, pong time.Duration
-	pinger     *time.Timer
+	timer      *time.Timer
+	lastPong   atomic.Int64 // UnixNano of the last pong (or of Keep)
+	nextPing   time.Time    // touched by the timer's function only
 	mu         sync.Mutex
 	closed     bool
 	code       int
 	reason     string
 	afterClose func()
+	// beforeClose runs once, just before the connection is closed (Serve:
+	// the reader leaves the poller while its descriptor is still open).
+	beforeClose func()
 }
 
-// Keep starts the heartbeat on c: a ping every ping, and reads fail once
-// nothing (pong or message) arrived for ping+pongTimeout. Messages over
-// maxMessage fail the read with websocket.ErrReadLimit. afterClose, if
-// set, runs once the connection is closed.
+// Keep starts the heartbeat on c: a ping every ping, and the connection is
+// closed (1008 pong_timeout) once no pong arrived for ping+pongTimeout.
+// Messages over maxMessage fail the read with websocket.ErrReadLimit.
+// afterClose, if set, runs once the connection is closed.
 func Keep(c *websocket.Conn, ping, pongTimeout time.Duration, maxMessage int64, afterClose func()) *Keeper {
 	k := &Keeper{c: c, ping: ping, pong: pongTimeout, afterClose: afterClose}
+	now := time.Now()
+	k.lastPong.Store(now.UnixNano())
+	k.nextPing = now.Add(ping)
 	c.SetReadLimit(maxMessage)
-	c.SetReadDeadline(time.Now().Add(ping + pongTimeout))
-	c.SetPongHandler(func(string) error { return c.SetReadDeadline(time.Now().Add(ping + pongTimeout)) })
-	k.pinger = time.AfterFunc(ping, k.sendPing)
+	// Pongs inside a fragmented message reach gorilla's handler; those
+	// between messages are read by Serve's reader.
+	c.SetPongHandler(func(string) error { k.Pong(); return nil })
+	k.timer = time.AfterFunc(ping, k.tick)
 	return k
 }
 
-func (k *Keeper) sendPing() {
-	if k.c.WriteControl(websocket.PingMessage, nil, time.Now().Add(k.pong)) == nil {
-		k.pinger.Reset(k.ping)
+// Pong records a pong from the peer.
+func (k *Keeper) Pong() { k.lastPong.Store(time.Now().UnixNano()) }
+
+// tick sends the ping that is due and closes the connection when the
+// peer has been silent too long; it then sets the timer to the earlier of
+// the next ping and that deadline.
+func (k *Keeper) tick() {
+	now := time.Now()
+	deadline := time.Unix(0, k.lastPong.Load()).Add(k.ping + k.pong)
+	if !now.Before(deadline) {
+		k.Close(websocket.ClosePolicyViolation, "pong_timeout")
+		return
 	}
+	if !now.Before(k.nextPing) {
+		// A ping not taken within pong timeout is not retried: the
+		// deadline closes the connection.
+		if k.c.WriteControl(websocket.PingMessage, nil, now.Add(k.pong)) == nil {
+			k.nextPing = now.Add(k.ping)
+		} else {
+			k.nextPing = deadline
+		}
+	}
+	next := k.nextPing
+	if deadline.Before(next) {
+		next = deadline
+	}
+	k.mu.Lock()
+	if !k.closed {
+		k.timer.Reset(next.Sub(now))
+	}
+	k.mu.Unlock()
 }
 
 // Close closes the connection once, with a close frame carrying code and
@@ -114,9 +154,12 @@ func (k *Keeper) Close(code int, reason string) bool {
 	}
 	k.closed, k.code, k.reason = true, code, reason
 	k.mu.Unlock()
-	k.pinger.Stop()
+	k.timer.Stop()
 	if code != websocket.CloseAbnormalClosure {
 		_ = k.c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	}
+	if k.beforeClose != nil {
+		k.beforeClose()
 	}
 	k.c.Close()
 	if k.afterClose != nil {
@@ -147,7 +190,8 @@ func ReadCloseCode(err error) (int, string) {
 	case errors.As(err, &ce):
 		return websocket.CloseNormalClosure, "peer_closed"
 	case errors.As(err, &ne) && ne.Timeout():
-		// Neither a pong nor anything else within ping + pong_timeout.
+		// A read deadline set by the caller (Serve's readers have none:
+		// the Keeper's timer closes a silent peer).
 		return websocket.ClosePolicyViolation, "pong_timeout"
 	}
 	return websocket.CloseAbnormalClosure, "peer_gone"
