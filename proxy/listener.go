@@ -367,7 +367,9 @@ func newScanConn(tc *tls.Conn) *scanConn {
 func (c *scanConn) Read(p []byte) (int, error) {
 	if len(c.pre) > 0 {
 		n := copy(p, c.pre)
-		c.pre = c.pre[n:]
+		if c.pre = c.pre[n:]; len(c.pre) == 0 {
+			c.pre = nil // an empty tail still pins the copy for the conn's life
+		}
 		c.feed(p[:n])
 		return n, nil
 	}
