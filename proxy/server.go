@@ -299,7 +299,7 @@ func (s *Server) Start() error {
 // listen binds a TCP listener with the connection caps, which apply before
 // any TLS work.
 func (s *Server) listen(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listenTCP(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -347,6 +347,17 @@ func (s *Server) Addr(name string) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.addrs[name]
+}
+
+// listenTCP listens for devices without TCP keepalive on accepted
+// connections (Go's default probes every idle connection after 15 s).
+// edgeshim bounds idle connections itself (idle timeout, long-poll wait,
+// WebSocket ping/pong), as nginx does by default; probes would only wake
+// the radios of idle cellular devices, and setting them up costs four
+// setsockopt calls per accepted connection.
+func listenTCP(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(context.Background(), "tcp", addr)
 }
 
 // Shutdown stops accepting, waits for in-flight requests until ctx ends,
