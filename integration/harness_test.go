@@ -3,10 +3,8 @@ package integration
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -77,17 +75,6 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// freeUDPPort returns a UDP port free on 127.0.0.1 at the time of the call.
-func freeUDPPort(t testing.TB) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
 // waitTCP waits until addr accepts TCP connections, for processes that give
@@ -301,9 +288,6 @@ func (e *Edge) Wait(within time.Duration) error {
 	}
 }
 
-// Exited is closed when the process has exited.
-func (e *Edge) Exited() <-chan struct{} { return e.exited }
-
 // Kill sends SIGKILL and waits for exit.
 func (e *Edge) Kill() {
 	select {
@@ -483,20 +467,6 @@ func (m *Mosquitto) Stop() {
 func (m *Mosquitto) Restart() {
 	m.Stop()
 	m.start()
-}
-
-// jsonLine decodes one JSON log line, for tests that inspect fields.
-func jsonLine(line string) map[string]any {
-	var v map[string]any
-	_ = json.Unmarshal([]byte(line), &v)
-	return v
-}
-
-// ctxT returns a context cancelled at the end of the test, with a timeout.
-func ctxT(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 // WaitMetric waits until a metric (summed as in Metric) reaches at least
