@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"net"
 	"net/http"
@@ -273,6 +274,9 @@ func (fc *fastConn) readHead(t0 time.Time) (int, headVerdict) {
 // match routes the head as router.match does; nil unless the route is
 // fast.
 func (fs *fastServer) match(fc *fastConn) *fastRoute {
+	if !isCleanPath(string(fc.h.path)) || bytes.IndexByte(fc.h.path, '\\') >= 0 {
+		return nil // net/http's path normalises it, or refuses it
+	}
 	fc.host = hostForMatch(fc.host, fc.h.host)
 	for _, r := range fs.s.router.routes {
 		if hasPrefixBS(fc.h.path, r.prefix) && r.matchHost(string(fc.host)) {

@@ -14,6 +14,9 @@ import (
 // unless it is 443).
 func (rt *router) plainHTTP(httpsAddr func() net.Addr) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if !normalizePath(w, req) {
+			return
+		}
 		if r := rt.match(req); r != nil && r.plain {
 			r.serve(w, req)
 			return

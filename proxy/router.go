@@ -122,6 +122,9 @@ func (rt *router) match(req *http.Request) *route {
 }
 
 func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if !normalizePath(w, req) {
+		return
+	}
 	r := rt.match(req)
 	if r == nil {
 		writeError(w, http.StatusNotFound, "no route")
