@@ -1,8 +1,10 @@
 package limits
 
 import (
+	"bufio"
 	"compress/flate"
 	"compress/gzip"
+	"compress/zlib"
 	"errors"
 	"io"
 	"net/http"
@@ -42,7 +44,7 @@ func Decompress(maxOut int64, maxRatio float64, next http.Handler) http.Handler 
 			}
 			dec = zr
 		case "deflate":
-			dec = flate.NewReader(cr)
+			dec = newDeflateReader(cr)
 		default:
 			WriteError(w, http.StatusUnsupportedMediaType, "unsupported Content-Encoding")
 			return
@@ -53,6 +55,43 @@ func Decompress(maxOut int64, maxRatio float64, next http.Handler) http.Handler 
 		r.ContentLength = -1
 		next.ServeHTTP(w, r)
 	})
+}
+
+// newDeflateReader decodes "deflate" as RFC 9110 defines it, the zlib
+// format (RFC 1950), and also the raw DEFLATE stream (RFC 1951) that some
+// clients send under that name; the two are told apart by zlib's header
+// check, which a raw stream passes only by chance (1 in 31 × 8).
+func newDeflateReader(r io.Reader) io.ReadCloser {
+	br := bufio.NewReaderSize(r, 512)
+	if h, err := br.Peek(2); err == nil && h[0]&0x0f == 8 && h[0]>>4 <= 7 && (uint16(h[0])<<8|uint16(h[1]))%31 == 0 {
+		return &lazyZlib{br: br}
+	}
+	return flate.NewReader(br)
+}
+
+// lazyZlib opens the zlib stream at the first Read, so that a bad header
+// is a read error like any other corrupt body.
+type lazyZlib struct {
+	br *bufio.Reader
+	zr io.ReadCloser
+}
+
+func (z *lazyZlib) Read(p []byte) (int, error) {
+	if z.zr == nil {
+		zr, err := zlib.NewReader(z.br)
+		if err != nil {
+			return 0, err
+		}
+		z.zr = zr
+	}
+	return z.zr.Read(p)
+}
+
+func (z *lazyZlib) Close() error {
+	if z.zr == nil {
+		return nil
+	}
+	return z.zr.Close()
 }
 
 type countingReader struct {

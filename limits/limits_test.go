@@ -2,7 +2,9 @@ package limits
 
 import (
 	"bytes"
+	"compress/flate"
 	"compress/gzip"
+	"compress/zlib"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -358,4 +360,42 @@ func TestHeapWatermark(t *testing.T) {
 			t.Fatal("back under: still refused")
 		}
 	})
+}
+
+// TestDecompressDeflateFormats: "deflate" is zlib (RFC 9110), and the raw
+// DEFLATE stream some clients send under that name decodes too.
+func TestDecompressDeflateFormats(t *testing.T) {
+	want := strings.Repeat("telemetry ", 500)
+	var got string
+	h := Decompress(1<<20, 100, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			WriteError(w, 400, err.Error())
+			return
+		}
+		got = string(b)
+	}))
+	var zl, raw bytes.Buffer
+	zw := zlib.NewWriter(&zl)
+	zw.Write([]byte(want))
+	zw.Close()
+	fw, _ := flate.NewWriter(&raw, flate.BestCompression)
+	fw.Write([]byte(want))
+	fw.Close()
+	for name, body := range map[string][]byte{"zlib": zl.Bytes(), "raw deflate": raw.Bytes(), "corrupt zlib": append(zl.Bytes()[:2:2], 0xff, 0xff, 0xff)} {
+		got = ""
+		req := httptest.NewRequest("POST", "/", bytes.NewReader(body))
+		req.Header.Set("Content-Encoding", "deflate")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if name == "corrupt zlib" {
+			if rec.Code != 400 {
+				t.Errorf("%s: %d, want the handler's 400 for a read error", name, rec.Code)
+			}
+			continue
+		}
+		if rec.Code != 200 || got != want {
+			t.Errorf("%s: %d, decoded %d bytes; want 200 and %d", name, rec.Code, len(got), len(want))
+		}
+	}
 }

@@ -26,7 +26,7 @@ func TestFastPathRunsProxyTests(t *testing.T) {
 		"RetryOnlyIdempotentAfterDialFailure": TestRetryOnlyIdempotentAfterDialFailure,
 		"ClientCancelPropagates":              TestClientCancelPropagates, "RouteTimeouts": TestRouteTimeouts,
 		"BackendConnectionsGauge": TestBackendConnectionsGauge, "ActiveHealthCheck": TestActiveHealthCheck,
-		"CloseEndsEveryConnection": TestCloseEndsEveryConnection, "PathNormalisedBeforeRouting": TestPathNormalisedBeforeRouting,
+		"CloseEndsEveryConnection": TestCloseEndsEveryConnection, "PathNormalisedBeforeRouting": TestPathNormalisedBeforeRouting, "ClientFaultsNeverEjectABackend": TestClientFaultsNeverEjectABackend,
 	} {
 		testH1 = true
 		before := testFastServed.Load()

@@ -280,6 +280,13 @@ func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int)
 			// The request timed out: not the backend's fault.
 			return fc.fail(fr, req, context.DeadlineExceeded)
 		}
+		var cbe *clientBodyError
+		if errors.As(err, &cbe) {
+			// The client went mid-body: not the backend's fault, and
+			// nobody waits for an answer.
+			rp.log.Debug("request body could not be read", "remote", fc.tc.RemoteAddr().String(), "err", err)
+			return fastResult{code: statusClientClosed}
+		}
 		rp.pool.failure(b)
 		b.mErrors.Inc()
 		if isDialError(err) && attempt < *rp.route.Proxy.Retries && req.idempotent {
@@ -376,7 +383,7 @@ func (fc *fastConn) sendBody(bc *bconn, req *fastReq, buf []byte) error {
 			}
 		}
 		if err != nil {
-			return err
+			return &clientBodyError{err}
 		}
 	}
 	return nil
@@ -775,20 +782,10 @@ func (fc *fastConn) endChunked(out int, trailers []byte) bool {
 // fail answers an error as errorHandler does: 503 with Retry-After when
 // no backend is healthy, 504 on a timeout, else 502, with its log line.
 func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
-	rp := fr.rp
-	var code int
-	var msg string
+	code, msg, retryAfter := fr.rp.answerFor(err)
 	retry := -1
-	switch {
-	case errors.Is(err, ErrNoBackend):
-		code, msg, retry = http.StatusServiceUnavailable, "no healthy backend", rp.retry()
-		rp.log.Warn("no healthy backend")
-	case isTimeout(err):
-		rp.log.Warn("backend timeout", "err", err)
-		code, msg = http.StatusGatewayTimeout, "backend timeout"
-	default:
-		rp.log.Warn("backend error", "err", err)
-		code, msg = http.StatusBadGateway, "backend unavailable"
+	if retryAfter {
+		retry = fr.rp.retry()
 	}
 	keep := !req.closeAfter && req.bodyLeft == 0 && !fc.l.draining.Load()
 	_, werr := fc.tc.Write(fc.appendError(nil, req, code, msg, retry, keep))

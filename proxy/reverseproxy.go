@@ -348,34 +348,26 @@ func (rp *routeProxy) rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (rp *routeProxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	switch {
-	case limits.IsTooLarge(err):
-		writeError(w, http.StatusRequestEntityTooLarge, "body too large")
-	case errors.Is(err, ErrNoBackend):
-		w.Header().Set("Retry-After", strconv.Itoa(rp.retry()))
-		writeError(w, http.StatusServiceUnavailable, "no healthy backend")
-		rp.log.Warn("no healthy backend")
-	case r.Context().Err() == context.Canceled:
+	if r.Context().Err() == context.Canceled && !limits.IsTooLarge(err) && !errors.Is(err, ErrNoBackend) {
 		rp.log.Debug("client went away before the backend answered", "remote", r.RemoteAddr)
 		w.WriteHeader(statusClientClosed)
-	case isTimeout(err):
-		rp.log.Warn("backend timeout", "err", err)
-		writeError(w, http.StatusGatewayTimeout, "backend timeout")
-	default:
-		rp.log.Warn("backend error", "err", err)
-		writeError(w, http.StatusBadGateway, "backend unavailable")
+		return
 	}
+	code, msg, retryAfter := rp.answerFor(err)
+	if retryAfter {
+		w.Header().Set("Retry-After", strconv.Itoa(rp.retry()))
+	}
+	writeError(w, code, msg)
 }
 
+// isTimeout: a deadline passed (the route's request timeout, a dial or
+// response header timeout: http.Transport's are net.Errors that say so).
 func isTimeout(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	return strings.Contains(err.Error(), "timeout awaiting response headers")
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // poolTransport picks a backend per attempt and retries idempotent requests
@@ -391,6 +383,11 @@ type poolTransport struct {
 
 func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var tried []*backend
+	var body *clientBody
+	if req.Body != nil && req.Body != http.NoBody {
+		body = &clientBody{ReadCloser: req.Body}
+		req.Body = body
+	}
 	var origPath string
 	for attempt := 0; ; attempt++ {
 		b, err := t.rp.pool.pick(tried)
@@ -422,6 +419,9 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			t.done(b)
 			if req.Context().Err() != nil {
 				return nil, err // the client went or the request timed out: not the backend's fault
+			}
+			if berr := body.failed(); berr != nil {
+				return nil, berr // the client's body broke: not the backend's fault
 			}
 			t.rp.pool.failure(b)
 			b.mErrors.Inc()
