@@ -44,8 +44,11 @@ type fastServer struct {
 	write      time.Duration
 	idle       time.Duration
 	maxHeaders int
-	heap       *limits.HeapWatermark
-	bufs       *bufferPool
+	// maxHeadBytes: a longer head is not fast (net/http's path answers
+	// its 431 through limits.HeaderSize).
+	maxHeadBytes int
+	heap         *limits.HeapWatermark
+	bufs         *bufferPool
 
 	altSvcOnce sync.Once
 	altSvc     []byte // "Alt-Svc: ...\r\n" when HTTP/3 is on
@@ -254,6 +257,9 @@ func (fc *fastConn) readHead(t0 time.Time) (int, headVerdict) {
 	for waited := false; ; waited = true {
 		b, _ := fc.br.Peek(fc.br.Buffered())
 		n, v := parseHead(b, &fc.h, fc.fs.maxHeaders)
+		if v == headOK && n > fc.fs.maxHeadBytes {
+			return 0, headNotFast
+		}
 		if v != headNeedMore {
 			return n, v
 		}

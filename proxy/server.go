@@ -106,7 +106,7 @@ func New(opts Options) (*Server, error) {
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
 	wrap := func(h http.Handler) http.Handler {
-		return s.m.instrument(s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), h)))))
+		return s.m.instrument(s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.Body(int64(lim.MaxBody), h))))))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
@@ -145,7 +145,7 @@ func New(opts Options) (*Server, error) {
 				MaxIncomingStreams:    100,
 				MaxIncomingUniStreams: 16,
 			},
-			MaxHeaderBytes: int(lim.MaxHeaderBytes),
+			MaxHeaderBytes: limits.HardHeaderBytes(int64(lim.MaxHeaderBytes)),
 			ConnContext:    func(context.Context, *quic.Conn) context.Context { return s.base },
 		}
 		handler = s.altSvc(handler)
@@ -160,7 +160,7 @@ func New(opts Options) (*Server, error) {
 			ReadTimeout:                  lim.Timeouts.Read.D(),
 			WriteTimeout:                 lim.Timeouts.Write.D(),
 			IdleTimeout:                  lim.Timeouts.Idle.D(),
-			MaxHeaderBytes:               int(lim.MaxHeaderBytes),
+			MaxHeaderBytes:               limits.HardHeaderBytes(int64(lim.MaxHeaderBytes)),
 			ErrorLog:                     errorLog(opts.Logger),
 			BaseContext:                  func(net.Listener) context.Context { return s.base },
 			ConnContext:                  connContext,
@@ -201,7 +201,7 @@ func New(opts Options) (*Server, error) {
 	s.h2 = h2
 	s.fast = &fastServer{
 		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
-		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, heap: heap, bufs: bufs,
+		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, maxHeadBytes: int(lim.MaxHeaderBytes), heap: heap, bufs: bufs,
 	}
 	return s, nil
 }
