@@ -336,6 +336,7 @@ func (c *Config) Validate() error {
 	for i, r := range c.Routes {
 		r.validate(&e, fmt.Sprintf("routes[%d]", i), c)
 	}
+	validateRouteNames(&e, c.Routes)
 	for _, name := range sortedKeys(c.Bridges) {
 		b := c.Bridges[name]
 		b.validate(&e, "bridges."+name, c)
