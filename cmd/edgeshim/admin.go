@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,4 +74,15 @@ func (a *adminServer) close() {
 		a.srv.Close()
 	}
 	a.wg.Wait()
+}
+
+// registerBuildInfo registers edgeshim_build_info{version,goversion} = 1,
+// the series dashboards join on to show what runs where. version is the
+// one `edgeshim version` prints (-ldflags "-X main.version=...").
+func registerBuildInfo(reg prometheus.Registerer) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "edgeshim_build_info",
+		Help:        "Always 1; the labels say which edgeshim build runs (version, Go version).",
+		ConstLabels: prometheus.Labels{"version": versionString(), "goversion": runtime.Version()},
+	}, func() float64 { return 1 }))
 }

@@ -36,6 +36,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 	log := newLogger(cfg.Log, logw)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg)
 
 	term, err := tlsterm.New(tlsterm.Options{TLS: cfg.TLS, DataDir: cfg.DataDir, Listen: cfg.Listen, Logger: log, Registerer: reg})
 	if err != nil {
