@@ -12,7 +12,7 @@ import (
 // notConfigs are the YAML files and folders under examples/ that are not
 // edgeshim configurations (Prometheus rules, Kubernetes manifests, a
 // compose file); deploy_test.go checks them.
-var notConfigs = map[string]bool{"monitoring": true, "kubernetes": true, "compose/compose.yaml": true}
+var notConfigs = map[string]bool{"monitoring": true, "kubernetes": true, "compose/compose.yaml": true, "compose/tokens.yaml": true}
 
 // TestExamplesValid keeps every example configuration valid, as
 // `edgeshim validate` would judge it.
