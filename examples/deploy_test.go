@@ -233,8 +233,8 @@ func asMap(v any) k8sObject {
 	return nil
 }
 
-func (o k8sObject) str(keys ...string) string { s, _ := o.get(keys...).(string); return s }
-func (o k8sObject) list(keys ...string) []any { l, _ := o.get(keys...).([]any); return l }
+func (o k8sObject) str(keys ...string) string    { s, _ := o.get(keys...).(string); return s }
+func (o k8sObject) list(keys ...string) []any    { l, _ := o.get(keys...).([]any); return l }
 func (o k8sObject) obj(keys ...string) k8sObject { return asMap(o.get(keys...)) }
 
 // TestKubernetesManifests checks what kubeconform cannot here (it needs
