@@ -51,3 +51,21 @@ func TestRouteNameProblems(t *testing.T) {
 		})
 	}
 }
+
+func TestAdminAPIProblems(t *testing.T) {
+	for _, tc := range []struct{ name, doc, want string }{
+		{"loopback without token", "listen: {admin: \"127.0.0.1:9090\"}\nadmin_api: {enabled: true}", ""},
+		{"localhost without token", "listen: {admin: \"localhost:9090\"}\nadmin_api: {enabled: true}", ""},
+		{"any address without token", "listen: {admin: \":9090\"}\nadmin_api: {enabled: true}",
+			`admin_api.token_file: is required when listen.admin is not a loopback address (got ":9090"): the API can end device sessions`},
+		{"any address with token", "listen: {admin: \":9090\"}\nadmin_api: {enabled: true, token_file: /run/secrets/admin-token}", ""},
+		{"admin off", "listen: {admin: \"off\"}\nadmin_api: {enabled: true}", `admin_api.enabled: needs listen.admin`},
+		{"disabled", "listen: {admin: \":9090\"}\nadmin_api: {enabled: false}", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := strings.Join(problems(t, tc.doc), "\n"); got != tc.want {
+				t.Errorf("got:\n  %s\nwant:\n  %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -26,7 +26,8 @@ type adminServer struct {
 	wg    sync.WaitGroup
 }
 
-func startAdmin(addr string, reg *prometheus.Registry, log *slog.Logger) (*adminServer, error) {
+// api, if not nil, serves /v1/ (the fleet admin API).
+func startAdmin(addr string, reg *prometheus.Registry, log *slog.Logger, api http.Handler) (*adminServer, error) {
 	a := &adminServer{}
 	if addr == "off" || addr == "" {
 		return a, nil
@@ -41,6 +42,9 @@ func startAdmin(addr string, reg *prometheus.Registry, log *slog.Logger) (*admin
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if api != nil {
+		mux.Handle("/v1/", api)
+	}
 	if os.Getenv("EDGESHIM_PPROF") == "1" {
 		// Profiles (heap, goroutine, ...) for measuring memory per
 		// connection; off by default, as they disclose internals.

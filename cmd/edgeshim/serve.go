@@ -63,6 +63,10 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		}
 		bridges[name], handlers[name] = b, b
 	}
+	api, err := newAdminAPI(cfg, bridges, reg, log)
+	if err != nil {
+		return err
+	}
 
 	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailed,
 		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg})
@@ -73,7 +77,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		return err
 	}
 	term.StartACME() // after Start: challenges are answered by the listeners
-	admin, err := startAdmin(cfg.Listen.Admin, reg, log)
+	admin, err := startAdmin(cfg.Listen.Admin, reg, log, api)
 	if err != nil {
 		srv.Close()
 		return err
