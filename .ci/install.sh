@@ -7,6 +7,9 @@ need mosquitto mosquitto
 need mosquitto_pub mosquitto-clients
 need pebble pebble
 need curl curl
+need promtool prometheus
+need docker-compose docker-compose   # `config` only: no engine needed
+need systemd-analyze systemd
 if [ ${#pkgs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

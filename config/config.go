@@ -47,6 +47,8 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// Shutdown configures graceful shutdown.
 	Shutdown Shutdown `yaml:"shutdown"`
+	// AdminAPI serves the fleet admin API on listen.admin. Default: off.
+	AdminAPI AdminAPI `yaml:"admin_api"`
 }
 
 // Listen holds listener addresses. An empty address disables a listener.
@@ -336,6 +338,8 @@ func (c *Config) Validate() error {
 	for i, r := range c.Routes {
 		r.validate(&e, fmt.Sprintf("routes[%d]", i), c)
 	}
+	validateRouteNames(&e, c.Routes)
+	c.AdminAPI.validate(&e, c.Listen.Admin)
 	for _, name := range sortedKeys(c.Bridges) {
 		b := c.Bridges[name]
 		b.validate(&e, "bridges."+name, c)

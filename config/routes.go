@@ -10,6 +10,13 @@ import (
 // is set. Routes match by host (exact or "*.example.com"; empty matches any)
 // and path prefix; the longest matching prefix wins.
 type Route struct {
+	// Name labels the route in metrics (the route label of
+	// edgeshim_http_requests_total and the backend metrics) and logs, so
+	// that dashboards survive reordering the routes. Up to 128 printable
+	// ASCII characters without spaces, quotes or backslashes; unique among
+	// the routes. Default: the host followed by the path
+	// ("api.example.com/", or "/devices/" for any host).
+	Name string `yaml:"name"`
 	// Host to match. Default: "" (any host).
 	Host string `yaml:"host"`
 	// Path prefix to match. Default: "/".
@@ -112,6 +119,9 @@ func (r Route) withDefaults() Route {
 	if out.Path == "" {
 		out.Path = "/"
 	}
+	if out.Name == "" {
+		out.Name = strings.ToLower(out.Host) + out.Path
+	}
 	if r.Proxy != nil {
 		p := *r.Proxy
 		p.Backends = append([]string(nil), r.Proxy.Backends...)
@@ -139,6 +149,9 @@ func (r Route) withDefaults() Route {
 }
 
 func (r Route) validate(e *errs, p string, c *Config) {
+	if !validRouteName(r.Name) {
+		e.add(p+".name", "must be 1-128 printable ASCII characters without spaces, quotes or backslashes (got %q)", r.Name)
+	}
 	if !strings.HasPrefix(r.Path, "/") {
 		e.add(p+".path", "must start with / (got %q)", r.Path)
 	}
@@ -204,5 +217,31 @@ func (pr *ProxyRoute) validate(e *errs, p string) {
 		if hc.ExpectStatus < 100 || hc.ExpectStatus > 599 {
 			e.add(p+".health_check.expect_status", "must be an HTTP status (got %d)", hc.ExpectStatus)
 		}
+	}
+}
+
+func validRouteName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; b <= ' ' || b >= 0x7f || b == '"' || b == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// validateRouteNames reports a route whose name (set or derived) an
+// earlier route already has: names are metric labels and must tell the
+// routes apart.
+func validateRouteNames(e *errs, routes []Route) {
+	first := map[string]int{}
+	for i, r := range routes {
+		if j, ok := first[r.Name]; ok {
+			e.add(fmt.Sprintf("routes[%d].name", i), "%q is already the name of routes[%d]; set name to tell them apart", r.Name, j)
+			continue
+		}
+		first[r.Name] = i
 	}
 }

@@ -224,7 +224,7 @@ func TestFastClientGoneCancelsBackend(t *testing.T) {
 		t.Fatal("backend request not cancelled after the client went away")
 	}
 	waitFor(t, func() bool {
-		return testutil.ToFloat64(s.m.requests.WithLabelValues("routes[0]", "499")) == 1
+		return testutil.ToFloat64(s.m.requests.WithLabelValues("/", "499")) == 1
 	})
 }
 

@@ -96,7 +96,7 @@ func TestActiveHealthCheck(t *testing.T) {
 	}
 	healthy := func(h *healthBackend) float64 {
 		var m dto.Metric
-		s.m.backendHealthy.WithLabelValues("routes[0]", h.URL).Write(&m)
+		s.m.backendHealthy.WithLabelValues("/", h.URL).Write(&m)
 		return m.GetGauge().GetValue()
 	}
 	a.setStatus(t, 204)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/edgeshim/edgeshim/limits"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -94,7 +95,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.wsOpen, m.wsMessages, m.wsCloses)
 	reg.MustRegister(m.connsOpen, m.connsRefused, m.handshakesRefused, m.handshakesWaiting)
 	reg.MustRegister(m.requests, m.duration, m.backendRequests, m.backendDuration, m.backendHealthy, m.backendInflight, m.backendConns, m.retries)
+	// Refusal counters exist at 0 from the start, so that rate() and
+	// alerts see them before the first refusal.
+	for _, reason := range []string{limits.ReasonMaxConns, limits.ReasonPerIPMaxConns, limits.ReasonPerIPRate} {
+		m.connsRefused.WithLabelValues(reason)
+	}
+	for _, reason := range []string{"queue_full", "queue_timeout"} {
+		m.handshakesRefused.WithLabelValues(reason)
+	}
 	return m
+}
+
+// initRoute creates a route's request counters for the refusals edgeshim
+// answers itself (400, 413, 429, 431, 503) at 0, so that refusal rates and
+// alerts have series before the first refusal.
+func (m *metrics) initRoute(name string) {
+	for _, code := range []string{"400", "413", "429", "431", "503"} {
+		m.requests.WithLabelValues(name, code)
+	}
 }
 
 type routeNameKey struct{}
@@ -150,10 +168,14 @@ func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return c, rw, err
 }
 
-func (m *metrics) instrument(next http.Handler) http.Handler {
+// instrument counts and times each request under its route's name.
+// routeOf names the route before next runs, so that a request a limit
+// refuses in front of the router (413, 431, 400, 503) is counted under the
+// route it was for; "none" is a request no route matches.
+func (m *metrics) instrument(routeOf func(*http.Request) string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		slot := &routeSlot{name: "none"}
+		slot := &routeSlot{name: routeOf(r)}
 		r = r.WithContext(context.WithValue(r.Context(), routeNameKey{}, slot))
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)

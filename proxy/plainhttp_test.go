@@ -66,7 +66,7 @@ func TestBackendConnectionsGauge(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	g := s.m.backendConns.WithLabelValues("routes[0]", b.URL)
+	g := s.m.backendConns.WithLabelValues("/", b.URL)
 	if got := testutil.ToFloat64(g); got != 1 {
 		t.Errorf("connections open after 3 sequential requests = %v, want 1 (kept alive)", got)
 	}

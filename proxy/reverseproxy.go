@@ -141,13 +141,13 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 	for i, s := range pc.Backends {
 		u, err := url.Parse(s)
 		if err != nil {
-			return nil, fmt.Errorf("%s.proxy.backends[%d]: %w", name, i, err)
+			return nil, fmt.Errorf("proxy.backends[%d]: %w", i, err)
 		}
 		urls = append(urls, u)
 	}
 	tlsConf, err := tlsterm.ClientConfig(pc.TLS)
 	if err != nil {
-		return nil, fmt.Errorf("%s.proxy.tls: %w", name, err)
+		return nil, fmt.Errorf("proxy.tls: %w", err)
 	}
 	rp := &routeProxy{
 		name:     name,

@@ -18,7 +18,7 @@ type router struct {
 }
 
 type route struct {
-	name    string // "routes[i]" for metrics and logs
+	name    string // config.Route.Name, the route label of metrics and logs
 	host    string // "" any, "*.example.com" wildcard, else exact (lowercase)
 	prefix  string
 	strip   bool
@@ -32,7 +32,7 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 	rt := &router{}
 	for i, rc := range cfg {
 		r := &route{
-			name:   fmt.Sprintf("routes[%d]", i),
+			name:   rc.Name,
 			host:   strings.ToLower(rc.Host),
 			prefix: rc.Path,
 			strip:  rc.StripPrefix,
@@ -43,13 +43,13 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 		case rc.Bridge != "":
 			h, ok := bridges[rc.Bridge]
 			if !ok {
-				return nil, fmt.Errorf("%s.bridge: no bridge %q", r.name, rc.Bridge)
+				return nil, fmt.Errorf("routes[%d].bridge: no bridge %q", i, rc.Bridge)
 			}
 			r.handler = h
 		case rc.Proxy != nil:
 			rp, err := newRouteProxy(r.name, rc, d)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("routes[%d].%w", i, err)
 			}
 			r.handler = rp
 			rt.proxies = append(rt.proxies, rp)
@@ -59,7 +59,7 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 		case rc.MQTTWS != nil:
 			h, err := newMQTTWS(r.name, rc, d)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("routes[%d]: %w", i, err)
 			}
 			r.handler = h
 		default:
@@ -73,6 +73,7 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 		if rc.MaxBody > 0 {
 			r.handler = limits.Body(int64(rc.MaxBody), r.handler)
 		}
+		d.m.initRoute(r.name)
 		rt.routes = append(rt.routes, r)
 	}
 	// Longest prefix first; among equal prefixes exact hosts before
@@ -119,6 +120,24 @@ func (rt *router) match(req *http.Request) *route {
 		}
 	}
 	return nil
+}
+
+// routeName is the name of the route req matches, "none" if none does:
+// the route label of the request's metrics, known before any limit
+// refuses the request (413, 431, 503, ...).
+func (rt *router) routeName(req *http.Request) string {
+	if clean, err := cleanPath(req.URL.Path, req.URL.EscapedPath()); err == nil && clean != req.URL.Path {
+		// Labelled by the route the clean path takes (ServeHTTP's).
+		u := *req.URL
+		u.Path, u.RawPath = clean, ""
+		r2 := *req
+		r2.URL = &u
+		req = &r2
+	}
+	if r := rt.match(req); r != nil {
+		return r.name
+	}
+	return "none"
 }
 
 func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {

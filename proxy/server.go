@@ -106,7 +106,7 @@ func New(opts Options) (*Server, error) {
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
 	wrap := func(h http.Handler) http.Handler {
-		return s.m.instrument(s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.Body(int64(lim.MaxBody), h))))))
+		return s.m.instrument(rt.routeName, s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.Body(int64(lim.MaxBody), h))))))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{

@@ -244,17 +244,29 @@ func (am *acmeMetrics) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (am *acmeMetrics) Collect(ch chan<- prometheus.Metric) {
-	am.m.mu.Lock()
-	names := make([]string, 0, len(am.m.names))
-	for n := range am.m.names {
+	expiry, held := am.m.expiries()
+	now := time.Now()
+	for n, last := range expiry {
+		ch <- prometheus.MustNewConstMetric(am.expiry, prometheus.GaugeValue, last.Sub(now).Seconds(), n)
+	}
+	ch <- prometheus.MustNewConstMetric(am.managed, prometheus.GaugeValue, float64(held))
+}
+
+// expiries returns, for each tracked name with a certificate in the cache,
+// the latest expiry among its certificates, and how many distinct
+// certificates are held.
+func (m *acmeManager) expiries() (map[string]time.Time, int) {
+	m.mu.Lock()
+	names := make([]string, 0, len(m.names))
+	for n := range m.names {
 		names = append(names, n)
 	}
-	am.m.mu.Unlock()
+	m.mu.Unlock()
 	held := map[string]bool{}
-	now := time.Now()
+	out := map[string]time.Time{}
 	for _, n := range names {
 		var last time.Time
-		for _, c := range am.m.cache.AllMatchingCertificates(n) {
+		for _, c := range m.cache.AllMatchingCertificates(n) {
 			if c.Leaf == nil {
 				continue
 			}
@@ -264,10 +276,10 @@ func (am *acmeMetrics) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		if !last.IsZero() {
-			ch <- prometheus.MustNewConstMetric(am.expiry, prometheus.GaugeValue, last.Sub(now).Seconds(), n)
+			out[n] = last
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(am.managed, prometheus.GaugeValue, float64(len(held)))
+	return out, len(held)
 }
 
 // Errors of on-demand issuance decisions.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/mholt/acmez/v3"
@@ -65,6 +66,7 @@ func New(opts Options) (*Terminator, error) {
 		}
 		t.acme = m
 	}
+	opts.Registerer.MustRegister(newCertExpiry(t, time.Now))
 	if ca := opts.TLS.ClientAuth; ca != nil {
 		pem, err := os.ReadFile(ca.CA)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,7 +26,8 @@ type adminServer struct {
 	wg    sync.WaitGroup
 }
 
-func startAdmin(addr string, reg *prometheus.Registry, log *slog.Logger) (*adminServer, error) {
+// api, if not nil, serves /v1/ (the fleet admin API).
+func startAdmin(addr string, reg *prometheus.Registry, log *slog.Logger, api http.Handler) (*adminServer, error) {
 	a := &adminServer{}
 	if addr == "off" || addr == "" {
 		return a, nil
@@ -40,6 +42,9 @@ func startAdmin(addr string, reg *prometheus.Registry, log *slog.Logger) (*admin
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if api != nil {
+		mux.Handle("/v1/", api)
+	}
 	if os.Getenv("EDGESHIM_PPROF") == "1" {
 		// Profiles (heap, goroutine, ...) for measuring memory per
 		// connection; off by default, as they disclose internals.
@@ -73,4 +78,15 @@ func (a *adminServer) close() {
 		a.srv.Close()
 	}
 	a.wg.Wait()
+}
+
+// registerBuildInfo registers edgeshim_build_info{version,goversion} = 1,
+// the series dashboards join on to show what runs where. version is the
+// one `edgeshim version` prints (-ldflags "-X main.version=...").
+func registerBuildInfo(reg prometheus.Registerer) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "edgeshim_build_info",
+		Help:        "Always 1; the labels say which edgeshim build runs (version, Go version).",
+		ConstLabels: prometheus.Labels{"version": versionString(), "goversion": runtime.Version()},
+	}, func() float64 { return 1 }))
 }

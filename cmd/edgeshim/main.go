@@ -5,6 +5,7 @@
 //	edgeshim run [-c FILE]     serve (no -c: the embedded default)
 //	edgeshim validate -c FILE  check a configuration, print every problem
 //	edgeshim version           print the version
+//	edgeshim health [-url URL] probe /readyz (a container HEALTHCHECK)
 package main
 
 import (
@@ -73,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "edgeshim", versionString())
 		return 0
+	case "health":
+		return runHealth(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -87,6 +90,7 @@ func usage(w io.Writer) {
   edgeshim run [-c FILE]      serve; without -c, the embedded default
   edgeshim validate -c FILE   check a configuration
   edgeshim version            print the version
+  edgeshim health [-url URL]  exit 0 if URL (default http://127.0.0.1:9090/readyz) answers 2xx, else 1
 `)
 }
 

@@ -36,6 +36,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 	log := newLogger(cfg.Log, logw)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg)
 
 	term, err := tlsterm.New(tlsterm.Options{TLS: cfg.TLS, DataDir: cfg.DataDir, Listen: cfg.Listen, Logger: log, Registerer: reg})
 	if err != nil {
@@ -62,6 +63,10 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		}
 		bridges[name], handlers[name] = b, b
 	}
+	api, err := newAdminAPI(cfg, bridges, reg, log)
+	if err != nil {
+		return err
+	}
 
 	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailed,
 		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg})
@@ -72,7 +77,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		return err
 	}
 	term.StartACME() // after Start: challenges are answered by the listeners
-	admin, err := startAdmin(cfg.Listen.Admin, reg, log)
+	admin, err := startAdmin(cfg.Listen.Admin, reg, log, api)
 	if err != nil {
 		srv.Close()
 		return err
