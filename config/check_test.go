@@ -169,6 +169,10 @@ func TestCheckLinesAndSuppression(t *testing.T) {
 		{"no repeat", "routes:\n  - path: /\n    proxy: {backends: http://a}\n", []string{
 			`line 3: routes[0].proxy.backends: must be a list`,
 		}},
+		{"every unknown key", "listen:\n  htps: \":1\"\n  admn: \"off\"\nlimts: {}\n", []string{
+			`line 2: listen.htps: unknown field (did you mean "https"?)`,
+			`line 3: listen.admn: unknown field (did you mean "admin"?)`,
+			`line 4: limts: unknown field (did you mean "limits"?)`}},
 		{"struct given scalar", "limits: 5\n", []string{`line 1: limits: must be a mapping`}},
 		{"scalar given list", "limits: {max_conns: [1]}\n", []string{`line 1: limits.max_conns: must be an integer`}},
 		{"unknown in list item", "routes:\n  - path: /x\n    brige: b\n", []string{
