@@ -38,7 +38,7 @@ func TestEnvInTypedFields(t *testing.T) {
 	}{
 		{name: "int", doc: "limits:\n  max_conns: ${MAXC}", want: func(c *Config) bool { return c.Limits.MaxConns == 100 }},
 		{name: "int quoted", doc: `limits: {max_conns: "${MAXC}"}`, want: func(c *Config) bool { return c.Limits.MaxConns == 100 }},
-		{name: "flow style needs quotes", doc: "limits: {max_conns: ${MAXC}}", errs: []string{"yaml: yaml: did not find expected ',' or '}'"}},
+		{name: "flow style needs quotes", doc: "limits: {max_conns: ${MAXC}}", errs: []string{"not valid YAML: yaml: did not find expected ',' or '}'"}},
 		{name: "flow style quoted", doc: `limits: {max_conns: "${MAXC}", per_ip: {max_conns: "${MAXC}"}}`, want: func(c *Config) bool { return c.Limits.PerIP.MaxConns == 100 }},
 		{name: "int not a number", doc: "limits:\n  max_conns: ${WORD}", errs: []string{`line 2: limits.max_conns: ${WORD} is not an integer`}},
 		{name: "int literal word", doc: "limits: {max_conns: abc}", errs: []string{`line 1: limits.max_conns: must be an integer (got "abc")`}},
@@ -179,7 +179,7 @@ func TestCheckLinesAndSuppression(t *testing.T) {
 			`line 3: routes[0].brige: unknown field (did you mean "bridge"?)`,
 			`line 2: routes[0]: must set exactly one of bridge, proxy, mqtt_ws`}},
 		{"unknown in map value", bridgeDoc("pol: {}"), []string{`line 7: bridges.b.pol: unknown field (did you mean "poll"?)`}},
-		{"top level not a mapping", "- a\n", []string{`yaml: line 1: top level must be a mapping`}},
+		{"top level not a mapping", "- a\n", []string{`line 1: top level: must be a mapping`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := checkAll(t, tc.doc, nil)

@@ -102,6 +102,10 @@ type LookupFunc func(string) (string, bool)
 // ErrEmpty is returned by Parse for a document with no content.
 var ErrEmpty = errors.New("config is empty")
 
+// ErrSyntax is returned by Parse for a document that is not YAML; the
+// parser's message (with its line, mostly) follows.
+var ErrSyntax = errors.New("not valid YAML")
+
 // Parse decodes a YAML document strictly: unknown keys, duplicate keys and
 // wrongly typed values are errors, every one of them reported (joined, each
 // a *FieldError with its path and line). ${NAME} and ${NAME:-default} are
@@ -129,14 +133,14 @@ func parse(data []byte, lookup LookupFunc) (*Config, *walker, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, nil, ErrEmpty
 		}
-		return nil, nil, fmt.Errorf("yaml: %w", err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrSyntax, err) // the parser's errors have no type to keep
 	}
 	if len(doc.Content) == 0 {
 		return nil, nil, ErrEmpty
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
-		return nil, nil, fmt.Errorf("yaml: line %d: top level must be a mapping", root.Line)
+		return nil, nil, &FieldError{Path: "top level", Line: root.Line, Msg: "must be a mapping"}
 	}
 	w := newWalker(lookup)
 	w.walk(root, reflect.TypeFor[Config](), "")
