@@ -12,9 +12,12 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // checkAll runs Check without touching files and returns every message.
@@ -187,6 +190,50 @@ func TestCheckLinesAndSuppression(t *testing.T) {
 				t.Errorf("got:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
 			}
 		})
+	}
+}
+
+// TestWalkerTypes: fields others may add (inline structs, any values,
+// lists of durations, maps of strings) are walked like the decoder reads
+// them.
+func TestWalkerTypes(t *testing.T) {
+	type Inner struct {
+		A int `yaml:"a"`
+	}
+	type T struct {
+		Inner `yaml:",inline"`
+		Any   any                 `yaml:"any"`
+		Ds    []Duration          `yaml:"ds"`
+		M     map[string]string   `yaml:"m"`
+		P     *bool               `yaml:"p"`
+		MM    map[string][]string `yaml:"mm"`
+	}
+	for doc, want := range map[string]string{
+		"a: 1\nany: {x: [1, 2]}\nds: [1s, 2m]\nm: {k: v}\np: true\nmm: {k: [a]}": "",
+		"a: x":            `line 1: a: must be an integer (got "x")`,
+		"b: 1":            `line 1: b: unknown field (did you mean "a"?)`,
+		"ds: [1s, 10]":    `line 1: ds[1]: invalid duration "10" (want e.g. "10s", "5m", "1h")`,
+		"m: {k: [v]}":     `line 1: m.k: must be a string`,
+		"p: maybe":        `line 1: p: must be true or false (got "maybe")`,
+		"mm: {k: {a: 1}}": `line 1: mm.k: must be a list`,
+	} {
+		var root yaml.Node
+		if err := yaml.Unmarshal([]byte(doc), &root); err != nil {
+			t.Fatal(err)
+		}
+		w := newWalker(noEnv)
+		w.walk(root.Content[0], reflect.TypeFor[T](), "")
+		got := ""
+		if err := errors.Join(w.errs...); err != nil {
+			got = err.Error()
+		}
+		if got != want {
+			t.Errorf("%q: got %q, want %q", doc, got, want)
+		}
+		var v T
+		if err := root.Content[0].Decode(&v); err != nil {
+			t.Errorf("%q: what the walk left does not decode: %v", doc, err)
+		}
 	}
 }
 

@@ -74,6 +74,8 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) bool {
 	}
 	switch t.Kind() {
 	case reflect.Struct, reflect.Map, reflect.Slice:
+	case reflect.Interface:
+		return true // any value; the decoder takes it as it is
 	default:
 		return w.scalar(n, t, path)
 	}
@@ -272,7 +274,15 @@ func structFields(t reflect.Type) (fields map[string]reflect.Type, names []strin
 	fields = map[string]reflect.Type{}
 	for i := range t.NumField() {
 		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if opts == "inline" && f.Type.Kind() == reflect.Struct {
+			inner, innerNames := structFields(f.Type)
+			for _, n := range innerNames {
+				fields[n] = inner[n]
+			}
+			names = append(names, innerNames...)
+			continue
+		}
 		if name == "" || name == "-" || !f.IsExported() {
 			continue
 		}
