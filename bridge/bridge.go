@@ -257,6 +257,7 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if dev, ok := b.poll.match(p); ok {
 		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
 			b.fail(w, r, http.StatusMethodNotAllowed, "poll takes GET")
 			return
 		}
@@ -266,6 +267,7 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if b.cfg.Telemetry.Path != "" {
 		if dev, ok := b.telem.match(p); ok {
 			if r.Method != http.MethodPost {
+				w.Header().Set("Allow", http.MethodPost)
 				b.fail(w, r, http.StatusMethodNotAllowed, "telemetry takes POST")
 				return
 			}
@@ -275,6 +277,7 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if dev, id, ok := b.poll.matchAck(p); ok && b.cfg.Poll.Ack == "explicit" {
 		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
 			b.fail(w, r, http.StatusMethodNotAllowed, "ack takes POST")
 			return
 		}

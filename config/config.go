@@ -11,10 +11,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
-	"regexp"
-	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -105,131 +104,55 @@ type LookupFunc func(string) (string, bool)
 // ErrEmpty is returned by Parse for a document with no content.
 var ErrEmpty = errors.New("config is empty")
 
+// ErrSyntax is returned by Parse for a document that is not YAML; the
+// parser's message (with its line, mostly) follows.
+var ErrSyntax = errors.New("not valid YAML")
+
 // Parse decodes a YAML document strictly: unknown keys, duplicate keys and
-// wrongly typed values are errors that carry the line. ${NAME} and
-// ${NAME:-default} in scalar values are expanded with lookup; $$ is a
-// literal $.
+// wrongly typed values are errors, every one of them reported (joined, each
+// a *FieldError with its path and line). ${NAME} and ${NAME:-default} are
+// expanded with lookup before a value is decoded, so they work in numbers,
+// booleans, durations and sizes too; $$ is a literal $. It does not fill
+// defaults or validate; Check does all of it.
 func Parse(data []byte, lookup LookupFunc) (*Config, error) {
+	c, w, err := parse(data, lookup)
+	if err != nil {
+		return nil, err
+	}
+	if len(w.errs) > 0 {
+		return nil, errors.Join(w.errs...)
+	}
+	return c, nil
+}
+
+// parse decodes what it can of data: the walker holds the problems found
+// (their values removed) and the line of every field path. The error is
+// one that stops everything (not YAML, not a mapping, empty).
+func parse(data []byte, lookup LookupFunc) (*Config, *walker, error) {
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
-		if err.Error() == "EOF" {
-			return nil, ErrEmpty
+		if errors.Is(err, io.EOF) {
+			return nil, nil, ErrEmpty
 		}
-		return nil, fmt.Errorf("yaml: %w", err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrSyntax, err) // the parser's errors have no type to keep
 	}
 	if len(doc.Content) == 0 {
-		return nil, ErrEmpty
+		return nil, nil, ErrEmpty
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("yaml: line %d: top level must be a mapping", root.Line)
+		return nil, nil, &FieldError{Path: "top level", Line: root.Line, Msg: "must be a mapping"}
 	}
-	if err := expandEnv(root, lookup); err != nil {
-		return nil, err
-	}
-	if err := checkKnown(root, reflect.TypeOf(Config{}), ""); err != nil {
-		return nil, err
-	}
+	w := newWalker(lookup)
+	w.walk(root, reflect.TypeFor[Config](), "")
 	var c Config
 	if err := root.Decode(&c); err != nil {
-		return nil, fmt.Errorf("yaml: %w", err)
+		// The walk removed every value it found wrong; what the decoder
+		// still refuses is reported as it says.
+		w.errs = append(w.errs, fmt.Errorf("yaml: %w", err))
 	}
-	return &c, nil
-}
-
-var envRe = regexp.MustCompile(`\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
-
-func expandEnv(n *yaml.Node, lookup LookupFunc) error {
-	if n.Kind == yaml.ScalarNode {
-		if !strings.Contains(n.Value, "$") {
-			return nil
-		}
-		var firstErr error
-		n.Value = envRe.ReplaceAllStringFunc(n.Value, func(m string) string {
-			if m == "$$" {
-				return "$"
-			}
-			sub := envRe.FindStringSubmatch(m)
-			if v, ok := lookup(sub[1]); ok {
-				return v
-			}
-			if sub[2] != "" {
-				return sub[3]
-			}
-			if firstErr == nil {
-				firstErr = fmt.Errorf("line %d: environment variable %s is not set", n.Line, sub[1])
-			}
-			return ""
-		})
-		// Expanded values are data, never YAML: a string that now looks
-		// like a number stays decodable into numeric fields, which is what
-		// "port: ${PORT}" wants.
-		return firstErr
-	}
-	for _, c := range n.Content {
-		if err := expandEnv(c, lookup); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-var unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
-
-// checkKnown walks the node tree beside the Go type and reports the first
-// mapping key that has no field, with its line and path.
-func checkKnown(n *yaml.Node, t reflect.Type, path string) error {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if reflect.PointerTo(t).Implements(unmarshalerType) {
-		return nil
-	}
-	switch t.Kind() {
-	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			return nil // type errors are reported by Decode with their line
-		}
-		fields := map[string]reflect.Type{}
-		for i := range t.NumField() {
-			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if name == "" || name == "-" {
-				continue
-			}
-			fields[name] = f.Type
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			ft, ok := fields[k.Value]
-			if !ok {
-				return fmt.Errorf("yaml: line %d: unknown field %q in %s", k.Line, k.Value, orTop(path))
-			}
-			if err := checkKnown(v, ft, join(path, k.Value)); err != nil {
-				return err
-			}
-		}
-	case reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			return nil
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if err := checkKnown(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value)); err != nil {
-				return err
-			}
-		}
-	case reflect.Slice:
-		if n.Kind != yaml.SequenceNode {
-			return nil
-		}
-		for i, c := range n.Content {
-			if err := checkKnown(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return &c, w, nil
 }
 
 func orTop(path string) string {
@@ -250,10 +173,23 @@ func join(path, key string) string {
 // "tls.session_tickets.keep" or "routes[1].proxy.backends[0]".
 type FieldError struct {
 	Path string
+	// Line is the field's line in the file (or its section's, for a field
+	// given its default), 0 when not known.
+	Line int
 	Msg  string
+	// Err is the underlying error, if any (a file that cannot be opened).
+	Err error
 }
 
-func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
+func (e *FieldError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("line %d: %s: %s", e.Line, e.Path, e.Msg)
+	}
+	return e.Path + ": " + e.Msg
+}
+
+// Unwrap returns the underlying error.
+func (e *FieldError) Unwrap() error { return e.Err }
 
 // errs collects FieldErrors during validation.
 type errs []error
@@ -312,6 +248,7 @@ func (c *Config) Validate() error {
 	if c.Listen.Admin != "off" {
 		validAddr(&e, "listen.admin", c.Listen.Admin)
 	}
+	c.listenerConflicts(&e)
 	if c.Listen.HTTP3 && c.Listen.HTTPS == "" {
 		e.add("listen.http3", "needs listen.https (HTTP/3 shares its port over UDP)")
 	}

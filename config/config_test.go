@@ -40,11 +40,11 @@ func TestValidateMessages(t *testing.T) {
 		name, doc string
 		want      []string
 	}{
-		{"unknown key", "listen: {https: \":1\", foo: 1}", []string{`yaml: line 1: unknown field "foo" in listen`}},
-		{"unknown top key", "lisen: {}", []string{`yaml: line 1: unknown field "lisen" in top level`}},
-		{"bad duration", "limits:\n  timeouts: {idle: 10}", []string{`yaml: line 2: invalid duration "10" (want e.g. "10s", "5m", "1h")`}},
-		{"bad size", "limits: {max_body: 1MB2}", []string{`yaml: line 1: invalid size "1MB2" (want e.g. "1048576", "64KiB", "1MiB")`}},
-		{"missing env", "listen: {https: \"${NOPE}\"}", []string{`line 1: environment variable NOPE is not set`}},
+		{"unknown key", "listen: {https: \":1\", foo: 1}", []string{`line 1: listen.foo: unknown field (known: https, http3, http, admin)`}},
+		{"unknown top key", "lisen: {}", []string{`line 1: lisen: unknown field (did you mean "listen"?)`}},
+		{"bad duration", "limits:\n  timeouts: {idle: 10}", []string{`line 2: limits.timeouts.idle: invalid duration "10" (want e.g. "10s", "5m", "1h")`}},
+		{"bad size", "limits: {max_body: 1MB2}", []string{`line 1: limits.max_body: invalid size "1MB2" (want e.g. "1048576", "64KiB", "1MiB")`}},
+		{"missing env", "listen: {https: \"${NOPE}\"}", []string{`line 1: listen.https: environment variable NOPE is not set (${NOPE:-default} gives a default)`}},
 		{"keep zero", "tls: {session_tickets: {keep: -1}}", []string{`tls.session_tickets.keep: must be at least 1`}},
 		{"min version", "tls: {min_version: \"1.1\"}", []string{`tls.min_version: must be "1.2" or "1.3" (got "1.1")`}},
 		{"cert without key", "tls: {certs: [{cert: a.pem}]}", []string{`tls.certs[0].key: is required`}},
@@ -138,16 +138,41 @@ func TestParseSize(t *testing.T) {
 }
 
 // FuzzParse: any document either fails to parse or yields a config whose
-// defaults fill and whose validation runs without panicking.
+// defaults fill and whose validation runs without panicking. ${ENV} lands in
+// typed fields: N holds a number, S a word, E nothing, B a boolean. Parse
+// and Check agree: Parse fails exactly when Check reports a parse problem,
+// and every problem Check reports is a *FieldError unless the document is
+// not YAML at all.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("listen: {https: \":8443\"}\nlimits: {max_body: 1MiB}"))
 	f.Add([]byte("bridges: {b: {poll: {path: /d/{device}}}}"))
 	f.Add([]byte("routes: [{path: /, proxy: {backends: [\"http://a\"]}}]"))
+	f.Add([]byte("limits: {max_conns: ${N}, max_body: ${N}KiB, timeouts: {idle: ${N}s}}\nlisten: {http3: ${B}}"))
+	f.Add([]byte("limits: {max_conns: ${S}, per_ip: {rate: ${E:-1.5}}}\nlog: {level: \"$${N}\"}"))
+	f.Add([]byte("a: &x {max_conns: ${N}}\nlimits: *x\nlisen: 1\nlimits: {}"))
+	env := map[string]string{"N": "100", "S": "abc", "E": "", "B": "true"}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := Parse(data, noEnv)
+		c, perr := Parse(data, lookup)
+		if perr == nil {
+			_ = c.WithDefaults().Validate()
+		}
+		_, w, err := parse(data, lookup)
 		if err != nil {
+			if perr == nil || perr.Error() != err.Error() {
+				t.Fatalf("parse stopped (%v) but Parse said %v", err, perr)
+			}
 			return
 		}
-		_ = c.WithDefaults().Validate()
+		if (perr != nil) != (len(w.errs) > 0) {
+			t.Fatalf("Parse: %v; walk found %d problems", perr, len(w.errs))
+		}
+		_, cerr := check(data, lookup, false)
+		for _, e := range unjoin(cerr) {
+			var fe *FieldError
+			if !errors.As(e, &fe) {
+				t.Errorf("%v is not a *FieldError: the walk missed what the decoder refused", e)
+			}
+		}
 	})
 }

@@ -2,10 +2,13 @@
 // fleets. It parses its command line, wires the packages together and runs
 // them; all behaviour lives in the packages.
 //
-//	edgeshim run [-c FILE]     serve (no -c: the embedded default)
+//	edgeshim run [-c FILE]     serve (no -c: the embedded default, on loopback)
 //	edgeshim validate -c FILE  check a configuration, print every problem
 //	edgeshim version           print the version
 //	edgeshim health [-url URL] probe /readyz (a container HEALTHCHECK)
+//
+// Positional arguments are refused (exit 2): "edgeshim run FILE" must not
+// quietly serve the embedded default instead of FILE.
 package main
 
 import (
@@ -17,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/edgeshim/edgeshim/config"
@@ -39,12 +43,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		file := fs.String("c", "", "config file (default: the embedded default)")
-		if err := fs.Parse(args[1:]); err != nil {
+		if !parseArgs(fs, args[1:], stderr) {
 			return 2
 		}
 		cfg, err := loadConfig(*file)
 		if err != nil {
-			fmt.Fprintln(stderr, "edgeshim:", err)
+			printProblems(stderr, *file, err)
 			return 1
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -58,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		file := fs.String("c", "", "config file")
-		if err := fs.Parse(args[1:]); err != nil {
+		if !parseArgs(fs, args[1:], stderr) {
 			return 2
 		}
 		if *file == "" {
@@ -66,18 +70,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		if _, err := loadConfig(*file); err != nil {
-			printProblems(stderr, err)
+			printProblems(stderr, *file, err)
 			return 1
 		}
 		fmt.Fprintln(stdout, "ok:", *file)
 		return 0
-	case "version", "-version", "--version":
-		fmt.Fprintln(stdout, "edgeshim", versionString())
-		return 0
 	case "health":
 		return runHealth(args[1:], stdout, stderr)
-	case "help", "-h", "--help":
-		usage(stdout)
+	case "version", "-version", "--version", "help", "-h", "--help":
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "edgeshim %s: unexpected argument %q\n", strings.TrimLeft(args[0], "-"), args[1])
+			return 2
+		}
+		if strings.HasSuffix(args[0], "version") {
+			fmt.Fprintln(stdout, "edgeshim", versionString())
+		} else {
+			usage(stdout)
+		}
 		return 0
 	}
 	fmt.Fprintf(stderr, "edgeshim: unknown command %q\n", args[0])
@@ -85,44 +94,70 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// parseArgs parses a subcommand's flags and refuses positional arguments:
+// "edgeshim run edgeshim.yaml" would otherwise serve the embedded default
+// and ignore the file.
+func parseArgs(fs *flag.FlagSet, args []string, stderr io.Writer) bool {
+	if err := fs.Parse(args); err != nil {
+		return false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "edgeshim %s: unexpected argument %q; a config file is given with -c FILE\n", fs.Name(), fs.Arg(0))
+		return false
+	}
+	return true
+}
+
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  edgeshim run [-c FILE]      serve; without -c, the embedded default
+  edgeshim run [-c FILE]      serve; without -c, the embedded default (loopback only)
   edgeshim validate -c FILE   check a configuration
   edgeshim version            print the version
   edgeshim health [-url URL]  exit 0 if URL (default http://127.0.0.1:9090/readyz) answers 2xx, else 1
 `)
 }
 
-// loadConfig loads FILE (or the embedded default), fills defaults and
-// validates.
+// loadConfig loads FILE (or the embedded default), fills defaults,
+// validates and checks the files it names, reporting every problem.
 func loadConfig(file string) (*config.Config, error) {
-	var raw *config.Config
-	if file == "" {
-		raw = config.Default()
-	} else {
-		var err error
-		if raw, err = config.Load(file); err != nil {
-			return nil, err
-		}
+	if file != "" {
+		return config.LoadChecked(file)
 	}
-	cfg := raw.WithDefaults()
-	if err := cfg.Validate(); err != nil {
+	cfg := config.Default().WithDefaults()
+	if err := errors.Join(cfg.Validate(), cfg.CheckFiles()); err != nil {
 		return nil, err
 	}
 	return cfg, nil
 }
 
-// printProblems prints each joined error on its own line.
-func printProblems(w io.Writer, err error) {
-	var joined interface{ Unwrap() []error }
-	if errors.As(err, &joined) {
-		for _, e := range joined.Unwrap() {
-			fmt.Fprintln(w, e)
-		}
-		return
+// printProblems prints each problem on its own line, those located in the
+// file as FILE:LINE: path: message (the form editors jump to).
+func printProblems(w io.Writer, file string, err error) {
+	if file == "" {
+		file = "embedded default"
 	}
-	fmt.Fprintln(w, err)
+	for _, e := range flatten(err) {
+		var fe *config.FieldError
+		switch {
+		case errors.As(e, &fe) && fe.Line > 0:
+			fmt.Fprintf(w, "%s:%d: %s: %s\n", file, fe.Line, fe.Path, fe.Msg)
+		default:
+			fmt.Fprintf(w, "%s: %v\n", file, e)
+		}
+	}
+}
+
+// flatten returns the errors joined in err, nested joins included.
+func flatten(err error) []error {
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
+	}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, flatten(e)...)
+	}
+	return out
 }
 
 func versionString() string {
