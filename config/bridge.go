@@ -137,6 +137,15 @@ type Presence struct {
 	// Online and Offline are the payloads. Default: "online", "offline".
 	Online  string `yaml:"online"`
 	Offline string `yaml:"offline"`
+	// WillDelay is the MQTT 5 Will Delay Interval of the offline will:
+	// the broker publishes offline only when the session's connection has
+	// been gone this long (or the session expired, if sooner). Default: 2m,
+	// longer than a legacy device's one-minute poll interval, so a short
+	// gap between polls, a replica restart or a takeover by another
+	// replica never shows the device offline. At most
+	// upstream.session_expiry (MQTT sends the will at the earlier of the
+	// two). 0 sends the will at once.
+	WillDelay *Duration `yaml:"will_delay"`
 }
 
 // Session bounds the device session registry.
@@ -189,6 +198,10 @@ func (b Bridge) withDefaults() Bridge {
 	def(&out.Commands.QoS, 1)
 	def(&out.Presence.Online, "online")
 	def(&out.Presence.Offline, "offline")
+	if out.Presence.WillDelay == nil {
+		d := Duration(120e9)
+		out.Presence.WillDelay = &d
+	}
 	def(&out.Session.Idle, Duration(300e9))
 	def(&out.Session.Max, 100000)
 	if b.WebSocket != nil {
@@ -309,6 +322,13 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 	}
 	if b.Presence.Topic != "" {
 		validTemplate(e, p+".presence.topic", b.Presence.Topic, true)
+	}
+	if wd := b.Presence.WillDelay; wd != nil {
+		if *wd < 0 || wd.D() > 0xffffffff*1e9 {
+			e.add(p+".presence.will_delay", "must be 0 or more (got %s)", *wd)
+		} else if *wd > u.SessionExpiry {
+			e.add(p+".presence.will_delay", "must be at most upstream.session_expiry (%s > %s): the broker sends the will when the session expires", *wd, u.SessionExpiry)
+		}
 	}
 	if b.Session.Max < 1 {
 		e.add(p+".session.max", "must be at least 1")
