@@ -78,6 +78,7 @@ type Bridge struct {
 
 	pacer             *pacer   // session connects
 	unlinkedEvictions eventLog // sessions evicted before they connected
+	lostLinks         eventLog // upstream connections lost
 
 	mu       sync.Mutex
 	sessions *lru.Cache[string, *session]
@@ -195,6 +196,8 @@ func (b *Bridge) session(device string) (*session, error) {
 		b.wg.Add(1) // released by the session when it ends
 		s.start()
 		b.sessions.Add(device, s) // may evict the least recently polled
+	} else {
+		s.resume()
 	}
 	s.lastPoll = b.now()
 	return s, nil

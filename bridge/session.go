@@ -67,13 +67,15 @@ type session struct {
 	attached  atomic.Int32 // device WebSockets holding the session open
 
 	// reconnect state, under mu
-	timer    *time.Timer // backoff delay
-	ticket   *paceTicket // the connect pacer's, while queued
-	dialing  bool        // a connect attempt is running
-	stopped  bool        // the session ended: no more attempts
-	attempts int         // failed attempts in a row
-	linked   bool        // it had a link once: later connects are reconnects
-	waiters  int         // requests of the device waiting on the session
+	timer     *time.Timer // backoff delay
+	ticket    *paceTicket // the connect pacer's, while queued
+	dialing   bool        // a connect attempt is running
+	stopped   bool        // the session ended: no more attempts
+	attempts  int         // failed attempts in a row
+	linked    bool        // it had a link once: later connects are reconnects
+	dormant   bool        // link lost, nobody waiting: connects on the next request
+	afterLoss bool        // reconnecting after a loss: dormant instead if nobody waits by then
+	waiters   int         // requests of the device waiting on the session
 }
 
 func newSession(b *Bridge, device string) *session {
@@ -112,7 +114,7 @@ func (s *session) start() {
 // pacer releases it. s.mu is held.
 func (s *session) schedule(d time.Duration) {
 	if d <= 0 {
-		s.reserve()
+		s.reserve(false)
 		return
 	}
 	s.timer = time.AfterFunc(d, func() {
@@ -120,7 +122,11 @@ func (s *session) schedule(d time.Duration) {
 		defer s.mu.Unlock()
 		if !s.stopped {
 			s.timer = nil
-			s.reserve()
+			if s.afterLoss && s.waiters == 0 && s.attached.Load() == 0 {
+				s.dormant = true // the request that waited has been answered
+				return
+			}
+			s.reserve(false)
 		}
 	})
 }
@@ -128,8 +134,8 @@ func (s *session) schedule(d time.Duration) {
 // reserve queues the connect at the bridge's pacer, ahead of background
 // reconnects when a device waits on the session (its first contact, or a
 // request waiting now). s.mu is held.
-func (s *session) reserve() {
-	urgent := !s.linked || s.waiters > 0
+func (s *session) reserve(urgent bool) {
+	urgent = urgent || !s.linked || s.waiters > 0
 	t, now := s.b.pacer.enqueue(urgent, s.paced)
 	if now {
 		s.launch()
@@ -156,6 +162,10 @@ func (s *session) wait() func() {
 	s.waiters++
 	if s.ticket != nil {
 		s.b.pacer.promote(s.ticket)
+	}
+	if s.dormant && !s.stopped {
+		s.dormant = false
+		s.reserve(true)
 	}
 	s.mu.Unlock()
 	return func() {
@@ -202,7 +212,7 @@ func (s *session) attempt() {
 	}
 	s.b.m.connects.WithLabelValues("ok").Inc()
 	s.attempts = 0
-	s.linked = true
+	s.linked, s.afterLoss = true, false
 	s.link = l
 	if present {
 		// Commands from an earlier connection were never acknowledged: the
@@ -234,11 +244,36 @@ func (s *session) linkLost(l link) {
 	}
 	s.link = nil
 	s.connected = make(chan struct{})
-	s.schedule(backoff(0, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D()))
+	_, mqtt := l.(*mqttConn)
+	dormant := mqtt && s.waiters == 0 && s.attached.Load() == 0
+	if dormant {
+		// Nobody waits on the session: it reconnects on the device's next
+		// request (resume), not now. A broker that closes a taken-over
+		// session without DISCONNECT 0x8E (mosquitto before 2.0.15) looks
+		// like this; reconnecting at once would take the session back from
+		// the replica the device now polls, and the two would fight.
+		s.dormant = true
+	} else {
+		s.afterLoss = mqtt
+		s.schedule(backoff(0, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D()))
+	}
 	s.mu.Unlock()
 	l.close()
 	s.b.m.disconnects.WithLabelValues(reasonLost).Inc()
-	s.b.log.Info("upstream connection lost", "device", s.device)
+	s.b.lostLinks.note(s.b.now(), func(n int, since time.Duration) {
+		s.b.log.Info("upstream connections lost", "count", n, "in", since.Round(time.Second).String(), "last_device", s.device, "reconnect", !dormant)
+	})
+}
+
+// resume reconnects a dormant session: a request of its device arrived.
+func (s *session) resume() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.dormant || s.stopped {
+		return
+	}
+	s.dormant = false
+	s.reserve(true)
 }
 
 // takenOver tells whether the broker ended l because another connection
