@@ -114,6 +114,11 @@ func mqttConnect(ctx context.Context, conn net.Conn, o mqttOptions) (*mqttConn, 
 		conn: conn, writeTimeout: o.writeTimeout, maxIn: o.maxIn,
 		onPublish: o.onPublish, onDisconnect: o.onDisconnect, onLost: o.onLost,
 		gone: make(chan struct{}),
+		// Our packet ids start mid-range: a broker that checks them against
+		// the ids of its own unacknowledged publishes on a resumed session
+		// (mochi-mqtt refuses such a SUBSCRIBE with 0x91) sees no clash
+		// with those, which count up from 1.
+		nextID: 0x7fff,
 	}
 	if l.writeTimeout <= 0 {
 		l.writeTimeout = 10 * time.Second
