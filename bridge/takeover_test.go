@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/edgeshim/edgeshim/bridge/embedded"
 	"github.com/edgeshim/edgeshim/config"
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
