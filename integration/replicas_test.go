@@ -77,7 +77,7 @@ type replicaRun struct {
 }
 
 func newReplicaRun(t *testing.T, ack string) (*replicaRun, *Mosquitto) {
-	m := startMosquitto(t, "connection_messages true\nset_tcp_nodelay true\nmax_queued_messages 100000\n")
+	m := startMosquitto(t, "connection_messages true\n") // the harness sets set_tcp_nodelay
 	r := &replicaRun{t: t, explicit: ack == "explicit", seen: map[string]int{},
 		switches: make([]int, replicaDevices), offline: map[string]int{}}
 	r.alive = make([]atomic.Bool, 2)
