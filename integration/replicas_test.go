@@ -358,3 +358,45 @@ func TestReplicasAckExplicit(t *testing.T) { runReplicas(t, "explicit", false) }
 // stays online (the will waits presence.will_delay, and the takeover by
 // the survivor cancels it).
 func TestReplicasKillOne(t *testing.T) { runReplicas(t, "write", true) }
+
+// TestReplicasWillDelay: with mosquitto, the will waits
+// presence.will_delay. A replica killed (-9) while another takes the
+// session within the delay shows no offline at all; a device that does
+// not come back goes offline only after the delay.
+func TestReplicasWillDelay(t *testing.T) {
+	m := startMosquitto(t, "")
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	status := app.subscribe("devices/+/status")
+	cfg := strings.Replace(replicaConfig(m.URL(), "write"), "will_delay: 2m", "will_delay: 3s", 1)
+	a, b := startEdgeshim(t, cfg), startEdgeshim(t, cfg)
+	ca, cb := a.Client(), b.Client()
+	for _, d := range []string{"stay", "gone"} {
+		if r := poll(ca, a.URL("/devices/"+d+"/commands")); r.code != 204 {
+			t.Fatalf("poll %s at A: %+v", d, r)
+		}
+	}
+	a.Kill()
+	killed := time.Now()
+	if r := poll(cb, b.URL("/devices/stay/commands")); r.code != 204 {
+		t.Fatalf("poll at B: %+v", r)
+	}
+	m1 := await(t, status, "offline", 20*time.Second)
+	if m1.Topic != "devices/gone/status" {
+		t.Errorf("%s went offline; the device polled B within the will delay", m1.Topic)
+	}
+	if d := time.Since(killed); d < 3*time.Second {
+		t.Errorf("offline %s after the kill, before the 3s will delay", d)
+	}
+	// The survivor's session of "stay" cancelled its will for good.
+	deadline := time.After(3 * time.Second)
+	for {
+		select {
+		case msg := <-status:
+			if string(msg.Payload) == "offline" {
+				t.Fatalf("%s went offline", msg.Topic)
+			}
+		case <-deadline:
+			return
+		}
+	}
+}
