@@ -332,7 +332,7 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 	}
 	if wd := b.Presence.WillDelay; wd != nil {
 		if *wd < 0 || wd.D() > 0xffffffff*1e9 {
-			e.add(p+".presence.will_delay", "must be 0 or more (got %s)", *wd)
+			e.add(p+".presence.will_delay", "must be 0s to 4294967295s (MQTT limit; got %s)", *wd)
 		} else if *wd > u.SessionExpiry {
 			e.add(p+".presence.will_delay", "must be at most upstream.session_expiry (%s > %s): the broker sends the will when the session expires", *wd, u.SessionExpiry)
 		}
