@@ -36,7 +36,6 @@ import (
 	"github.com/gorilla/websocket"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 )
 
 // Options configure a Bridge.
@@ -77,7 +76,9 @@ type Bridge struct {
 	retry    limits.RetryAfter
 	flap     *limits.Flapping
 
-	connectLimiter *rate.Limiter
+	pacer             *pacer   // session connects
+	unlinkedEvictions eventLog // sessions evicted before they connected
+	lostLinks         eventLog // upstream connections lost
 
 	mu       sync.Mutex
 	sessions *lru.Cache[string, *session]
@@ -100,10 +101,10 @@ func New(o Options) (*Bridge, error) {
 	c := o.Config
 	b := &Bridge{
 		cfg: c, lim: o.Limits, log: o.Logger, m: newMetrics(o.Registerer), now: o.Now, dialer: o.Dialer,
-		retry:          limits.RetryAfter{Min: o.Limits.RetryAfter.Min.D(), Max: o.Limits.RetryAfter.Max.D()},
-		connectLimiter: rate.NewLimiter(rate.Limit(c.Upstream.ReconnectRate), max(1, int(c.Upstream.ReconnectRate))),
-		closing:        make(chan struct{}),
-		wsPool:         &sync.Pool{},
+		retry:   limits.RetryAfter{Min: o.Limits.RetryAfter.Min.D(), Max: o.Limits.RetryAfter.Max.D()},
+		pacer:   newPacer(c.Upstream.ReconnectRate, int(c.Upstream.ReconnectRate), o.Now),
+		closing: make(chan struct{}),
+		wsPool:  &sync.Pool{},
 	}
 	if f := o.Limits.Flapping; f.Max > 0 {
 		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
@@ -195,6 +196,8 @@ func (b *Bridge) session(device string) (*session, error) {
 		b.wg.Add(1) // released by the session when it ends
 		s.start()
 		b.sessions.Add(device, s) // may evict the least recently polled
+	} else {
+		s.resume()
 	}
 	s.lastPoll = b.now()
 	return s, nil
@@ -356,6 +359,7 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 		return
 	}
 	defer b.touch(s)
+	defer s.wait()() // a queued reconnect of s goes first now
 	rc := http.NewResponseController(w)
 	if wait > 0 {
 		// Long-poll: this response may outlive the server's WriteTimeout.
@@ -469,13 +473,8 @@ func (b *Bridge) serveAck(w http.ResponseWriter, r *http.Request, pathDev, id st
 	if !ok {
 		return
 	}
-	s, err := b.session(dev)
-	if err != nil {
-		b.fail(w, r, http.StatusServiceUnavailable, err.Error())
-		return
-	}
-	if !s.ack(id) {
-		b.fail(w, r, http.StatusNotFound, "no command awaiting ack with that id")
+	if s := b.held(dev); s == nil || !s.ack(id) {
+		b.notHeld(w, r, dev, id)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -77,6 +77,12 @@ func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
 		cp.WillFlag, cp.WillRetain, cp.WillQOS = true, true, 1
 		cp.WillTopic, cp.WillMessage = topic(p.Topic, s.device), []byte(p.Offline)
 		cp.WillProperties = &packets.Properties{}
+		if wd := p.WillDelay; wd != nil && *wd > 0 {
+			// The broker holds the will this long after the connection is
+			// gone; a new connection of the session within it cancels it.
+			delay := uint32(wd.D() / time.Second)
+			cp.WillProperties.WillDelayInterval = &delay
+		}
 	}
 	if u.Username != "" {
 		cp.UsernameFlag, cp.Username = true, topic(u.Username, s.device)

@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_session_connects_total",
 			Help: "Upstream session connect attempts, by result."}, []string{"result"}),
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_session_disconnects_total",
-			Help: "Upstream session ends, by reason (idle, evicted, shutdown, connection_lost)."}, []string{"reason"}),
+			Help: "Upstream session ends, by reason (idle, evicted, shutdown, connection_lost, taken_over). evicted counts sessions evicted with or without a link."}, []string{"reason"}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_bridge_commands_delivered_total",
 			Help: "Commands delivered to devices and acknowledged upstream."}),
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_bridge_commands_redelivered_total",

@@ -85,6 +85,20 @@ var (
 	errServerClosed = errors.New("broker sent DISCONNECT")
 )
 
+// disconnectError is the broker's DISCONNECT: why it ended the
+// connection. It wraps errServerClosed; match it with errors.As.
+type disconnectError struct{ Reason byte }
+
+func (e *disconnectError) Error() string {
+	return fmt.Sprintf("%v (reason %#x)", errServerClosed, e.Reason)
+}
+
+func (e *disconnectError) Unwrap() error { return errServerClosed }
+
+// reasonSessionTakenOver is the DISCONNECT reason a broker sends when a
+// new connection with the same client id took the session over.
+const reasonSessionTakenOver = 0x8E
+
 // connackError is a CONNACK with a failure reason code.
 type connackError struct{ reason byte }
 
@@ -100,6 +114,11 @@ func mqttConnect(ctx context.Context, conn net.Conn, o mqttOptions) (*mqttConn, 
 		conn: conn, writeTimeout: o.writeTimeout, maxIn: o.maxIn,
 		onPublish: o.onPublish, onDisconnect: o.onDisconnect, onLost: o.onLost,
 		gone: make(chan struct{}),
+		// Our packet ids start mid-range: a broker that checks them against
+		// the ids of its own unacknowledged publishes on a resumed session
+		// (mochi-mqtt refuses such a SUBSCRIBE with 0x91) sees no clash
+		// with those, which count up from 1.
+		nextID: 0x7fff,
 	}
 	if l.writeTimeout <= 0 {
 		l.writeTimeout = 10 * time.Second
@@ -163,7 +182,7 @@ func (l *mqttConn) handshake(ctx context.Context, cp *packets.Connect) (*packets
 		}
 		return p, nil
 	case *packets.Disconnect:
-		return nil, fmt.Errorf("connect: %w (reason %#x)", errServerClosed, p.ReasonCode)
+		return nil, fmt.Errorf("connect: %w", &disconnectError{Reason: p.ReasonCode})
 	}
 	return nil, fmt.Errorf("connect: %w: %s instead of CONNACK", errProtocol, pkt.PacketType())
 }
@@ -222,7 +241,7 @@ func (l *mqttConn) handle(pkt *packets.ControlPacket) error {
 		if l.onDisconnect != nil {
 			l.onDisconnect(p)
 		}
-		return fmt.Errorf("%w (reason %#x)", errServerClosed, p.ReasonCode)
+		return &disconnectError{Reason: p.ReasonCode}
 	default:
 		l.disconnect(0x82)
 		return fmt.Errorf("%w: unexpected %s", errProtocol, pkt.PacketType())
@@ -509,14 +528,19 @@ func (l *mqttConn) ackID(id uint16) error {
 }
 
 // close sends DISCONNECT 0x04 (disconnect with will message: presence
-// turns offline), closes the connection and waits for the reader.
-func (l *mqttConn) close() {
+// turns offline once the will delay passed), closes the connection and
+// waits for the reader.
+func (l *mqttConn) close() { l.closeWith(0x04) }
+
+// closeWith is close with another DISCONNECT reason: 0x00 (normal) has
+// the broker discard the will.
+func (l *mqttConn) closeWith(reason byte) {
 	l.mu.Lock()
 	if l.cause == nil {
 		l.cause = errLinkClosed // before the broker's EOF can be the cause
 	}
 	l.mu.Unlock()
-	l.disconnect(0x04)
+	l.disconnect(reason)
 	_ = l.conn.Close()
 	l.wg.Wait()
 }

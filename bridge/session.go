@@ -2,14 +2,16 @@ package bridge
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/time/rate"
+	"github.com/eclipse/paho.golang/packets"
 )
 
 // Session end reasons (label values of the disconnect metric).
@@ -18,6 +20,9 @@ const (
 	reasonEvicted  = "evicted"
 	reasonShutdown = "shutdown"
 	reasonLost     = "connection_lost"
+	// reasonTakenOver: the broker gave the session to another connection
+	// (DISCONNECT 0x8E), e.g. the device's poll reached another replica.
+	reasonTakenOver = "taken_over"
 )
 
 // maxPending bounds commands buffered for one device. Beyond it a command
@@ -62,11 +67,15 @@ type session struct {
 	attached  atomic.Int32 // device WebSockets holding the session open
 
 	// reconnect state, under mu
-	timer    *time.Timer       // backoff or connect limiter delay
-	resv     *rate.Reservation // the limiter's, while its delay runs
-	dialing  bool              // a connect attempt is running
-	stopped  bool              // the session ended: no more attempts
-	attempts int               // failed attempts in a row
+	timer     *time.Timer // backoff delay
+	ticket    *paceTicket // the connect pacer's, while queued
+	dialing   bool        // a connect attempt is running
+	stopped   bool        // the session ended: no more attempts
+	attempts  int         // failed attempts in a row
+	linked    bool        // it had a link once: later connects are reconnects
+	dormant   bool        // link lost, nobody waiting: connects on the next request
+	afterLoss bool        // reconnecting after a loss: dormant instead if nobody waits by then
+	waiters   int         // requests of the device waiting on the session
 }
 
 func newSession(b *Bridge, device string) *session {
@@ -101,11 +110,11 @@ func (s *session) start() {
 	context.AfterFunc(s.ctx, s.stop)
 }
 
-// schedule makes the next connect attempt after d, then after the
-// connect limiter's delay. s.mu is held.
+// schedule makes the next connect attempt after d, then when the connect
+// pacer releases it. s.mu is held.
 func (s *session) schedule(d time.Duration) {
 	if d <= 0 {
-		s.reserve()
+		s.reserve(false)
 		return
 	}
 	s.timer = time.AfterFunc(d, func() {
@@ -113,29 +122,57 @@ func (s *session) schedule(d time.Duration) {
 		defer s.mu.Unlock()
 		if !s.stopped {
 			s.timer = nil
-			s.reserve()
+			if s.afterLoss && s.waiters == 0 && s.attached.Load() == 0 {
+				s.dormant = true // the request that waited has been answered
+				return
+			}
+			s.reserve(false)
 		}
 	})
 }
 
-// reserve takes a token of the connect limiter and attempts when it is
-// due. s.mu is held.
-func (s *session) reserve() {
-	r := s.b.connectLimiter.Reserve()
-	d := r.Delay()
-	if d <= 0 {
+// reserve queues the connect at the bridge's pacer, ahead of background
+// reconnects when a device waits on the session (its first contact, or a
+// request waiting now). s.mu is held.
+func (s *session) reserve(urgent bool) {
+	urgent = urgent || !s.linked || s.waiters > 0
+	t, now := s.b.pacer.enqueue(urgent, s.paced)
+	if now {
 		s.launch()
 		return
 	}
-	s.resv = r
-	s.timer = time.AfterFunc(d, func() {
+	s.ticket = t
+}
+
+// paced is the pacer releasing the queued connect.
+func (s *session) paced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ticket = nil
+	if !s.stopped {
+		s.launch()
+	}
+}
+
+// wait marks a device request waiting on the session (a poll, held or
+// waiting for the connection): a queued reconnect becomes urgent. The
+// returned func ends the wait.
+func (s *session) wait() func() {
+	s.mu.Lock()
+	s.waiters++
+	if s.ticket != nil {
+		s.b.pacer.promote(s.ticket)
+	}
+	if s.dormant && !s.stopped {
+		s.dormant = false
+		s.reserve(true)
+	}
+	s.mu.Unlock()
+	return func() {
 		s.mu.Lock()
-		defer s.mu.Unlock()
-		if !s.stopped {
-			s.timer, s.resv = nil, nil
-			s.launch()
-		}
-	})
+		s.waiters--
+		s.mu.Unlock()
+	}
 }
 
 // launch starts a connect attempt; s.mu is held and the session is not
@@ -154,9 +191,12 @@ func (s *session) attempt() {
 	s.dialing = false
 	if s.stopped { // stop left the end to this attempt
 		s.mu.Unlock()
+		reason := context.Cause(s.ctx).Error()
 		if l != nil {
 			l.close()
-			s.b.m.disconnects.WithLabelValues(context.Cause(s.ctx).Error()).Inc()
+			s.b.m.disconnects.WithLabelValues(reason).Inc()
+		} else {
+			s.b.endedUnlinked(reason)
 		}
 		s.finish()
 		return
@@ -172,6 +212,7 @@ func (s *session) attempt() {
 	}
 	s.b.m.connects.WithLabelValues("ok").Inc()
 	s.attempts = 0
+	s.linked, s.afterLoss = true, false
 	s.link = l
 	if present {
 		// Commands from an earlier connection were never acknowledged: the
@@ -189,8 +230,13 @@ func (s *session) attempt() {
 }
 
 // linkLost is a link's report that it ended. If it is the session's link
-// and the session goes on, it reconnects after a backoff.
+// and the session goes on, it reconnects after a backoff; a session taken
+// over by another connection is handed over instead.
 func (s *session) linkLost(l link) {
+	if takenOver(l) {
+		s.handOver(l)
+		return
+	}
 	s.mu.Lock()
 	if s.link != l || s.stopped {
 		s.mu.Unlock()
@@ -198,11 +244,72 @@ func (s *session) linkLost(l link) {
 	}
 	s.link = nil
 	s.connected = make(chan struct{})
-	s.schedule(backoff(0, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D()))
+	_, mqtt := l.(*mqttConn)
+	dormant := mqtt && s.waiters == 0 && s.attached.Load() == 0
+	if dormant {
+		// Nobody waits on the session: it reconnects on the device's next
+		// request (resume), not now. A broker that closes a taken-over
+		// session without DISCONNECT 0x8E (mosquitto before 2.0.15) looks
+		// like this; reconnecting at once would take the session back from
+		// the replica the device now polls, and the two would fight.
+		s.dormant = true
+	} else {
+		s.afterLoss = mqtt
+		s.schedule(backoff(0, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D()))
+	}
 	s.mu.Unlock()
 	l.close()
 	s.b.m.disconnects.WithLabelValues(reasonLost).Inc()
-	s.b.log.Info("upstream connection lost", "device", s.device)
+	s.b.lostLinks.note(s.b.now(), func(n int, since time.Duration) {
+		s.b.log.Info("upstream connections lost", "count", n, "in", since.Round(time.Second).String(), "last_device", s.device, "reconnect", !dormant)
+	})
+}
+
+// resume reconnects a dormant session: a request of its device arrived.
+func (s *session) resume() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.dormant || s.stopped {
+		return
+	}
+	s.dormant = false
+	s.reserve(true)
+}
+
+// takenOver tells whether the broker ended l because another connection
+// took its session over (DISCONNECT 0x8E).
+func takenOver(l link) bool {
+	ml, ok := l.(*mqttConn)
+	if !ok {
+		return false
+	}
+	var de *disconnectError
+	return errors.As(ml.err(), &de) && de.Reason == reasonSessionTakenOver
+}
+
+// handOver ends the session after the broker gave it to another
+// connection, e.g. another replica that the device's poll reached. It
+// does not reconnect (that would take the session back, and the two
+// replicas would fight over it); it sends nothing (the broker closed the
+// connection: no DISCONNECT, so no will from us); its un-acknowledged
+// commands are dropped here, as the broker redelivers them to the new
+// owner; held polls answer empty at once. A later request of the device
+// here creates a fresh session, which takes it back legitimately.
+func (s *session) handOver(l link) {
+	s.mu.Lock()
+	if s.link != l || s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	s.link = nil
+	s.connected = make(chan struct{})
+	dropped := len(s.pending) + len(s.inflight)
+	s.pending, s.inflight = nil, nil
+	s.mu.Unlock()
+	l.close() // the connection is closed already: nothing is written
+	s.b.m.disconnects.WithLabelValues(reasonTakenOver).Inc()
+	s.b.log.Debug("session taken over by another connection; handed over", "device", s.device, "dropped_commands", dropped)
+	s.b.dropSession(s, reasonTakenOver)
 }
 
 // stop runs when the session's context ends: no more attempts, and the
@@ -214,9 +321,9 @@ func (s *session) stop() {
 		s.timer.Stop() // a callback already running sees stopped
 		s.timer = nil
 	}
-	if s.resv != nil {
-		s.resv.Cancel() // give the token back to other sessions
-		s.resv = nil
+	if s.ticket != nil {
+		s.b.pacer.cancel(s.ticket) // leaves the queue; delays nobody
+		s.ticket = nil
 	}
 	l := s.link
 	if l != nil {
@@ -228,13 +335,79 @@ func (s *session) stop() {
 	if dialing {
 		return
 	}
+	reason := context.Cause(s.ctx).Error()
 	if l != nil {
-		reason := context.Cause(s.ctx).Error()
-		l.close()
+		s.closeLink(l, reason)
 		s.b.m.disconnects.WithLabelValues(reason).Inc()
 		s.b.log.Debug("session ended", "device", s.device, "reason", reason)
+	} else {
+		s.b.endedUnlinked(reason)
 	}
 	s.finish()
+}
+
+// closeLink ends the session's link. A device gone idle is offline now:
+// its offline presence is published at once and the will discarded
+// (DISCONNECT 0x00). Any other end (eviction, shutdown) leaves it to the
+// will, which the broker sends only after presence.will_delay: a device
+// that polls again (here, or at another replica) within it never shows
+// offline.
+func (s *session) closeLink(l link, reason string) {
+	ml, ok := l.(*mqttConn)
+	p := s.b.cfg.Presence
+	if !ok || reason != reasonIdle || p.Topic == "" {
+		l.close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(s.b.cfg.Upstream.PublishTimeout.D(), 2*time.Second))
+	defer cancel()
+	err := ml.pub(ctx, &packets.Publish{Topic: topic(p.Topic, s.device), QoS: 1, Retain: true, Payload: []byte(p.Offline)})
+	if err != nil {
+		s.b.log.Debug("offline presence not published; the will sends it", "device", s.device, "err", err)
+		ml.close()
+		return
+	}
+	ml.closeWith(0x00)
+}
+
+// endedUnlinked accounts a session that ended without a link. Evicted
+// ones (session.max) are counted and logged, aggregated: an eviction
+// storm would otherwise log one line per session.
+func (b *Bridge) endedUnlinked(reason string) {
+	if reason != reasonEvicted {
+		return
+	}
+	b.m.disconnects.WithLabelValues(reasonEvicted).Inc()
+	b.unlinkedEvictions.note(b.now(), func(n int, since time.Duration) {
+		b.log.Warn("sessions evicted before they connected (session.max reached)", "count", n, "in", since.Round(time.Second).String())
+	})
+}
+
+// eventLog aggregates a frequent event into at most one log line per
+// period.
+type eventLog struct {
+	mu    sync.Mutex
+	first time.Time // of the events not yet logged
+	last  time.Time // of the last line
+	n     int
+}
+
+const eventLogPeriod = 10 * time.Second
+
+// note counts one event; log is called (under the lock) with the count
+// and the span when a line is due.
+func (e *eventLog) note(now time.Time, log func(n int, since time.Duration)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.n == 0 {
+		e.first = now
+	}
+	e.n++
+	if !e.last.IsZero() && now.Sub(e.last) < eventLogPeriod {
+		return
+	}
+	log(e.n, now.Sub(e.first))
+	e.n, e.last = 0, now
 }
 
 // finish releases the session's place in the bridge's wait group.
@@ -444,4 +617,37 @@ func (s *session) packetLimit() uint32 {
 		return ml.maxPacket
 	}
 	return 0
+}
+
+// held returns the device's session on this replica, without creating
+// one; nil if there is none.
+func (b *Bridge) held(device string) *session {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, _ := b.sessions.Peek(device)
+	return s
+}
+
+// notHeldBody is the answer to an ack for a command this replica does not
+// hold: 404 with {"error":"not_held","id":ID,"message":...}.
+type notHeldBody struct {
+	Error   string `json:"error"`
+	ID      string `json:"id"`
+	Message string `json:"message"`
+}
+
+// notHeld answers an explicit ack for a command this replica does not
+// hold: the device's session is on another replica (its poll landed
+// there, or it was taken over), or the command was already acknowledged.
+// The command is not lost: the broker redelivers an unacknowledged
+// command to whichever replica holds the session, and the device acks it
+// there when it sees it again.
+func (b *Bridge) notHeld(w http.ResponseWriter, r *http.Request, device, id string) {
+	b.log.Debug("ack for a command not held here", "device", device, "id", id, "remote", r.RemoteAddr)
+	body, _ := json.Marshal(notHeldBody{Error: "not_held", ID: id,
+		Message: "this replica holds no command awaiting ack with that id; an unacknowledged command is redelivered: ack it when it is offered again"})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNotFound)
+	_, _ = w.Write(body)
 }

@@ -118,13 +118,15 @@ func TestBridgePresenceAndQueuedWhileAway(t *testing.T) {
 }
 
 // TestBridgeExplicitAckSurvivesKill: a command written but not acked is
-// delivered again after edgeshim is killed with SIGKILL and restarted.
+// delivered again after edgeshim is killed with SIGKILL and restarted
+// (will_delay 0s, so the kill shows as offline at once).
 func TestBridgeExplicitAckSurvivesKill(t *testing.T) {
 	m := startMosquitto(t, "")
 	app := newMQTTPeer(t, m.Addr(), "app", true)
 	status := app.subscribe("devices/d3/status")
 	cfg := bridgeConfig(m.URL(), "", "    poll: {path: \"/devices/{device}/commands\", ack: explicit, ack_timeout: 1h}\n")
 	cfg = strings.Replace(cfg, "    poll: {path: \"/devices/{device}/commands\", max_wait: 30s}\n", "", 1)
+	cfg = willAtOnce(cfg)
 	e := startEdgeshim(t, cfg)
 	c := e.Client()
 	res := make(chan pollResult, 1)
@@ -219,12 +221,12 @@ func TestBridgeTelemetryBrokerRestart(t *testing.T) {
 }
 
 // TestBridgeEviction: at session.max the least recently polled session
-// ends and its will fires.
+// ends and its will fires (here at once: will_delay 0s).
 func TestBridgeEviction(t *testing.T) {
 	m := startMosquitto(t, "")
 	app := newMQTTPeer(t, m.Addr(), "app", true)
 	status := app.subscribe("devices/+/status")
-	e := startEdgeshim(t, bridgeConfig(m.URL(), "", "    session: {max: 2}\n"))
+	e := startEdgeshim(t, willAtOnce(bridgeConfig(m.URL(), "", "    session: {max: 2}\n")))
 	c := e.Client()
 	for _, d := range []string{"e1", "e2", "e3"} {
 		if r := poll(c, e.URL("/devices/"+d+"/commands")); r.code != 204 {
@@ -465,4 +467,10 @@ func TestBridgeLegacyShapes(t *testing.T) {
 	if got[1]["encoding"] != "base64" || got[1]["payload"] != base64.StdEncoding.EncodeToString([]byte{0xff, 0x00, 0xfe}) {
 		t.Errorf("binary command: %v", got[1])
 	}
+}
+
+// willAtOnce sets presence.will_delay 0s in a bridgeConfig: the will fires
+// as soon as the session's connection is gone.
+func willAtOnce(cfg string) string {
+	return strings.Replace(cfg, `presence: {topic: "devices/{device}/status"}`, `presence: {topic: "devices/{device}/status", will_delay: 0s}`, 1)
 }

@@ -413,6 +413,7 @@ allow_anonymous true
 persistence true
 persistence_location %s/
 max_queued_messages 10000
+set_tcp_nodelay true
 log_dest stderr
 log_type error
 log_type warning

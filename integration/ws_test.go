@@ -166,7 +166,7 @@ func TestDeviceWebSocket(t *testing.T) {
 	app := newMQTTPeer(t, m.Addr(), "app", true)
 	status := app.subscribe("devices/ws1/status")
 	telemetry := app.subscribe("devices/ws1/telemetry")
-	cfg := bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n")
+	cfg := willAtOnce(bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n"))
 	cfg = strings.Replace(cfg, "limits: {", "limits: {websocket: {ping: 1s, pong_timeout: 1s}, ", 1)
 	e := startEdgeshim(t, cfg)
 	if r := poll(e.Client(), e.URL("/devices/ws1/commands")); r.code != 204 {
@@ -236,7 +236,7 @@ func TestDeviceWebSocketSlowReader(t *testing.T) {
 	m := startMosquitto(t, "")
 	app := newMQTTPeer(t, m.Addr(), "app", true)
 	status := app.subscribe("devices/slow1/status")
-	cfg := bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n")
+	cfg := willAtOnce(bridgeConfig(m.URL(), "", "    websocket: {path: \"/devices/{device}/ws\", format: json}\n"))
 	cfg = strings.Replace(cfg, "limits: {", "limits: {websocket: {ping: 60s, pong_timeout: 1s}, ", 1)
 	cfg = strings.Replace(cfg, "publish_timeout: 2s}", "publish_timeout: 2s, receive_maximum: 8}", 1)
 	e := startEdgeshim(t, cfg)
