@@ -48,7 +48,8 @@ type Scenario struct {
 	// Duration of the run after the first device starts. Default 60s.
 	Duration time.Duration `yaml:"duration"`
 	// Drain is how long devices keep polling after Duration so commands in
-	// flight can arrive, before unmatched ones count as lost. Default 5s.
+	// flight can arrive, before unmatched ones count as lost. Default 5s
+	// when commands are published, else 0.
 	Drain time.Duration `yaml:"drain"`
 	// Commands are published to the broker and matched with what devices
 	// receive. Off when Commands.Broker is empty.
@@ -319,7 +320,7 @@ func (s *Scenario) WithDefaults() *Scenario {
 	if s.Duration == 0 {
 		s.Duration = 60 * time.Second
 	}
-	if s.Drain == 0 {
+	if s.Drain == 0 && s.Commands.Broker != "" {
 		s.Drain = 5 * time.Second
 	}
 	c := &s.Commands
