@@ -166,7 +166,7 @@ func (rep *Report) WriteJSON(w io.Writer) error {
 	return enc.Encode(rep)
 }
 
-// Brief is one line in the format integration/tlsload printed (the
+// Brief is one line in the format the former integration/tlsload printed (the
 // benchmark scripts parse it): req/s, p99, resumption, errors.
 func (rep *Report) Brief() string {
 	p99 := time.Duration(rep.Latency.Poll.P99MS * float64(time.Millisecond)).Round(10 * time.Microsecond)
