@@ -79,8 +79,7 @@ func (d *device) backoff() time.Duration {
 
 // run is the device's life: one step after another until ctx ends.
 func (d *device) run(ctx context.Context) {
-	defer d.closeConn()
-	defer d.markDown()
+	defer d.closeConn() // online stays counted: the run is over, not the device
 	if ci := d.r.issuer; ci != nil {
 		cert, err := ci.issue(d.id, int64(d.idx))
 		if err != nil {
@@ -137,7 +136,7 @@ func (d *device) dial(ctx context.Context, hostport string, cfg *tls.Config) (ne
 		raw.Close()
 		return nil, err
 	}
-	st.handshake.add(time.Since(t1))
+	st.addHandshake(time.Since(t1))
 	st.handshakes.Add(1)
 	if tc.ConnectionState().DidResume {
 		st.resumed.Add(1)
@@ -232,7 +231,7 @@ func (d *device) answer(resp *http.Response, body []byte, t0 time.Time, held, ob
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		st.pollsOK.Add(1)
 		if !held {
-			st.poll.add(time.Since(t0))
+			st.addPoll(time.Since(t0))
 		}
 		d.markOK()
 		d.r.received(d, body)

@@ -286,11 +286,13 @@ func Run(ctx context.Context, sc *scenario.Scenario, o Options) (*Report, error)
 		}
 	}
 	w0 = r.window(ctx, smp)
+	r.st.inWindow.Store(true)
 	select {
 	case <-time.After(time.Until(start.Add(sc.Duration))):
 	case <-ctx.Done():
 	}
 	w1 = r.window(ctx, smp)
+	r.st.inWindow.Store(false)
 	onlineEnd := r.st.online.Load()
 	<-runCtx.Done()
 	<-launchDone // no device starts after this: r.wg.Wait is safe

@@ -11,11 +11,16 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // stats are the run's counters, shared by every device.
 type stats struct {
 	connect, handshake, poll, deliver hist
+	// handshakeW and pollW cover the measurement window only (the steady
+	// state after ramp-up), while inWindow is set.
+	handshakeW, pollW hist
+	inWindow          atomic.Bool
 
 	polls, pollsOK, handshakes, resumed atomic.Int64
 	telemetry, telemetryOK              atomic.Int64
@@ -29,6 +34,20 @@ type stats struct {
 
 func newStats() *stats {
 	return &stats{codes: map[int]int64{}, refusals: map[string]int64{}}
+}
+
+func (s *stats) addHandshake(d time.Duration) {
+	s.handshake.add(d)
+	if s.inWindow.Load() {
+		s.handshakeW.add(d)
+	}
+}
+
+func (s *stats) addPoll(d time.Duration) {
+	s.poll.add(d)
+	if s.inWindow.Load() {
+		s.pollW.add(d)
+	}
 }
 
 func (s *stats) code(c int) {
