@@ -68,7 +68,23 @@ start_edge
 for p in 21883 28443 29090; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
-export EDGESHIM_RESTART="kill -9 \$(cat $W/edge.pid); $W/edgeshim run -c $W/edgeshim.yaml >>$W/edgeshim.log 2>&1 & echo \$! > $W/edge.pid"
+# The restart: SIGKILL, wait until the process is gone, start again; a
+# start that fails (EADDRINUSE: right after a kill with thousands of
+# connections the port can stay taken for a while) is retried every 0.2 s,
+# as a supervisor would. Recovery time includes all of it.
+cat > "$W/restart.sh" <<SH
+old=\$(cat $W/edge.pid)
+kill -9 \$old
+while [ -d /proc/\$old ] && ! grep -q '^State:.*Z' /proc/\$old/status 2>/dev/null; do sleep 0.02; done
+for i in \$(seq 300); do
+  $W/edgeshim run -c $W/edgeshim.yaml >>$W/edgeshim.log 2>&1 &
+  pid=\$!
+  sleep 0.2
+  if kill -0 \$pid 2>/dev/null; then echo \$pid > $W/edge.pid; echo "restart: up after \$i start(s)" >>$W/edgeshim.log; break; fi
+  [ \$i = 1 ] && ss -tan "sport = :28443" | awk 'NR>1 {print \$1}' | sort | uniq -c >>$W/edgeshim.log
+done
+SH
+export EDGESHIM_RESTART="sh $W/restart.sh"
 
 "$W/sim" -scenario "$SCEN" -metrics http://127.0.0.1:29090/metrics "$@"
-grep -iE "panic|fatal|error" "$W/edgeshim.log" | head -5 || true
+echo "--- edgeshim log (last lines):"; tail -5 "$W/edgeshim.log"; kill -0 "$(cat "$W/edge.pid")" 2>/dev/null && echo "edgeshim $(cat "$W/edge.pid") alive" || echo "edgeshim $(cat "$W/edge.pid") not running"
