@@ -40,9 +40,10 @@ type device struct {
 	wasOnline bool
 	lastOK    atomic.Int64 // unix nanos of the last successful poll or session start
 
-	conn net.Conn
-	br   *bufio.Reader
-	used bool // conn already carried a request
+	conn    net.Conn
+	connCtx context.Context // the storm generation conn was opened in
+	br      *bufio.Reader
+	used    bool // conn already carried a request
 }
 
 func (d *device) markOK() {
@@ -178,6 +179,9 @@ func (d *device) pollOnce(ctx, sctx context.Context, obey bool) time.Duration {
 	st := d.r.st
 	reuse := sc.Devices.Model != scenario.ModelNewConn
 	for attempt := 0; ; attempt++ {
+		if d.conn != nil && d.connCtx != sctx {
+			d.closeConn() // opened before a storm: the storm drops it
+		}
 		if d.conn == nil {
 			c, err := d.dial(sctx, hostPort(d.poll), d.tls)
 			if err != nil {
@@ -188,7 +192,7 @@ func (d *device) pollOnce(ctx, sctx context.Context, obey bool) time.Duration {
 				d.markDown()
 				return d.backoff()
 			}
-			d.conn, d.br = c, bufio.NewReaderSize(c, 4096)
+			d.conn, d.br, d.connCtx = c, bufio.NewReaderSize(c, 4096), sctx
 		}
 		conn := d.conn
 		stop := context.AfterFunc(sctx, func() { conn.Close() })
@@ -201,7 +205,9 @@ func (d *device) pollOnce(ctx, sctx context.Context, obey bool) time.Duration {
 		conn.SetDeadline(time.Now().Add(sc.Devices.Timeout + time.Duration(sc.Devices.Wait)*time.Second))
 		t0 := time.Now()
 		resp, body, err := roundTrip(conn, d.br, head)
-		stop()
+		if !stop() && err == nil {
+			d.closeConn() // a storm closed it just after the answer: not an error
+		}
 		if err != nil {
 			d.closeConn()
 			if sctx.Err() != nil {
