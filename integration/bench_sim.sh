@@ -5,8 +5,7 @@
 #   bash integration/bench_sim.sh integration/scenarios/FILE.yaml [edgeshim-sim flags...]
 # A scenario's restart event may run 'eval "$EDGESHIM_RESTART"': it kills
 # edgeshim with SIGKILL and starts it again with the same config.
-# EDGESHIM_SIM_TARGET=pushpin runs the scenario against Pushpin instead
-# (see integration/scenarios/README.md).
+# Other targets (nginx, Pushpin): run the sim directly with -url.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 SCENARIO.yaml [flags]"; exit 2; }
