@@ -3,7 +3,7 @@
 # front of the same small backend, on loopback, in one run:
 #   - requests/s and p99 with keep-alive (wrk),
 #   - requests/s and p99 with a new TLS connection per request, resumed from
-#     a session cache (integration/tlsload),
+#     a session cache (cmd/edgeshim-sim, model newconn in a closed loop),
 # and prints edgeshim's ratio to each. Not run by CI. Usage:
 #   bash integration/bench_proxy.sh [seconds-per-measurement]
 set -euo pipefail
@@ -15,7 +15,13 @@ for t in nginx haproxy wrk; do command -v $t >/dev/null || [ -x /usr/sbin/$t ] |
 export PATH=$PATH:/usr/sbin
 
 go build -o "$W/edgeshim" ./cmd/edgeshim
-go build -o "$W/tlsload" ./integration/tlsload
+go build -o "$W/sim" ./cmd/edgeshim-sim
+# tlsload ADDR [-tls12]: 32 devices, each a new resumed TLS connection per
+# request in a closed loop, for D seconds; prints "REQ req/s  p99 D ...".
+tlsload() {
+  local tls=1.3; [ "${2:-}" = -tls12 ] && tls=1.2
+  "$W/sim" -brief -progress off -url "https://$1/" -devices 32 -ramp 100000 -interval 0 -duration "${D}s" -tls $tls
+}
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
 cat "$W/cert.pem" "$W/key.pem" > "$W/both.pem"
@@ -108,12 +114,12 @@ for name in edgeshim:18443 nginx:18444 haproxy:18445; do
   KA[$n]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   KP[$n]=$(echo "$out" | awk '$1=="99%" {print $2}')
   KU[$n]=$(us_per_req $((t1 - t0)) "$(echo "$out" | awk '/requests in/ {print $1}')")
-  out=$("$W/tlsload" -addr 127.0.0.1:$p -c 32 -d ${D}s)
+  out=$(tlsload 127.0.0.1:$p)
   t2=$(cpu_ticks $pid)
   NC[$n]=$(echo "$out" | awk '{print $1}')
   NP[$n]=$(echo "$out" | awk '{print $4}')
   NU[$n]=$(us_per_req $((t2 - t1)) "$(awk -v r="${NC[$n]}" -v d="$D" 'BEGIN { print r * d }')")
-  out12=$("$W/tlsload" -addr 127.0.0.1:$p -c 32 -d ${D}s -tls12)
+  out12=$(tlsload 127.0.0.1:$p -tls12)
   t3=$(cpu_ticks $pid)
   N12[$n]=$(echo "$out12" | awk '{print $1}')
   NU12[$n]=$(us_per_req $((t3 - t2)) "$(awk -v r="${N12[$n]}" -v d="$D" 'BEGIN { print r * d }')")
