@@ -56,6 +56,9 @@ type Options struct {
 	Now func() time.Time
 	// Dialer dials the broker. Default: a net.Dialer.
 	Dialer *net.Dialer
+	// TrustedProxies (CIDRs or IPs) may name the device in the identity
+	// header (identity.from: header). Default: none.
+	TrustedProxies []string
 }
 
 // Bridge serves one bridge's device endpoints.
@@ -68,6 +71,7 @@ type Bridge struct {
 	dialer   *net.Dialer
 	tlsCfg   *tls.Config
 	ident    *identifier
+	authLog  *authLog
 	poll     pathTemplate
 	telem    pathTemplate
 	wsPath   pathTemplate
@@ -125,9 +129,10 @@ func New(o Options) (*Bridge, error) {
 		b.upgrader = websocket.Upgrader{WriteBufferSize: 1024, WriteBufferPool: b.wsPool,
 			CheckOrigin: func(*http.Request) bool { return true }}
 	}
-	if b.ident, err = newIdentifier(c.Identity); err != nil {
+	if b.ident, err = newIdentifier(c.Identity, o.TrustedProxies); err != nil {
 		return nil, err
 	}
+	b.authLog = newAuthLog(o.Logger, o.Now, o.Registerer)
 	if b.tlsCfg, err = tlsterm.ClientConfig(c.Upstream.TLS); err != nil {
 		return nil, fmt.Errorf("upstream.tls: %w", err)
 	}
@@ -305,7 +310,7 @@ func (b *Bridge) fail(w http.ResponseWriter, r *http.Request, code int, reason s
 func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) (string, bool) {
 	dev, aerr := b.ident.identify(r, pathDev, b.poll.hasDevice)
 	if aerr != nil {
-		b.fail(w, r, aerr.code, aerr.reason)
+		b.authLog.refuse(w, r, aerr)
 		return "", false
 	}
 	if ok, ban := b.flap.Allow(dev); !ok {

@@ -55,7 +55,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 	bridges := map[string]*bridge.Bridge{}
 	handlers := map[string]http.Handler{}
 	for name, bc := range cfg.Bridges {
-		b, err := bridge.New(bridge.Options{Name: name, Config: bc, Limits: cfg.Limits,
+		b, err := bridge.New(bridge.Options{Name: name, Config: bc, Limits: cfg.Limits, TrustedProxies: cfg.TrustedProxies,
 			Logger: log.With("bridge", name), Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"bridge": name}, reg)})
 		if err != nil {
 			return fmt.Errorf("bridges.%s: %w", name, err)
