@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
@@ -79,7 +80,8 @@ type Bridge struct {
 	wsPool   *sync.Pool   // write buffers shared by all WebSockets
 	park     *park.Parker // idle device WebSockets wait here; nil without websocket
 	retry    limits.RetryAfter
-	flap     *limits.Flapping
+	flap     atomic.Pointer[limits.Flapping] // nil: off; swapped by a reload
+	liveMax  atomic.Int64                    // limits.max_body, reloadable
 
 	connectLimiter *rate.Limiter
 
@@ -109,9 +111,8 @@ func New(o Options) (*Bridge, error) {
 		closing:        make(chan struct{}),
 		wsPool:         &sync.Pool{},
 	}
-	if f := o.Limits.Flapping; f.Max > 0 {
-		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
-	}
+	b.flap.Store(newFlapping(o.Limits.Flapping, c.Session.Max, o.Now))
+	b.liveMax.Store(int64(o.Limits.MaxBody))
 	var err error
 	if b.poll, err = compilePath(c.Poll.Path); err != nil {
 		return nil, fmt.Errorf("poll.path: %w", err)
@@ -313,7 +314,7 @@ func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) 
 		b.authLog.refuse(w, r, aerr)
 		return "", false
 	}
-	if ok, ban := b.flap.Allow(dev); !ok {
+	if ok, ban := b.flap.Load().Allow(dev); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int((ban+time.Second-1)/time.Second)))
 		limits.WriteError(w, http.StatusTooManyRequests, "device is reconnecting too often")
 		b.log.Info("flapping device refused", "device", dev, "ban_left", ban.String())
@@ -488,7 +489,7 @@ func (b *Bridge) serveTelemetry(w http.ResponseWriter, r *http.Request, pathDev 
 	if !ok {
 		return
 	}
-	maxBody := int64(b.lim.MaxBody)
+	maxBody := b.liveMax.Load()
 	if mb := int64(b.cfg.Telemetry.MaxBody); mb > 0 {
 		maxBody = mb
 	}
