@@ -60,6 +60,10 @@ type Options struct {
 	// TrustedProxies (CIDRs or IPs) may name the device in the identity
 	// header (identity.from: header). Default: none.
 	TrustedProxies []string
+	// CheckClientCert rechecks a verified client certificate against the
+	// CRL in force (identity.from: cert), for connections opened before a
+	// reload. Default: none.
+	CheckClientCert func(*tls.ConnectionState) error
 }
 
 // Bridge serves one bridge's device endpoints.
@@ -133,6 +137,7 @@ func New(o Options) (*Bridge, error) {
 	if b.ident, err = newIdentifier(c.Identity, o.TrustedProxies); err != nil {
 		return nil, err
 	}
+	b.ident.checkCert = o.CheckClientCert
 	b.authLog = newAuthLog(o.Logger, o.Now, o.Registerer)
 	if b.tlsCfg, err = tlsterm.ClientConfig(c.Upstream.TLS); err != nil {
 		return nil, fmt.Errorf("upstream.tls: %w", err)

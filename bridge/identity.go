@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -24,6 +25,7 @@ const (
 	authBadToken      = "bad_token"      // a token that is not the device's
 	authWrongDevice   = "wrong_device"   // a certificate or header of another device
 	authBadID         = "bad_id"         // a malformed device id in the path or credential
+	authRevoked       = "revoked"        // a certificate revoked after its connection began
 )
 
 // identifier says which device sent a request. Its tokens are swapped
@@ -32,6 +34,9 @@ type identifier struct {
 	cfg     config.Identity
 	trusted []netip.Prefix
 	tokens  atomic.Pointer[tokenStore]
+	// checkCert rechecks a verified certificate against the CRL in force
+	// (tlsterm.Terminator.CheckClientCert); nil: none.
+	checkCert func(*tls.ConnectionState) error
 }
 
 func newIdentifier(c config.Identity, trusted []string) (*identifier, error) {
@@ -144,6 +149,10 @@ func (id *identifier) identify(r *http.Request, pathDevice string, hasPathDevice
 		if !ok {
 			return "", &authError{http.StatusUnauthorized, "client certificate required", authNoCredentials}
 		}
+		if id.checkCert != nil && id.checkCert(r.TLS) != nil {
+			// Revoked (or its CA removed) since this connection began.
+			return "", &authError{http.StatusUnauthorized, "client certificate revoked", authRevoked}
+		}
 		dev = pi.CommonName
 		if id.cfg.CertField == "uri" {
 			dev = ""
@@ -180,9 +189,9 @@ type authLog struct {
 func newAuthLog(log *slog.Logger, now func() time.Time, reg prometheus.Registerer) *authLog {
 	a := &authLog{log: log, now: now, lim: rate.NewLimiter(rate.Limit(2), 10),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_auth_failures_total",
-			Help: "Device requests refused by identification, by reason (untrusted_peer, no_credentials, bad_token, wrong_device, bad_id)."},
+			Help: "Device requests refused by identification, by reason (untrusted_peer, no_credentials, bad_token, wrong_device, bad_id, revoked)."},
 			[]string{"reason"})}
-	for _, r := range []string{authUntrustedPeer, authNoCredentials, authBadToken, authWrongDevice, authBadID} {
+	for _, r := range []string{authUntrustedPeer, authNoCredentials, authBadToken, authWrongDevice, authBadID, authRevoked} {
 		a.failures.WithLabelValues(r)
 	}
 	reg.MustRegister(a.failures)

@@ -188,8 +188,8 @@ func TestImpersonateCert(t *testing.T) {
 		fmt.Sprintf("tls: {client_auth: {ca: %q, crl: %q, mode: verify_if_given}}\n", ca.File, crl))
 	forged := rogue.client(t, "door-8")
 	for _, tc := range []struct {
-		name string
-		cert *tls.Certificate
+		name  string
+		cert  *tls.Certificate
 		code  int    // 0: the handshake fails
 		alert string // with this alert
 	}{

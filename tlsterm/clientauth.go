@@ -132,7 +132,7 @@ func revokedKey(issuerSubject, serial []byte) string {
 // revoked certificate that ends at a CA still trusted. It runs on every
 // handshake, resumed ones included: a resumed session carries the chain
 // verified when it began, possibly before a revocation or a CA change.
-func (ct *clientTrust) check(cs tls.ConnectionState) error {
+func (ct *clientTrust) check(cs *tls.ConnectionState) error {
 	if ct == nil || len(cs.VerifiedChains) == 0 {
 		return nil
 	}
@@ -156,6 +156,17 @@ func (ct *clientTrust) check(cs tls.ConnectionState) error {
 	}
 	leaf := cs.VerifiedChains[0][0]
 	return fmt.Errorf("%w: subject %q serial %s", err, leaf.Subject.CommonName, leaf.SerialNumber)
+}
+
+// CheckClientCert checks a connection's verified client certificate
+// against the CA and CRL now in force: a connection opened before a
+// reload that revoked its certificate fails it (the bridge answers 401),
+// without being closed. Nil without a certificate or without client_auth.
+func (t *Terminator) CheckClientCert(cs *tls.ConnectionState) error {
+	if cs == nil {
+		return nil
+	}
+	return t.trust.Load().check(cs)
 }
 
 // installClientTrust makes ct the trust of new handshakes: a new

@@ -328,7 +328,7 @@ func (t *Terminator) closeACME() {
 }
 
 func (t *Terminator) verifyConnection(cs tls.ConnectionState) error {
-	if err := t.trust.Load().check(cs); err != nil {
+	if err := t.trust.Load().check(&cs); err != nil {
 		reason := "revoked"
 		if errors.Is(err, ErrUntrustedCA) {
 			reason = "untrusted_ca"

@@ -44,7 +44,7 @@ func serve(ctx context.Context, cfg *config.Config, file string, logw io.Writer)
 	bridges := map[string]*bridge.Bridge{}
 	handlers := map[string]http.Handler{}
 	for name, bc := range cfg.Bridges {
-		b, err := bridge.New(bridge.Options{Name: name, Config: bc, Limits: cfg.Limits, TrustedProxies: cfg.TrustedProxies,
+		b, err := bridge.New(bridge.Options{Name: name, Config: bc, Limits: cfg.Limits, TrustedProxies: cfg.TrustedProxies, CheckClientCert: term.CheckClientCert,
 			Logger: log.With("bridge", name), Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"bridge": name}, reg)})
 		if err != nil {
 			return fmt.Errorf("bridges.%s: %w", name, err)
