@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
@@ -55,6 +56,13 @@ type Options struct {
 	Now func() time.Time
 	// Dialer dials the broker. Default: a net.Dialer.
 	Dialer *net.Dialer
+	// TrustedProxies (CIDRs or IPs) may name the device in the identity
+	// header (identity.from: header). Default: none.
+	TrustedProxies []string
+	// CheckClientCert rechecks a verified client certificate against the
+	// CRL in force (identity.from: cert), for connections opened before a
+	// reload. Default: none.
+	CheckClientCert func(*tls.ConnectionState) error
 }
 
 // Bridge serves one bridge's device endpoints.
@@ -67,6 +75,7 @@ type Bridge struct {
 	dialer   *net.Dialer
 	tlsCfg   *tls.Config
 	ident    *identifier
+	authLog  *authLog
 	poll     pathTemplate
 	telem    pathTemplate
 	wsPath   pathTemplate
@@ -74,7 +83,8 @@ type Bridge struct {
 	wsPool   *sync.Pool   // write buffers shared by all WebSockets
 	park     *park.Parker // idle device WebSockets wait here; nil without websocket
 	retry    limits.RetryAfter
-	flap     *limits.Flapping
+	flap     atomic.Pointer[limits.Flapping] // nil: off; swapped by a reload
+	liveMax  atomic.Int64                    // limits.max_body, reloadable
 
 	pacer             *pacer   // session connects
 	unlinkedEvictions eventLog // sessions evicted before they connected
@@ -106,9 +116,8 @@ func New(o Options) (*Bridge, error) {
 		closing: make(chan struct{}),
 		wsPool:  &sync.Pool{},
 	}
-	if f := o.Limits.Flapping; f.Max > 0 {
-		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
-	}
+	b.flap.Store(newFlapping(o.Limits.Flapping, c.Session.Max, o.Now))
+	b.liveMax.Store(int64(o.Limits.MaxBody))
 	var err error
 	if b.poll, err = compilePath(c.Poll.Path); err != nil {
 		return nil, fmt.Errorf("poll.path: %w", err)
@@ -126,9 +135,11 @@ func New(o Options) (*Bridge, error) {
 		b.upgrader = websocket.Upgrader{WriteBufferSize: 1024, WriteBufferPool: b.wsPool,
 			CheckOrigin: func(*http.Request) bool { return true }}
 	}
-	if b.ident, err = newIdentifier(c.Identity); err != nil {
+	if b.ident, err = newIdentifier(c.Identity, o.TrustedProxies); err != nil {
 		return nil, err
 	}
+	b.ident.checkCert = o.CheckClientCert
+	b.authLog = newAuthLog(o.Logger, o.Now, o.Registerer)
 	if b.tlsCfg, err = tlsterm.ClientConfig(c.Upstream.TLS); err != nil {
 		return nil, fmt.Errorf("upstream.tls: %w", err)
 	}
@@ -311,10 +322,10 @@ func (b *Bridge) fail(w http.ResponseWriter, r *http.Request, code int, reason s
 func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) (string, bool) {
 	dev, aerr := b.ident.identify(r, pathDev, b.poll.hasDevice)
 	if aerr != nil {
-		b.fail(w, r, aerr.code, aerr.reason)
+		b.authLog.refuse(w, r, aerr)
 		return "", false
 	}
-	if ok, ban := b.flap.Allow(dev); !ok {
+	if ok, ban := b.flap.Load().Allow(dev); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int((ban+time.Second-1)/time.Second)))
 		limits.WriteError(w, http.StatusTooManyRequests, "device is reconnecting too often")
 		b.log.Info("flapping device refused", "device", dev, "ban_left", ban.String())
@@ -485,7 +496,7 @@ func (b *Bridge) serveTelemetry(w http.ResponseWriter, r *http.Request, pathDev 
 	if !ok {
 		return
 	}
-	maxBody := int64(b.lim.MaxBody)
+	maxBody := b.liveMax.Load()
 	if mb := int64(b.cfg.Telemetry.MaxBody); mb > 0 {
 		maxBody = mb
 	}

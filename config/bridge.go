@@ -75,11 +75,16 @@ type Upstream struct {
 type Identity struct {
 	// From is cert, token, header or path. Required.
 	From string `yaml:"from"`
-	// Tokens is a YAML file mapping device id to the hex SHA-256 of its
-	// token (from: token). Default: "".
+	// Tokens is the file of device ids and the hex SHA-256 of their
+	// tokens (from: token). A .yaml/.yml file is a flat map
+	// "device: sha256hex"; any other name has one "device sha256hex" per
+	// line. Both take # comments; duplicate ids or hashes are errors. It
+	// is re-read on SIGHUP. Default: "".
 	Tokens string `yaml:"tokens"`
 	// Header carries the token (from: token; default "Authorization" with
-	// "Bearer ") or the trusted identity (from: header; required).
+	// "Bearer ") or the trusted identity (from: header; required). A header
+	// identity is believed only from a peer in trusted_proxies (required
+	// with from: header); from any other peer the request is 401.
 	Header string `yaml:"header"`
 	// CertField is the client certificate field used (from: cert): cn or
 	// uri. Default: "cn".
@@ -269,6 +274,9 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 	case "header":
 		if id.Header == "" {
 			e.add(p+".identity.header", "is required with from: header")
+		}
+		if len(c.TrustedProxies) == 0 {
+			e.add(p+".identity.from", "header needs trusted_proxies: the header is believed only from those peers (anyone else could claim any device)")
 		}
 	case "path":
 		if !id.AllowUnauthenticated {

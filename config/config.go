@@ -28,8 +28,9 @@ type Config struct {
 	// timeouts.
 	Limits Limits `yaml:"limits"`
 	// TrustedProxies lists the CIDRs (or single IPs) whose X-Forwarded-* and
-	// Forwarded headers are believed. Default: none, the client's values are
-	// replaced.
+	// Forwarded headers, and bridges' identity headers (identity.from:
+	// header, which requires them), are believed. Default: none, the
+	// client's values are replaced.
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Routes map requests (by host and path prefix) to a bridge, a backend
 	// pool or an MQTT-over-WebSocket relay. Default: none.

@@ -61,6 +61,13 @@ func TestValidateMessages(t *testing.T) {
     identity: {from: path}
     poll: {path: "/d/{device}"}
     commands: {topic: "d/{device}/c"}`, []string{`bridges.b.identity.allow_unauthenticated: must be true with from: path (the path proves nothing)`}},
+		{"bridge header identity without trusted proxies", `bridges:
+  b:
+    upstream: {url: "mqtt://127.0.0.1:1883"}
+    identity: {from: header, header: X-Device-Id}
+    poll: {path: "/d/{device}"}
+    commands: {topic: "d/{device}/c"}`, []string{`bridges.b.identity.from: header needs trusted_proxies: the header is believed only from those peers (anyone else could claim any device)`}},
+		{"client auth crl without ca", "tls: {client_auth: {crl: r.pem}}", []string{`tls.client_auth.ca: is required`}},
 		{"bridge wildcard topic and long wait", `bridges:
   b:
     upstream: {url: "mqtt://127.0.0.1:1883"}

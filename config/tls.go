@@ -58,10 +58,17 @@ type SessionTickets struct {
 
 // ClientAuth configures client certificate verification.
 type ClientAuth struct {
-	// CA is a PEM file of the CAs that issue device certificates. Required.
+	// CA is a PEM file of the CAs that issue device certificates; re-read
+	// on SIGHUP. Required.
 	CA string `yaml:"ca"`
 	// Mode is "require" or "verify_if_given". Default: "verify_if_given".
 	Mode string `yaml:"mode"`
+	// CRL is a file of certificate revocation lists (PEM, one or more, or
+	// a single DER), each signed by a CA in ca. A revoked device
+	// certificate fails the handshake (bad_certificate) in either mode,
+	// resumed sessions included. ca and crl are re-read on SIGHUP.
+	// Default: "" (no revocation).
+	CRL string `yaml:"crl"`
 }
 
 // ACME configures automatic certificates through certmagic.

@@ -249,8 +249,9 @@ func TestBridgeEviction(t *testing.T) {
 	}
 }
 
-// TestBridgeIdentity: token identity — none or wrong 401, another device's
-// 403, malformed ids 400 (they never reach a topic).
+// TestBridgeIdentity: token identity — none, wrong or another device's
+// 401 (a token is checked against the path's device only), malformed ids
+// 400 (they never reach a topic).
 func TestBridgeIdentity(t *testing.T) {
 	m := startMosquitto(t, "")
 	dir := t.TempDir()
@@ -266,7 +267,7 @@ func TestBridgeIdentity(t *testing.T) {
 		{"right token", "/devices/door-1/commands", "s3cret-door-1", 204},
 		{"no token", "/devices/door-1/commands", "", 401},
 		{"wrong token", "/devices/door-1/commands", "guess", 401},
-		{"another device", "/devices/door-2/commands", "s3cret-door-1", 403},
+		{"another device", "/devices/door-2/commands", "s3cret-door-1", 401},
 		{"wildcard id", "/devices/door+1/commands", "s3cret-door-1", 400},
 		{"hash id", "/devices/%23/commands", "s3cret-door-1", 400},
 		{"long id", "/devices/" + strings.Repeat("x", 129) + "/commands", "s3cret-door-1", 400},
@@ -418,7 +419,7 @@ func TestBridgeLegacyShapes(t *testing.T) {
 	m := startMosquitto(t, "")
 	app := newMQTTPeer(t, m.Addr(), "app", true)
 	status := app.subscribe("devices/+/status")
-	cfg := bridgeConfig(m.URL(), "{from: header, header: X-Device-Id}", "")
+	cfg := bridgeConfig(m.URL(), "{from: header, header: X-Device-Id}", "trusted_proxies: [127.0.0.1]\n")
 	cfg = strings.Replace(cfg, `poll: {path: "/devices/{device}/commands", max_wait: 30s}`,
 		`poll: {path: "/devices/updates", max_wait: 30s, empty_status: 200, empty_body: '{"updates":[]}', format: json, max_batch: 5}`, 1)
 	e := startEdgeshim(t, cfg)

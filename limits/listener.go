@@ -49,10 +49,11 @@ type ipState struct {
 // any TLS work: a refused connection costs one accept and one close.
 type Listener struct {
 	net.Listener
-	o    ListenerOptions
-	open atomic.Int64
-	mu   sync.Mutex
-	ips  *lru.Cache[netip.Addr, *ipState]
+	o     ListenerOptions
+	open  atomic.Int64
+	perIP atomic.Pointer[PerIP] // the live per-IP caps (SetPerIP)
+	mu    sync.Mutex
+	ips   *lru.Cache[netip.Addr, *ipState]
 }
 
 var _ net.Listener = (*Listener)(nil)
@@ -66,7 +67,9 @@ func NewListener(ln net.Listener, o ListenerOptions) *Listener {
 		o.Tracked = 1
 	}
 	c, _ := lru.New[netip.Addr, *ipState](o.Tracked)
-	return &Listener{Listener: ln, o: o, ips: c}
+	l := &Listener{Listener: ln, o: o, ips: c}
+	l.SetPerIP(PerIP{MaxConns: o.PerIPMaxConns, Rate: o.PerIPRate, Burst: o.PerIPBurst})
+	return l
 }
 
 // Accept returns the next connection within the caps; the others are
@@ -114,15 +117,18 @@ func (l *Listener) admit(c net.Conn) string {
 		l.open.Add(-1)
 		return ReasonMaxConns
 	}
+	p := l.curPerIP()
 	st := l.state(ip)
 	l.mu.Lock()
-	ok := st.limiter.AllowN(l.o.Now(), 1)
+	now := l.o.Now()
+	retune(st.limiter, p, now)
+	ok := st.limiter.AllowN(now, 1)
 	l.mu.Unlock()
 	if !ok {
 		l.open.Add(-1)
 		return ReasonPerIPRate
 	}
-	if n := st.open.Add(1); l.o.PerIPMaxConns > 0 && int(n) > l.o.PerIPMaxConns {
+	if n := st.open.Add(1); p.MaxConns > 0 && int(n) > p.MaxConns {
 		st.open.Add(-1)
 		l.open.Add(-1)
 		return ReasonPerIPMaxConns
@@ -155,7 +161,8 @@ func (l *Listener) state(ip netip.Addr) *ipState {
 	defer l.mu.Unlock()
 	st, ok := l.ips.Get(ip)
 	if !ok {
-		st = &ipState{limiter: rate.NewLimiter(rate.Limit(l.o.PerIPRate), l.o.PerIPBurst)}
+		p := l.curPerIP()
+		st = &ipState{limiter: rate.NewLimiter(rate.Limit(p.Rate), p.Burst)}
 		l.ips.Add(ip, st)
 	}
 	return st

@@ -236,7 +236,7 @@ func (fc *fastConn) loop(l *tlsListener) (handoff bool) {
 			return false
 		}
 		fr := fs.match(fc)
-		if fr == nil || fc.h.contentLength > fr.rp.maxBody || fs.heap.Over() {
+		if fr == nil || fc.h.contentLength > fr.rp.bodyLimit() || fs.heap.Over() {
 			return true
 		}
 		fs.served.Add(1)

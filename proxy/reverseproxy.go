@@ -35,7 +35,8 @@ type routeProxy struct {
 	route    config.Route
 	pool     *pool
 	rp       *httputil.ReverseProxy
-	maxBody  int64
+	maxBody  int64        // the route's own max_body, 0: none
+	liveMax  func() int64 // limits.max_body, live (reloadable)
 	trusted  []netip.Prefix
 	log      *slog.Logger
 	m        *metrics
@@ -70,6 +71,7 @@ type proxyDeps struct {
 	base     context.Context     // cancelled on shutdown: ends upgraded connections
 	bufs     httputil.BufferPool // response copy buffers, shared by all routes
 	park     *park.Parker        // where idle upgraded sockets wait
+	maxBody  func() int64        // limits.max_body, live (reloadable)
 }
 
 // copyBufSize is the size of a response copy buffer.
@@ -153,14 +155,14 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		name:     name,
 		route:    rc,
 		pool:     newPool(urls, pc.LB, pc.Passive.MaxFails, pc.Passive.EjectFor.D(), d.now),
-		maxBody:  int64(d.cfg.Limits.MaxBody),
+		liveMax:  d.maxBody,
 		log:      d.log.With("route", name),
 		m:        d.m,
 		retry:    d.retry,
 		upgrades: d.upgrades,
 		hc:       pc.HealthCheck,
 	}
-	if rc.MaxBody > 0 && int64(rc.MaxBody) < rp.maxBody {
+	if rc.MaxBody > 0 {
 		rp.maxBody = int64(rc.MaxBody)
 	}
 	for _, s := range d.cfg.TrustedProxies {
@@ -241,12 +243,13 @@ func (rp *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, msg)
 		return
 	}
-	if r.ContentLength > rp.maxBody {
+	maxBody := rp.bodyLimit()
+	if r.ContentLength > maxBody {
 		writeError(w, http.StatusRequestEntityTooLarge, "body too large")
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = http.MaxBytesReader(w, r.Body, rp.maxBody)
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	}
 	if rp.route.Proxy.Timeouts.Request > 0 {
 		ctx, cancel := context.WithTimeout(r.Context(), rp.route.Proxy.Timeouts.Request.D())

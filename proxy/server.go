@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
@@ -72,6 +73,8 @@ type Server struct {
 	serveWG  sync.WaitGroup
 
 	admission *limits.Admission
+	live      atomic.Pointer[config.Limits] // the reloadable limits (SetLimits)
+	limited   []*limits.Listener            // the listeners' per-IP caps follow SetLimits
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -86,6 +89,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	lim := opts.Config.Limits
+	s.live.Store(&lim)
 	for _, rc := range opts.Config.Routes {
 		if rc.MQTTWS != nil && s.park == nil {
 			s.park = park.New()
@@ -94,7 +98,7 @@ func New(opts Options) (*Server, error) {
 	bufs := &bufferPool{}
 	rt, err := newRouter(opts.Config.Routes, opts.Bridges, proxyDeps{
 		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: bufs,
-		retry: func() int { return retryAfterSeconds(lim.RetryAfter) }, park: s.park,
+		retry: func() int { return retryAfterSeconds(lim.RetryAfter) }, park: s.park, maxBody: s.maxBody,
 	})
 	if err != nil {
 		s.cancel()
@@ -106,7 +110,7 @@ func New(opts Options) (*Server, error) {
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
 	wrap := func(h http.Handler) http.Handler {
-		return s.m.instrument(rt.routeName, s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.Body(int64(lim.MaxBody), h))))))
+		return s.m.instrument(rt.routeName, s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.BodyFunc(s.maxBody, h))))))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
@@ -308,10 +312,14 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 	if lim.Overload.MaxConns > 0 && lim.Overload.MaxConns < maxConns {
 		maxConns = lim.Overload.MaxConns
 	}
-	return limits.NewListener(ln, limits.ListenerOptions{
+	l := limits.NewListener(ln, limits.ListenerOptions{
 		MaxConns: maxConns, PerIPMaxConns: lim.PerIP.MaxConns, PerIPRate: lim.PerIP.Rate,
 		PerIPBurst: lim.PerIP.Burst, Tracked: lim.PerIP.Tracked, Refused: s.m.connsRefused, Open: s.m.connsOpen,
-	}), nil
+	})
+	s.mu.Lock()
+	s.limited = append(s.limited, l)
+	s.mu.Unlock()
+	return l, nil
 }
 
 // startPlain serves listen.http, if configured.

@@ -12,6 +12,9 @@ import (
 type metrics struct {
 	handshakes *prometheus.CounterVec
 	errors     prometheus.Counter
+	// clientRefused counts client certificates refused after chain
+	// verification (revoked, untrusted_ca).
+	clientRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -25,7 +28,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "TLS handshakes that failed or timed out.",
 		}),
 	}
-	reg.MustRegister(m.handshakes, m.errors)
+	m.clientRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeshim_tls_client_certs_refused_total",
+		Help: "Handshakes refused for their client certificate after chain verification, by reason (revoked, untrusted_ca).",
+	}, []string{"reason"})
+	reg.MustRegister(m.handshakes, m.errors, m.clientRefused)
 	return m
 }
 

@@ -68,9 +68,12 @@ func keyID(k [32]byte) string {
 
 func (tk *ticketKeys) set(keys [][32]byte) {
 	tk.mu.Lock()
+	defer tk.mu.Unlock()
 	tk.keys = keys
-	tk.mu.Unlock()
 	tk.t.base.SetSessionTicketKeys(keys)
+	if g := tk.t.gen.Load(); g != nil { // client_auth's generation (installClientTrust)
+		g.SetSessionTicketKeys(keys)
+	}
 }
 
 // rotateLoop makes a new issuing key every period, keeping keep keys.
@@ -104,17 +107,25 @@ func (tk *ticketKeys) rotateLoop(period time.Duration, keep int) {
 // loadFile reads the shared key file; on error the current keys stay.
 func (tk *ticketKeys) loadFile() error {
 	path := tk.t.opts.TLS.SessionTickets.KeyFile
-	data, err := os.ReadFile(path)
+	keys, err := readKeyFile(path)
 	if err != nil {
-		return fmt.Errorf("tls.session_tickets.key_file: %w", err)
-	}
-	keys, err := parseKeyFile(data)
-	if err != nil {
-		return fmt.Errorf("tls.session_tickets.key_file %s: %w", path, err)
+		return err
 	}
 	tk.set(keys)
 	tk.t.log.Info("session ticket keys loaded", "file", path, "ticket_key_id", keyID(keys[0]), "keys", len(keys))
 	return nil
+}
+
+func readKeyFile(path string) ([][32]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tls.session_tickets.key_file: %w", err)
+	}
+	keys, err := parseKeyFile(data)
+	if err != nil {
+		return nil, fmt.Errorf("tls.session_tickets.key_file %s: %w", path, err)
+	}
+	return keys, nil
 }
 
 // parseKeyFile reads one key per line, 64 hex characters (32 bytes),

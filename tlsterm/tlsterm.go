@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -43,8 +42,10 @@ type Terminator struct {
 	opts    Options
 	log     *slog.Logger
 	certs   atomic.Pointer[certSet]
-	clients *x509.CertPool
-	acme    *acmeManager // nil without tls.acme
+	clients *x509.CertPool              // the CA pool at start (base config)
+	trust   atomic.Pointer[clientTrust] // nil without client_auth
+	gen     atomic.Pointer[tls.Config]  // the live config with the current CA pool; nil without client_auth
+	acme    *acmeManager                // nil without tls.acme
 	base    *tls.Config
 	m       *metrics
 	tickets *ticketKeys
@@ -67,21 +68,23 @@ func New(opts Options) (*Terminator, error) {
 		t.acme = m
 	}
 	opts.Registerer.MustRegister(newCertExpiry(t, time.Now))
+	var trust *clientTrust
 	if ca := opts.TLS.ClientAuth; ca != nil {
-		pem, err := os.ReadFile(ca.CA)
+		ct, stale, err := loadClientTrust(*ca, time.Now())
 		if err != nil {
-			return nil, fmt.Errorf("tls.client_auth.ca: %w", err)
+			t.closeACME()
+			return nil, err
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls.client_auth.ca: no PEM certificates in %s", ca.CA)
-		}
-		t.clients = pool
+		t.logStale(stale)
+		trust, t.clients = ct, ct.pool
 	}
 	t.base = t.buildConfig()
 	if err := t.startTickets(); err != nil {
 		t.closeACME()
 		return nil, err
+	}
+	if trust != nil {
+		t.installClientTrust(trust)
 	}
 	return t, nil
 }
@@ -94,11 +97,20 @@ type certSet struct {
 }
 
 func (t *Terminator) loadCerts() error {
+	set, err := t.readCerts(t.opts.TLS.Certs)
+	if err != nil {
+		return err
+	}
+	t.certs.Store(set)
+	return nil
+}
+
+func (t *Terminator) readCerts(certs []config.CertFile) (*certSet, error) {
 	var set certSet
-	for i, cf := range t.opts.TLS.Certs {
+	for i, cf := range certs {
 		c, err := tls.LoadX509KeyPair(cf.Cert, cf.Key)
 		if err != nil {
-			return fmt.Errorf("tls.certs[%d]: %w", i, err)
+			return nil, fmt.Errorf("tls.certs[%d]: %w", i, err)
 		}
 		set.files = append(set.files, c)
 	}
@@ -107,28 +119,89 @@ func (t *Terminator) loadCerts() error {
 		// while the CA is unreachable.
 		c, err := selfSigned(t.opts.DataDir, t.opts.TLS.SelfSigned.Hosts, t.log)
 		if err != nil {
-			return fmt.Errorf("self-signed certificate: %w", err)
+			return nil, fmt.Errorf("self-signed certificate: %w", err)
 		}
 		set.dev = &c
 	}
-	t.certs.Store(&set)
+	return &set, nil
+}
+
+func (t *Terminator) logStale(stale []string) {
+	for _, s := range stale {
+		t.log.Warn("client certificate CRL is stale; still enforced", "crl", s)
+	}
+}
+
+// Reload re-reads the files of the current configuration: see
+// PrepareReload.
+func (t *Terminator) Reload() error {
+	p, err := t.PrepareReload(t.opts.TLS)
+	if err != nil {
+		return err
+	}
+	p.Commit()
 	return nil
 }
 
-// Reload re-reads certificate files and the ticket key file. On an error
-// the previous certificates and keys stay in force. Existing connections
-// are unaffected.
-func (t *Terminator) Reload() error {
-	if err := t.loadCerts(); err != nil {
-		return err
+// Pending is a TLS reload whose files were all read and checked; Commit
+// puts it in force.
+type Pending struct {
+	t     *Terminator
+	c     config.TLS
+	certs *certSet
+	keys  [][32]byte   // nil: the ticket keys stay
+	trust *clientTrust // nil without client_auth
+	stale []string
+}
+
+// PrepareReload reads every file c names that can change while running:
+// the certificates, the session ticket key file and the client CA and CRL
+// files. Nothing changes until Commit; on an error nothing does. Whether
+// client_auth, a key file and ACME are used at all is fixed at start:
+// those parts of c are read only when they were configured at start.
+func (t *Terminator) PrepareReload(c config.TLS) (*Pending, error) {
+	p := &Pending{t: t, c: c}
+	var errs []error
+	var err error
+	if p.certs, err = t.readCerts(c.Certs); err != nil {
+		errs = append(errs, err)
 	}
-	if t.tickets != nil && t.opts.TLS.SessionTickets.KeyFile != "" {
-		if err := t.tickets.loadFile(); err != nil {
-			return err
+	if t.tickets != nil && t.opts.TLS.SessionTickets.KeyFile != "" && c.SessionTickets.KeyFile != "" {
+		if p.keys, err = readKeyFile(c.SessionTickets.KeyFile); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	t.log.Info("tls reloaded")
-	return nil
+	if t.opts.TLS.ClientAuth != nil && c.ClientAuth != nil {
+		if p.trust, p.stale, err = loadClientTrust(*c.ClientAuth, time.Now()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Commit puts a prepared reload in force for new handshakes. Open
+// connections keep what they negotiated; sessions resume across it.
+func (p *Pending) Commit() {
+	t := p.t
+	t.certs.Store(p.certs)
+	t.opts.TLS.Certs = p.c.Certs
+	if p.keys != nil {
+		t.opts.TLS.SessionTickets.KeyFile = p.c.SessionTickets.KeyFile
+		t.tickets.set(p.keys)
+		t.log.Info("session ticket keys loaded", "file", p.c.SessionTickets.KeyFile, "ticket_key_id", keyID(p.keys[0]), "keys", len(p.keys))
+	}
+	if p.trust != nil {
+		ca := *p.c.ClientAuth
+		ca.Mode = t.opts.TLS.ClientAuth.Mode // the mode is fixed at start
+		t.opts.TLS.ClientAuth = &ca
+		t.installClientTrust(p.trust)
+		t.logStale(p.stale)
+		t.log.Info("client certificate trust loaded", "ca", ca.CA, "crl", ca.CRL, "revoked", len(p.trust.revoked))
+	}
+	t.log.Info("tls reloaded", "certs", len(p.certs.files))
 }
 
 func (t *Terminator) buildConfig() *tls.Config {
@@ -157,6 +230,8 @@ func (t *Terminator) buildConfig() *tls.Config {
 			GetCertificate:         t.acme.magic.GetCertificate,
 			SessionTicketsDisabled: true,
 		}
+	}
+	if t.acme != nil && t.acme.alpn != nil || t.clients != nil {
 		cfg.GetConfigForClient = t.configForHello
 	}
 	if t.opts.TLS.MinVersion == "1.3" {
@@ -182,12 +257,15 @@ func (t *Terminator) buildConfig() *tls.Config {
 func (t *Terminator) TLSConfig() *tls.Config { return t.base }
 
 // configForHello returns the ACME validation configuration for
-// TLS-ALPN-01 handshakes and nil (the live configuration) otherwise.
+// TLS-ALPN-01 handshakes, the current client-auth generation with
+// client_auth, and nil (the live configuration) otherwise.
 func (t *Terminator) configForHello(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	if isChallengeHello(hello) && hello.ServerName != "" {
+	if t.acme != nil && t.acme.alpn != nil && isChallengeHello(hello) && hello.ServerName != "" {
 		return t.acme.alpn, nil
 	}
-	return nil, nil
+	// With client_auth: the generation with the current CA pool (nil
+	// before the first is installed, and without client_auth).
+	return t.gen.Load(), nil
 }
 
 // getCertificate picks, in order: a certificate file matching the name;
@@ -251,6 +329,14 @@ func (t *Terminator) closeACME() {
 }
 
 func (t *Terminator) verifyConnection(cs tls.ConnectionState) error {
+	if err := t.trust.Load().check(&cs); err != nil {
+		reason := "revoked"
+		if errors.Is(err, ErrUntrustedCA) {
+			reason = "untrusted_ca"
+		}
+		t.m.clientRefused.WithLabelValues(reason).Inc()
+		return err
+	}
 	t.m.handshake(cs)
 	return nil
 }

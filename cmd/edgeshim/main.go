@@ -53,7 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		if err := serve(ctx, cfg, stderr); err != nil {
+		if err := serve(ctx, cfg, *file, stderr); err != nil {
 			fmt.Fprintln(stderr, "edgeshim:", err)
 			return 1
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -20,20 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(cfg.Level))
-	o := &slog.HandlerOptions{Level: lvl}
-	if cfg.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, o))
-	}
-	return slog.New(slog.NewTextHandler(w, o))
-}
-
 // serve wires the packages and runs until ctx ends, then shuts down within
 // the configured grace period.
-func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
-	log := newLogger(cfg.Log, logw)
+func serve(ctx context.Context, cfg *config.Config, file string, logw io.Writer) error {
+	log, level := newLeveledLogger(cfg.Log, logw)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(reg)
@@ -56,7 +45,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 	bridges := map[string]*bridge.Bridge{}
 	handlers := map[string]http.Handler{}
 	for name, bc := range cfg.Bridges {
-		b, err := bridge.New(bridge.Options{Name: name, Config: bc, Limits: cfg.Limits,
+		b, err := bridge.New(bridge.Options{Name: name, Config: bc, Limits: cfg.Limits, TrustedProxies: cfg.TrustedProxies, CheckClientCert: term.CheckClientCert,
 			Logger: log.With("bridge", name), Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"bridge": name}, reg)})
 		if err != nil {
 			return fmt.Errorf("bridges.%s: %w", name, err)
@@ -83,6 +72,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		return err
 	}
 	log.Info("edgeshim started", "version", versionString())
+	rl := newReloader(file, cfg, log, level, term, srv, bridges, reg)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -93,9 +83,7 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case <-hup:
-			if err := term.Reload(); err != nil {
-				log.Error("reload failed; keeping the previous certificates and keys", "err", err)
-			}
+			_ = rl.reload() // logged; the previous configuration stays on error
 		}
 	}
 
