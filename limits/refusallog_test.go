@@ -1,0 +1,94 @@
+package limits
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// logRecorder is a slog.Handler keeping each record as "msg k=v k=v".
+type logRecorder struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logRecorder) WithGroup(string) slog.Handler            { return h }
+func (h *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	r.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	})
+	h.mu.Lock()
+	h.lines = append(h.lines, b.String())
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *logRecorder) take() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.lines
+	h.lines = nil
+	return l
+}
+
+// TestRefusalLogRateLimited: a flood of one reason is one line at once and
+// one aggregate per second with its count and first/last address; another
+// reason has its own window; after a quiet second the next refusal is
+// written at once; Close writes what is pending.
+func TestRefusalLogRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &logRecorder{}
+		rl := NewRefusalLog(slog.New(rec), slog.LevelWarn, "connection refused")
+		for i := range 1000 {
+			rl.Refused("per_ip_rate", fmt.Sprintf("10.0.0.%d", i%250), nil)
+		}
+		rl.Refused("max_conns", "10.0.1.1", nil)
+		got := rec.take()
+		want := []string{
+			"connection refused reason=per_ip_rate count=1 addr=10.0.0.0",
+			"connection refused reason=max_conns count=1 addr=10.0.1.1",
+		}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("at once:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		time.Sleep(999 * time.Millisecond)
+		synctest.Wait()
+		if got := rec.take(); len(got) != 0 {
+			t.Fatalf("aggregate before the window ended: %q", got)
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		got = rec.take()
+		if len(got) != 1 || got[0] != "connection refused reason=per_ip_rate count=999 first=10.0.0.1 last=10.0.0.249 within=1s" {
+			t.Fatalf("aggregate: %q", got)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if got := rec.take(); len(got) != 0 {
+			t.Fatalf("lines without refusals: %q", got)
+		}
+		rl.Refused("per_ip_rate", "10.0.0.7", fmt.Errorf("boom"))
+		rl.Refused("per_ip_rate", "10.0.0.8", nil)
+		got = rec.take()
+		if len(got) != 1 || got[0] != "connection refused reason=per_ip_rate count=1 addr=10.0.0.7 err=boom" {
+			t.Fatalf("after a quiet window: %q", got)
+		}
+		rl.Close()
+		got = rec.take()
+		if len(got) != 1 || !strings.Contains(got[0], "count=1 first=10.0.0.8 last=10.0.0.8") {
+			t.Fatalf("Close: %q", got)
+		}
+		var nilLog *RefusalLog
+		nilLog.Refused("x", "y", nil) // no panic
+	})
+}
