@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -91,4 +92,31 @@ func TestRefusalLogRateLimited(t *testing.T) {
 		var nilLog *RefusalLog
 		nilLog.Refused("x", "y", nil) // no panic
 	})
+}
+
+// TestZeroIsOff: a listener with every cap and rate 0 admits without
+// limit, and so does a handshake admission with rate 0.
+func TestZeroIsOff(t *testing.T) {
+	l := NewListener(nil, ListenerOptions{Tracked: 10})
+	ip := netip.MustParseAddr("127.0.0.9")
+	for i := range 1000 {
+		if _, ok := l.Admit(ip); !ok {
+			t.Fatalf("connection %d refused with every limit 0 (off)", i)
+		}
+	}
+	l = NewListener(nil, ListenerOptions{PerIPMaxConns: 2, Tracked: 10})
+	for i := range 2 {
+		if _, ok := l.Admit(ip); !ok {
+			t.Fatalf("connection %d refused: per-IP rate 0 is off", i)
+		}
+	}
+	if _, ok := l.Admit(ip); ok {
+		t.Fatal("per-IP max 2 not applied with rate 0")
+	}
+	a := NewAdmission(AdmissionOptions{Rate: 0, Burst: 0, QueueTimeout: 0})
+	for i := range 100 {
+		if err := a.Wait(context.Background()); err != nil {
+			t.Fatalf("handshake %d refused with rate 0 (off): %v", i, err)
+		}
+	}
 }
