@@ -106,7 +106,7 @@ func New(o Options) (*Bridge, error) {
 		wsPool:         &sync.Pool{},
 	}
 	if f := o.Limits.Flapping; f.Max > 0 {
-		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
+		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now, Logger: o.Logger})
 	}
 	var err error
 	if b.poll, err = compilePath(c.Poll.Path); err != nil {
@@ -308,10 +308,9 @@ func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) 
 		b.fail(w, r, aerr.code, aerr.reason)
 		return "", false
 	}
-	if ok, ban := b.flap.Allow(dev); !ok {
+	if ok, ban := b.flap.AllowFrom(dev, r.RemoteAddr); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int((ban+time.Second-1)/time.Second)))
 		limits.WriteError(w, http.StatusTooManyRequests, "device is reconnecting too often")
-		b.log.Info("flapping device refused", "device", dev, "ban_left", ban.String())
 		return "", false
 	}
 	return dev, true

@@ -2,8 +2,11 @@ package limits
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -119,4 +122,54 @@ func TestZeroIsOff(t *testing.T) {
 			t.Fatalf("handshake %d refused with rate 0 (off): %v", i, err)
 		}
 	}
+}
+
+// TestFlappingRefusalsLogged: a banned device hammering is one log line
+// at once and one aggregate a second later, not a line per attempt.
+func TestFlappingRefusalsLogged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &logRecorder{}
+		f := NewFlapping(FlappingOptions{Max: 2, Window: time.Minute, Ban: time.Hour, Logger: slog.New(rec)})
+		refused := 0
+		for range 500 {
+			if ok, _ := f.AllowFrom("door-17", "198.51.100.7:4000"); !ok {
+				refused++
+			}
+		}
+		if refused != 498 {
+			t.Fatalf("%d refused, want 498", refused)
+		}
+		if got := rec.take(); len(got) != 1 || got[0] != "flapping device refused reason=flapping count=1 addr=door-17 from 198.51.100.7:4000" {
+			t.Fatalf("at once: %q", got)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := rec.take(); len(got) != 1 || !strings.Contains(got[0], "count=497") {
+			t.Fatalf("aggregate: %q", got)
+		}
+	})
+}
+
+// TestAdmissionAndOverloadRefusalsLogged: a refused handshake and a shed
+// request each write a line with their reason.
+func TestAdmissionAndOverloadRefusalsLogged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &logRecorder{}
+		a := NewAdmission(AdmissionOptions{Rate: 1, Burst: 1, QueueTimeout: time.Millisecond,
+			Log: NewRefusalLog(slog.New(rec), slog.LevelWarn, "connection refused")})
+		a.Wait(context.Background())
+		if err := a.Wait(context.Background()); !errors.Is(err, ErrAdmission) {
+			t.Fatalf("second handshake: %v, want ErrAdmission", err)
+		}
+		h := NewHeapWatermark(1, RetryAfter{Min: time.Second, Max: time.Second})
+		h.Heap = func() uint64 { return 2 }
+		h.Log = NewRefusalLog(slog.New(rec), slog.LevelWarn, "request refused")
+		req := httptest.NewRequest("GET", "/", nil)
+		h.Wrap(http.NotFoundHandler()).ServeHTTP(httptest.NewRecorder(), req)
+		got := rec.take()
+		if len(got) != 2 || got[0] != "connection refused reason=handshake_queue_timeout count=1 addr=" ||
+			got[1] != "request refused reason=overloaded count=1 addr="+req.RemoteAddr {
+			t.Fatalf("log: %q", got)
+		}
+	})
 }
