@@ -36,8 +36,8 @@ type flapState struct {
 type Flapping struct {
 	o   FlappingOptions
 	log *RefusalLog
-	mu sync.Mutex
-	st *lru.Cache[string, *flapState]
+	mu  sync.Mutex
+	st  *lru.Cache[string, *flapState]
 }
 
 // NewFlapping returns a detector.
