@@ -7,6 +7,7 @@ need mosquitto mosquitto
 need mosquitto_pub mosquitto-clients
 need pebble pebble
 need curl curl
+need haproxy haproxy
 if [ ${#pkgs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
