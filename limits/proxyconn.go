@@ -158,7 +158,10 @@ func (c *ppConn) Close() error {
 }
 
 // readHeader reads a trusted peer's header within the timeout, then
-// admits the carried address.
+// admits the carried address. It sets and then clears the read deadline:
+// whoever serves the connection calls it (Resolve, RemoteAddr) before
+// setting a deadline of its own, as proxy's TLS listener and net/http do;
+// a first Read reaches it only if neither was called.
 func (c *ppConn) readHeader() {
 	p := c.l.o.Proxy
 	timeout := p.Timeout
@@ -170,6 +173,10 @@ func (c *ppConn) readHeader() {
 	c.Conn.SetReadDeadline(time.Time{})
 	peer := remoteIP(c.Conn.RemoteAddr())
 	if err != nil {
+		if c.isClosed() { // closed by its server (shutdown): not a refusal
+			c.err = c.opErr(net.ErrClosed)
+			return
+		}
 		c.refuseHeader(peer, proxyReason(err), err)
 		return
 	}
@@ -220,6 +227,12 @@ func (c *ppConn) checkNoHeader() error {
 			return nil
 		}
 	}
+}
+
+func (c *ppConn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }
 
 func (c *ppConn) refuseHeader(peer netip.Addr, reason string, err error) {
