@@ -73,7 +73,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	}
 	failed := make(chan string, 10)
 	logs := &lockedLog{}
-	s, cl := startProxy(t, fmt.Sprintf(`{limits: {timeouts: {handshake: 300ms}}, tls: {client_auth: {ca: %q, mode: verify_if_given}}}`, caFile), func(o *Options) {
+	s, cl := startProxy(t, fmt.Sprintf(`{limits: {timeouts: {handshake: 2s}}, tls: {client_auth: {ca: %q, mode: verify_if_given}}}`, caFile), func(o *Options) {
 		o.HandshakeFailed = func(reason string) { failed <- reason }
 		o.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	})
