@@ -171,3 +171,19 @@ func (c *countReader) Read(p []byte) (int, error) {
 	c.n += n
 	return n, err
 }
+
+// BenchmarkRead parses a v1 and a v2 header from memory.
+func BenchmarkRead(b *testing.B) {
+	for name, hdr := range map[string][]byte{"v1": AppendV1(nil, src4, dst4), "v2": AppendV2(nil, false, src6, dst6, nil)} {
+		b.Run(name, func(b *testing.B) {
+			r := bytes.NewReader(hdr)
+			b.ReportAllocs()
+			for b.Loop() {
+				r.Reset(hdr)
+				if _, _, err := Read(r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
