@@ -25,7 +25,7 @@ func startHAProxy(t *testing.T, upstream string) string {
 	front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	dir := t.TempDir()
 	cfg := fmt.Sprintf(`global
-  maxconn 200
+  maxconn 2000
 defaults
   mode tcp
   timeout connect 5s
@@ -129,5 +129,87 @@ routes: [{path: /, proxy: {backends: [%q]}}]
 	// HAProxy has been checking all along (every 200 ms, v2 LOCAL).
 	if n := e.Metric("edgeshim_proxy_protocol_refused_total"); n != 1 {
 		t.Errorf("%v PROXY refusals in all, want only the direct one (HAProxy's checks are LOCAL)", n)
+	}
+}
+
+// TestFleetLongPollsBehindHAProxy is the case of issue 12: 300 devices
+// long-poll at once through one balancer address. With PROXY protocol
+// each is limited by its own address (default per_ip: 200 open, 20/s,
+// burst 40) and all 300 are served. The same 300 polls sent straight from
+// one untrusted address are refused beyond the per-IP burst, and the
+// refusals are logged, a few lines whose counts add up to the refusals.
+func TestFleetLongPollsBehindHAProxy(t *testing.T) {
+	m := startMosquitto(t, "")
+	e := startEdgeshim(t, fmt.Sprintf(`
+listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0", proxy_protocol: {trusted: ["127.0.0.1"]}}
+routes: [{path: /devices/, bridge: fleet}]
+bridges:
+  fleet:
+    upstream: {url: %q, reconnect_rate: 5000}
+    identity: {from: path, allow_unauthenticated: true}
+    poll: {path: "/devices/{device}/commands", max_wait: 30s}
+    commands: {topic: "devices/{device}/commands"}
+`, m.URL()))
+	front := startHAProxy(t, e.Addr("https"))
+	const n = 300
+	poll := func(i int, src, addr string) int {
+		d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}, TLSClientConfig: e.TLSConfig(), DisableKeepAlives: true}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Get(e.URL(fmt.Sprintf("/devices/door-%d/commands?wait=2", i)))
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	fleet := func(src func(i int) string, addr string) map[int]int {
+		codes := make(chan int, n)
+		for i := range n {
+			go func() { codes <- poll(i, src(i), addr) }()
+		}
+		got := map[int]int{}
+		for range n {
+			got[<-codes]++
+		}
+		return got
+	}
+	behind := fleet(func(i int) string { return fmt.Sprintf("127.1.%d.%d", i/200, 1+i%200) }, front)
+	if behind[204] != n {
+		t.Errorf("through HAProxy: %v, want all %d polls answered 204", behind, n)
+	}
+
+	direct := fleet(func(int) string { return "127.0.0.5" }, e.Addr("https"))
+	refused := direct[0]
+	if refused == 0 || direct[204]+refused != n {
+		t.Fatalf("straight from one address: %v, want some refused by the per-IP limits", direct)
+	}
+	metric := e.WaitMetric("edgeshim_conns_refused_total", float64(refused), 10*time.Second)
+	// One line at once, then one per second per reason with the count.
+	lineRe := regexp.MustCompile(`msg="connection refused" reason=per_ip_\w+ count=(\d+)`)
+	var sum int
+	var lines [][]string
+	deadline := time.Now().Add(10 * time.Second)
+	for { // the aggregate line comes a second after the first
+		sum = 0
+		lines = lineRe.FindAllStringSubmatch(e.Logs.String(), -1)
+		for _, l := range lines {
+			var c int
+			fmt.Sscan(l[1], &c)
+			sum += c
+		}
+		if float64(sum) >= metric || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("straight from one address: %v; %v refusals counted, %d log lines carrying %d", direct, metric, len(lines), sum)
+	if float64(sum) != metric {
+		t.Errorf("the log carries %d refusals, the counter %v", sum, metric)
+	}
+	if len(lines) > 10 {
+		t.Errorf("%d log lines for one burst of refusals, want a few (one per reason per second)", len(lines))
 	}
 }
