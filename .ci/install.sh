@@ -6,8 +6,8 @@ need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || pkgs+=("$2"
 need mosquitto mosquitto
 need mosquitto_pub mosquitto-clients
 need pebble pebble
-need curl curl
 need haproxy haproxy
+need curl curl
 if [ ${#pkgs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -143,3 +143,14 @@ func cipherOverlap(hello *tls.ClientHelloInfo, c *tls.Config) bool {
 	}
 	return slices.ContainsFunc(hello.CipherSuites, func(id uint16) bool { return slices.Contains(ours, id) })
 }
+
+// HandshakeFailedFor counts a failed handshake by its reason (one of
+// FailureReasons, see FailureReason; anything else counts as "other");
+// the server calls it when Handshake returns an error. (HandshakeFailed,
+// without a reason, counts "other".)
+func (t *Terminator) HandshakeFailedFor(reason string) {
+	if !slices.Contains(FailureReasons, reason) {
+		reason = FailOther
+	}
+	t.m.failures.WithLabelValues(reason).Inc()
+}

@@ -63,7 +63,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		bridges[name], handlers[name] = b, b
 	}
 
-	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailed,
+	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailedFor,
 		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
