@@ -5,11 +5,13 @@
 // send one, the deadline) is limits.Listener's.
 //
 // It is a parser of its own rather than github.com/pires/go-proxyproto:
-// that library reads through a bufio.Reader for the connection's whole
-// life (bytes buffered there are invisible to limits/park, which waits for
-// a socket's readiness), and reads the header lazily on first use, where
-// edgeshim must read it before per-IP admission, under its own deadline,
-// and count each refusal by reason. Version 2 is read exactly (never a
+// that library's Conn reads the header through a 4 KiB bufio.Reader per
+// connection, which reads past the header (bytes held there are invisible
+// to limits/park, which waits for a socket's readiness), and it reads the
+// header lazily inside Read/RemoteAddr behind its own policy, where
+// edgeshim must read it at a chosen point (before per-IP admission and the
+// TLS deadline), under its own timeout, and count each refusal by reason;
+// its errors do not map one to one onto those reasons. Version 2 is read exactly (never a
 // byte past the header); version 1, whose end is a CRLF, may be read past:
 // those bytes are returned to be replayed.
 package proxyproto
