@@ -6,6 +6,7 @@ need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || pkgs+=("$2"
 need mosquitto mosquitto
 need mosquitto_pub mosquitto-clients
 need pebble pebble
+need haproxy haproxy
 need curl curl
 need promtool prometheus
 need docker-compose docker-compose   # `config` only: no engine needed

@@ -116,7 +116,7 @@ func New(o Options) (*Bridge, error) {
 		closing: make(chan struct{}),
 		wsPool:  &sync.Pool{},
 	}
-	b.flap.Store(newFlapping(o.Limits.Flapping, c.Session.Max, o.Now))
+	b.flap.Store(newFlapping(o.Limits.Flapping, c.Session.Max, o.Now, o.Logger))
 	b.liveMax.Store(int64(o.Limits.MaxBody))
 	var err error
 	if b.poll, err = compilePath(c.Poll.Path); err != nil {
@@ -325,10 +325,9 @@ func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) 
 		b.authLog.refuse(w, r, aerr)
 		return "", false
 	}
-	if ok, ban := b.flap.Load().Allow(dev); !ok {
+	if ok, ban := b.flap.Load().AllowFrom(dev, r.RemoteAddr); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int((ban+time.Second-1)/time.Second)))
 		limits.WriteError(w, http.StatusTooManyRequests, "device is reconnecting too often")
-		b.log.Info("flapping device refused", "device", dev, "ban_left", ban.String())
 		return "", false
 	}
 	return dev, true

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
@@ -45,14 +46,14 @@ func (r *Reload) Commit() {
 	}
 	b.liveMax.Store(r.maxBody)
 	if r.newFlap {
-		b.flap.Store(newFlapping(r.flap, b.cfg.Session.Max, b.now))
+		b.flap.Store(newFlapping(r.flap, b.cfg.Session.Max, b.now, b.log))
 		b.lim.Flapping = r.flap
 	}
 }
 
-func newFlapping(f config.Flapping, tracked int, now func() time.Time) *limits.Flapping {
+func newFlapping(f config.Flapping, tracked int, now func() time.Time, log *slog.Logger) *limits.Flapping {
 	if f.Max <= 0 {
 		return nil
 	}
-	return limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: tracked, Now: now})
+	return limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: tracked, Now: now, Logger: log})
 }

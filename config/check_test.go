@@ -39,17 +39,17 @@ func TestEnvInTypedFields(t *testing.T) {
 		want      func(*Config) bool
 		errs      []string
 	}{
-		{name: "int", doc: "limits:\n  max_conns: ${MAXC}", want: func(c *Config) bool { return c.Limits.MaxConns == 100 }},
-		{name: "int quoted", doc: `limits: {max_conns: "${MAXC}"}`, want: func(c *Config) bool { return c.Limits.MaxConns == 100 }},
+		{name: "int", doc: "limits:\n  max_conns: ${MAXC}", want: func(c *Config) bool { return c.Limits.MaxConns != nil && *c.Limits.MaxConns == 100 }},
+		{name: "int quoted", doc: `limits: {max_conns: "${MAXC}"}`, want: func(c *Config) bool { return c.Limits.MaxConns != nil && *c.Limits.MaxConns == 100 }},
 		{name: "flow style needs quotes", doc: "limits: {max_conns: ${MAXC}}", errs: []string{"not valid YAML: yaml: did not find expected ',' or '}'"}},
-		{name: "flow style quoted", doc: `limits: {max_conns: "${MAXC}", per_ip: {max_conns: "${MAXC}"}}`, want: func(c *Config) bool { return c.Limits.PerIP.MaxConns == 100 }},
+		{name: "flow style quoted", doc: `limits: {max_conns: "${MAXC}", per_ip: {max_conns: "${MAXC}"}}`, want: func(c *Config) bool { return c.Limits.PerIP.MaxConns != nil && *c.Limits.PerIP.MaxConns == 100 }},
 		{name: "int not a number", doc: "limits:\n  max_conns: ${WORD}", errs: []string{`line 2: limits.max_conns: ${WORD} is not an integer`}},
 		{name: "int literal word", doc: "limits: {max_conns: abc}", errs: []string{`line 1: limits.max_conns: must be an integer (got "abc")`}},
-		{name: "int with default", doc: "limits:\n  max_conns: ${UNSET:-7}", want: func(c *Config) bool { return c.Limits.MaxConns == 7 }},
-		{name: "empty is unset", doc: "limits:\n  max_conns: ${EMPTY}", want: func(c *Config) bool { return c.Limits.MaxConns == 0 }},
+		{name: "int with default", doc: "limits:\n  max_conns: ${UNSET:-7}", want: func(c *Config) bool { return c.Limits.MaxConns != nil && *c.Limits.MaxConns == 7 }},
+		{name: "empty is unset", doc: "limits:\n  max_conns: ${EMPTY}", want: func(c *Config) bool { return c.Limits.MaxConns == nil }},
 		{name: "bool", doc: "listen:\n  http3: ${T}", want: func(c *Config) bool { return c.Listen.HTTP3 }},
 		{name: "bool not", doc: "listen:\n  http3: ${MAXC}", errs: []string{`line 2: listen.http3: ${MAXC} is not true or false`}},
-		{name: "float", doc: "limits:\n  per_ip:\n    rate: ${RATE}", want: func(c *Config) bool { return c.Limits.PerIP.Rate == 2.5 }},
+		{name: "float", doc: "limits:\n  per_ip:\n    rate: ${RATE}", want: func(c *Config) bool { return c.Limits.PerIP.Rate != nil && *c.Limits.PerIP.Rate == 2.5 }},
 		{name: "duration", doc: "limits:\n  timeouts:\n    idle: ${DUR}", want: func(c *Config) bool { return c.Limits.Timeouts.Idle.D() == 90*time.Second }},
 		{name: "duration bad", doc: "limits:\n  timeouts:\n    idle: ${MAXC}", errs: []string{`line 3: limits.timeouts.idle: ${MAXC} is not a duration like "10s", "5m" or "1h"`}},
 		{name: "size", doc: "limits:\n  max_body: ${SIZE}", want: func(c *Config) bool { return c.Limits.MaxBody == 2<<20 }},

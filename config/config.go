@@ -63,6 +63,9 @@ type Listen struct {
 	// Admin serves /metrics, /healthz and /readyz. Default: "127.0.0.1:9090".
 	// Use "off" to disable it.
 	Admin string `yaml:"admin"`
+	// ProxyProtocol reads PROXY protocol headers from trusted load
+	// balancers on the https and http listeners. Default: off.
+	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
 }
 
 // Log configures log/slog output.
@@ -225,6 +228,7 @@ func (c *Config) WithDefaults() *Config {
 	if out.EmbeddedBroker.Listen == "" {
 		out.EmbeddedBroker.Listen = "127.0.0.1:1883"
 	}
+	out.Listen.ProxyProtocol = c.Listen.ProxyProtocol.withDefaults()
 	out.TLS = c.TLS.withDefaults()
 	out.Limits = c.Limits.withDefaults()
 	out.Routes = make([]Route, len(c.Routes))
@@ -271,6 +275,7 @@ func (c *Config) Validate() error {
 			e.add(fmt.Sprintf("trusted_proxies[%d]", i), "must be an IP or CIDR (got %q)", p)
 		}
 	}
+	c.Listen.ProxyProtocol.validate(&e)
 	c.TLS.validate(&e, c)
 	c.Limits.validate(&e)
 	for i, r := range c.Routes {

@@ -40,7 +40,7 @@ func TestValidateMessages(t *testing.T) {
 		name, doc string
 		want      []string
 	}{
-		{"unknown key", "listen: {https: \":1\", foo: 1}", []string{`line 1: listen.foo: unknown field (known: https, http3, http, admin)`}},
+		{"unknown key", "listen: {https: \":1\", foo: 1}", []string{`line 1: listen.foo: unknown field (known: https, http3, http, admin, proxy_protocol)`}},
 		{"unknown top key", "lisen: {}", []string{`line 1: lisen: unknown field (did you mean "listen"?)`}},
 		{"bad duration", "limits:\n  timeouts: {idle: 10}", []string{`line 2: limits.timeouts.idle: invalid duration "10" (want e.g. "10s", "5m", "1h")`}},
 		{"bad size", "limits: {max_body: 1MB2}", []string{`line 1: limits.max_body: invalid size "1MB2" (want e.g. "1048576", "64KiB", "1MiB")`}},

@@ -1,9 +1,13 @@
 package config
 
 // Limits configures what edgeshim accepts and for how long.
+//
+// The caps and rates below that are pointers follow one rule: unset
+// means the default, an explicit 0 turns the limit off (see PerIP).
 type Limits struct {
-	// MaxConns caps open client connections in total. Default: 50000.
-	MaxConns int `yaml:"max_conns"`
+	// MaxConns caps open client connections in total (per listener).
+	// Default: 50000; 0: no cap.
+	MaxConns *int `yaml:"max_conns"`
 	// PerIP caps connections and their rate per source IP.
 	PerIP PerIP `yaml:"per_ip"`
 	// Handshake admits TLS handshakes at a bounded rate.
@@ -33,24 +37,30 @@ type Limits struct {
 	WebSocket WebSocket `yaml:"websocket"`
 }
 
-// PerIP holds per-source-IP limits.
+// PerIP holds per-source-IP limits. The source IP is the client's: the
+// one carried by the PROXY header when listen.proxy_protocol trusts the
+// peer. Unset means the default; an explicit 0 turns the limit off.
 type PerIP struct {
-	// MaxConns caps open connections per IP. Default: 200.
-	MaxConns int `yaml:"max_conns"`
-	// Rate is new connections per second per IP. Default: 20.
-	Rate float64 `yaml:"rate"`
-	// Burst is the new-connection burst per IP. Default: 40.
-	Burst int `yaml:"burst"`
+	// MaxConns caps open connections per IP. Default: 200; 0: no cap.
+	MaxConns *int `yaml:"max_conns"`
+	// Rate is new connections per second per IP. Default: 20; 0: no rate
+	// limit (Burst is then ignored).
+	Rate *float64 `yaml:"rate"`
+	// Burst is the new-connection burst per IP; at least 1 while Rate is
+	// on. Default: 40.
+	Burst *int `yaml:"burst"`
 	// Tracked bounds how many source IPs have state (LRU). Default: 100000.
 	Tracked int `yaml:"tracked"`
 }
 
 // Handshake configures TLS handshake admission.
 type Handshake struct {
-	// Rate is handshakes per second. Default: 2000.
-	Rate float64 `yaml:"rate"`
-	// Burst is the handshake burst. Default: 4000.
-	Burst int `yaml:"burst"`
+	// Rate is handshakes per second. Default: 2000; 0: no pacing (Burst,
+	// QueueTimeout and MaxQueue are then ignored).
+	Rate *float64 `yaml:"rate"`
+	// Burst is the handshake burst; at least 1 while Rate is on.
+	// Default: 4000.
+	Burst *int `yaml:"burst"`
 	// QueueTimeout is how long a handshake may wait for admission before the
 	// connection is refused. Default: 2s.
 	QueueTimeout Duration `yaml:"queue_timeout"`
@@ -117,13 +127,13 @@ type WebSocket struct {
 
 func (l Limits) withDefaults() Limits {
 	out := l
-	def(&out.MaxConns, 50000)
-	def(&out.PerIP.MaxConns, 200)
-	def(&out.PerIP.Rate, 20)
-	def(&out.PerIP.Burst, 40)
+	defPtr(&out.MaxConns, 50000)
+	defPtr(&out.PerIP.MaxConns, 200)
+	defPtr(&out.PerIP.Rate, 20)
+	defPtr(&out.PerIP.Burst, 40)
 	def(&out.PerIP.Tracked, 100000)
-	def(&out.Handshake.Rate, 2000)
-	def(&out.Handshake.Burst, 4000)
+	defPtr(&out.Handshake.Rate, 2000)
+	defPtr(&out.Handshake.Burst, 4000)
 	def(&out.Handshake.QueueTimeout, Duration(2e9))
 	def(&out.Handshake.MaxQueue, 10000)
 	def(&out.MaxHeaderBytes, 16<<10)
@@ -155,21 +165,16 @@ func def[T comparable](p *T, v T) {
 }
 
 func (l Limits) validate(e *errs) {
-	positive(e, "limits.max_conns", l.MaxConns)
-	positive(e, "limits.per_ip.max_conns", l.PerIP.MaxConns)
-	positive(e, "limits.per_ip.burst", l.PerIP.Burst)
+	maxConns, perIP := val(l.MaxConns), val(l.PerIP.MaxConns)
+	notNegative(e, "limits.max_conns", maxConns)
+	notNegative(e, "limits.per_ip.max_conns", perIP)
+	rateBurst(e, "limits.per_ip", val(l.PerIP.Rate), val(l.PerIP.Burst))
 	positive(e, "limits.per_ip.tracked", l.PerIP.Tracked)
-	positive(e, "limits.handshake.burst", l.Handshake.Burst)
+	rateBurst(e, "limits.handshake", val(l.Handshake.Rate), val(l.Handshake.Burst))
 	positive(e, "limits.handshake.max_queue", l.Handshake.MaxQueue)
 	positive(e, "limits.max_headers", l.MaxHeaders)
-	if l.PerIP.Rate <= 0 {
-		e.add("limits.per_ip.rate", "must be greater than 0")
-	}
-	if l.Handshake.Rate <= 0 {
-		e.add("limits.handshake.rate", "must be greater than 0")
-	}
-	if l.PerIP.MaxConns > l.MaxConns {
-		e.add("limits.per_ip.max_conns", "must not exceed limits.max_conns (%d > %d)", l.PerIP.MaxConns, l.MaxConns)
+	if maxConns > 0 && perIP > maxConns {
+		e.add("limits.per_ip.max_conns", "must not exceed limits.max_conns (%d > %d)", perIP, maxConns)
 	}
 	if l.MaxHeaderBytes < 1024 {
 		e.add("limits.max_header_bytes", "must be at least 1KiB")
@@ -200,6 +205,42 @@ func (l Limits) validate(e *errs) {
 	}
 	if l.WebSocket.MaxMessage < 16 {
 		e.add("limits.websocket.max_message", "must be at least 16 bytes")
+	}
+}
+
+// defPtr sets *p to a pointer to v when it is unset (nil): an explicit
+// zero stays zero. A set value is copied.
+func defPtr[T any](p **T, v T) {
+	if *p == nil {
+		*p = &v
+	} else {
+		c := **p // a copy: the result shares nothing with the input
+		*p = &c
+	}
+}
+
+// val is *p, or zero for nil (a config without defaults filled).
+func val[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// notNegative checks a cap where 0 means off.
+func notNegative[T int | float64](e *errs, path string, v T) {
+	if v < 0 {
+		e.add(path, "must not be negative (0 turns it off)")
+	}
+}
+
+// rateBurst checks a rate where 0 means off, and its burst, which must
+// let at least one through while the rate is on.
+func rateBurst(e *errs, path string, rate float64, burst int) {
+	notNegative(e, path+".rate", rate)
+	if rate > 0 && burst < 1 {
+		e.add(path+".burst", "must be at least 1 while %s.rate is on (%s.rate: 0 turns the rate limit off)", path, path)
 	}
 }
 

@@ -81,9 +81,10 @@ func TestTLSMinVersion13RefusesTLS12(t *testing.T) {
 	if e.Metric("edgeshim_tls_handshakes_total") != 0 {
 		t.Error("a refused handshake was counted as completed")
 	}
-	if got := e.WaitMetric("edgeshim_tls_handshake_errors_total", 1, 5*time.Second); got != 1 {
-		t.Errorf("handshake errors = %v, want 1", got)
+	if got := e.WaitMetric("edgeshim_tls_handshake_errors_total", 1, 5*time.Second, `reason="protocol_version"`); got != 1 {
+		t.Errorf("handshake errors{reason=protocol_version} = %v, want 1", got)
 	}
+	e.Logs.waitLine(t, regexp.MustCompile(`msg="TLS handshake failed" reason=protocol_version count=1 addr=127.0.0.1`), 5*time.Second)
 }
 
 // TestTLSSharedKeyFileAndRotation: two instances sharing a key_file resume

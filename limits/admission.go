@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,9 @@ type AdmissionOptions struct {
 	Refused *prometheus.CounterVec
 	// Waiting tracks handshakes waiting. Optional.
 	Waiting prometheus.Gauge
+	// Log writes refused handshakes (reasons "handshake_queue_full",
+	// "handshake_queue_timeout"), rate-limited. Optional.
+	Log *RefusalLog
 }
 
 // Admission paces TLS handshakes: in a reconnection storm the server keeps
@@ -42,13 +46,19 @@ func NewAdmission(o AdmissionOptions) *Admission {
 	if o.MaxQueue < 1 {
 		o.MaxQueue = 1
 	}
-	return &Admission{o: o, lim: rate.NewLimiter(rate.Limit(o.Rate), o.Burst), queue: make(chan struct{}, o.MaxQueue)}
+	return &Admission{o: o, lim: rate.NewLimiter(admissionLimit(o.Rate), o.Burst), queue: make(chan struct{}, o.MaxQueue)}
 }
 
 // Wait blocks until the handshake is admitted, or returns ErrAdmission
 // (wrapped with the reason) when the queue is full or the wait would pass
-// QueueTimeout.
-func (a *Admission) Wait(ctx context.Context) error {
+// QueueTimeout. With Rate 0 every handshake is admitted at once.
+func (a *Admission) Wait(ctx context.Context) error { return a.wait(ctx, "") }
+
+// wait is Wait for a client at addr (for the log).
+func (a *Admission) wait(ctx context.Context, addr string) error {
+	if a.lim.Limit() == rate.Inf {
+		return nil
+	}
 	r := a.lim.Reserve()
 	delay := r.Delay()
 	if delay == 0 {
@@ -56,13 +66,13 @@ func (a *Admission) Wait(ctx context.Context) error {
 	}
 	if delay > a.o.QueueTimeout {
 		r.Cancel()
-		return a.refuse("queue_timeout")
+		return a.refuse("queue_timeout", addr)
 	}
 	select {
 	case a.queue <- struct{}{}:
 	default:
 		r.Cancel()
-		return a.refuse("queue_full")
+		return a.refuse("queue_full", addr)
 	}
 	defer func() { <-a.queue }()
 	if a.o.Waiting != nil {
@@ -80,10 +90,11 @@ func (a *Admission) Wait(ctx context.Context) error {
 	}
 }
 
-func (a *Admission) refuse(reason string) error {
+func (a *Admission) refuse(reason, addr string) error {
 	if a.o.Refused != nil {
 		a.o.Refused.WithLabelValues(reason).Inc()
 	}
+	a.o.Log.Refused("handshake_"+reason, addr, nil)
 	return fmt.Errorf("%w: %s", ErrAdmission, reason)
 }
 
@@ -92,9 +103,25 @@ func (a *Admission) refuse(reason string) error {
 // serves it (its certificates and session ticket keys stay in force).
 func (a *Admission) GetConfigForClient(live func(*tls.ClientHelloInfo) (*tls.Config, error)) func(*tls.ClientHelloInfo) (*tls.Config, error) {
 	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		if err := a.Wait(hello.Context()); err != nil {
+		if err := a.wait(hello.Context(), addrIP(hello.Conn)); err != nil {
 			return nil, err
 		}
 		return live(hello)
 	}
+}
+
+// addrIP is the IP of c's remote address, for logs.
+func addrIP(c net.Conn) string {
+	if c == nil {
+		return ""
+	}
+	return remoteIP(c.RemoteAddr()).String()
+}
+
+// admissionLimit is the limiter's rate for a configured one: 0 is off.
+func admissionLimit(r float64) rate.Limit {
+	if r <= 0 {
+		return rate.Inf
+	}
+	return rate.Limit(r)
 }

@@ -1,6 +1,7 @@
 package limits
 
 import (
+	"log/slog"
 	"sync"
 	"time"
 
@@ -19,6 +20,9 @@ type FlappingOptions struct {
 	Tracked int
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
+	// Logger receives refused devices, at most one line per second with
+	// a count (RefusalLog). Optional.
+	Logger *slog.Logger
 }
 
 type flapState struct {
@@ -30,9 +34,10 @@ type flapState struct {
 // Flapping bans devices that connect or poll more than Max times within
 // Window, for Ban (like EMQX's flapping detection). State is bounded.
 type Flapping struct {
-	o  FlappingOptions
-	mu sync.Mutex
-	st *lru.Cache[string, *flapState]
+	o   FlappingOptions
+	log *RefusalLog
+	mu  sync.Mutex
+	st  *lru.Cache[string, *flapState]
 }
 
 // NewFlapping returns a detector.
@@ -44,15 +49,31 @@ func NewFlapping(o FlappingOptions) *Flapping {
 		o.Now = time.Now
 	}
 	c, _ := lru.New[string, *flapState](o.Tracked)
-	return &Flapping{o: o, st: c}
+	return &Flapping{o: o, st: c, log: NewRefusalLog(o.Logger, slog.LevelInfo, "flapping device refused")}
 }
 
 // Allow records one event for id and reports whether it is allowed; when it
 // is not, retryAfter is how long the ban still lasts.
 func (f *Flapping) Allow(id string) (ok bool, retryAfter time.Duration) {
+	return f.AllowFrom(id, "")
+}
+
+// AllowFrom is Allow for a device connecting from addr (for the log).
+func (f *Flapping) AllowFrom(id, addr string) (ok bool, retryAfter time.Duration) {
 	if f == nil || f.o.Max <= 0 {
 		return true, 0
 	}
+	ok, retryAfter = f.allow(id)
+	if !ok {
+		if addr != "" {
+			id += " from " + addr
+		}
+		f.log.Refused("flapping", id, nil)
+	}
+	return ok, retryAfter
+}
+
+func (f *Flapping) allow(id string) (ok bool, retryAfter time.Duration) {
 	now := f.o.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()

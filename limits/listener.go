@@ -15,11 +15,12 @@ import (
 
 // ListenerOptions configure a connection-limiting listener.
 type ListenerOptions struct {
-	// MaxConns caps open connections in total.
+	// MaxConns caps open connections in total; 0: no cap.
 	MaxConns int
-	// PerIPMaxConns caps open connections per source IP.
+	// PerIPMaxConns caps open connections per source IP; 0: no cap.
 	PerIPMaxConns int
-	// PerIPRate and PerIPBurst bound new connections per second per IP.
+	// PerIPRate and PerIPBurst bound new connections per second per IP;
+	// PerIPRate 0: no rate limit.
 	PerIPRate  float64
 	PerIPBurst int
 	// Tracked bounds how many source IPs have state; the least recently
@@ -31,6 +32,10 @@ type ListenerOptions struct {
 	Refused *prometheus.CounterVec
 	// Open tracks open connections. Optional.
 	Open prometheus.Gauge
+	// Log writes refused connections, rate-limited. Optional.
+	Log *RefusalLog
+	// Proxy, when not nil, reads PROXY protocol headers (see ProxyProtocol).
+	Proxy *ProxyProtocol
 }
 
 // Refusal reasons, the label values of edgeshim_conns_refused_total.
@@ -42,7 +47,7 @@ const (
 
 type ipState struct {
 	open    atomic.Int32
-	limiter *rate.Limiter // guarded by Listener.mu
+	limiter *rate.Limiter // guarded by Listener.mu; nil: no rate limit
 }
 
 // Listener refuses connections over the caps right after accept, before
@@ -73,22 +78,46 @@ func NewListener(ln net.Listener, o ListenerOptions) *Listener {
 }
 
 // Accept returns the next connection within the caps; the others are
-// closed at once and counted.
+// closed at once, counted and logged. With Proxy set, a connection from a
+// trusted peer is admitted here under the total cap only: its per-IP
+// admission follows its PROXY header (see ProxyProtocol).
 func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		if reason := l.admit(c); reason != "" {
-			c.Close()
-			if l.o.Refused != nil {
-				l.o.Refused.WithLabelValues(reason).Inc()
-			}
+		ip := remoteIP(c.RemoteAddr())
+		if !l.admitTotal() {
+			l.refuse(c, ip, ReasonMaxConns)
 			continue
 		}
-		return &limitedConn{Conn: c, l: l, ip: remoteIP(c.RemoteAddr())}, nil
+		if l.o.Proxy != nil && l.o.Proxy.trusts(ip) {
+			return &ppConn{Conn: c, l: l, trusted: true}, nil
+		}
+		if reason := l.admitIP(ip); reason != "" {
+			l.releaseTotal()
+			l.refuse(c, ip, reason)
+			continue
+		}
+		if l.o.Proxy != nil {
+			return &ppConn{Conn: c, l: l, ip: ip, perIP: true}, nil
+		}
+		return &limitedConn{Conn: c, l: l, ip: ip}, nil
 	}
+}
+
+// refuse closes c, refused for reason, and counts and logs it.
+func (l *Listener) refuse(c net.Conn, ip netip.Addr, reason string) {
+	c.Close()
+	l.refused(ip, reason)
+}
+
+func (l *Listener) refused(ip netip.Addr, reason string) {
+	if l.o.Refused != nil {
+		l.o.Refused.WithLabelValues(reason).Inc()
+	}
+	l.o.Log.Refused(reason, ip.String(), nil)
 }
 
 // limitedConn gives its slot back on Close, once.
@@ -109,32 +138,62 @@ func (c *limitedConn) Close() error {
 	return err
 }
 
-// admit checks the caps for c and, when admitted, wraps bookkeeping that
-// Close undoes. It returns the refusal reason or "".
+// admit checks the caps for c; when admitted, Close undoes the
+// bookkeeping. It returns the refusal reason or "".
 func (l *Listener) admit(c net.Conn) string {
-	ip := remoteIP(c.RemoteAddr())
-	if n := l.open.Add(1); l.o.MaxConns > 0 && n > int64(l.o.MaxConns) {
-		l.open.Add(-1)
+	if !l.admitTotal() {
 		return ReasonMaxConns
 	}
-	p := l.curPerIP()
-	st := l.state(ip)
-	l.mu.Lock()
-	now := l.o.Now()
-	retune(st.limiter, p, now)
-	ok := st.limiter.AllowN(now, 1)
-	l.mu.Unlock()
-	if !ok {
-		l.open.Add(-1)
-		return ReasonPerIPRate
+	if reason := l.admitIP(remoteIP(c.RemoteAddr())); reason != "" {
+		l.releaseTotal()
+		return reason
 	}
-	if n := st.open.Add(1); p.MaxConns > 0 && int(n) > p.MaxConns {
-		st.open.Add(-1)
+	return ""
+}
+
+// admitTotal takes a slot under MaxConns (0: no cap).
+func (l *Listener) admitTotal() bool {
+	if n := l.open.Add(1); l.o.MaxConns > 0 && n > int64(l.o.MaxConns) {
 		l.open.Add(-1)
-		return ReasonPerIPMaxConns
+		return false
 	}
 	if l.o.Open != nil {
 		l.o.Open.Inc()
+	}
+	return true
+}
+
+func (l *Listener) releaseTotal() {
+	l.open.Add(-1)
+	if l.o.Open != nil {
+		l.o.Open.Dec()
+	}
+}
+
+// admitIP applies the per-IP rate and cap to a connection from ip (0:
+// off) and returns the refusal reason or "".
+func (l *Listener) admitIP(ip netip.Addr) string {
+	p := l.curPerIP()
+	if p.Rate <= 0 && p.MaxConns <= 0 {
+		return ""
+	}
+	st := l.state(ip)
+	if p.Rate > 0 {
+		l.mu.Lock()
+		now := l.o.Now()
+		if st.limiter == nil { // the rate was off when ip was first seen
+			st.limiter = rate.NewLimiter(rate.Limit(p.Rate), p.Burst)
+		}
+		retune(st.limiter, p, now)
+		ok := st.limiter.AllowN(now, 1)
+		l.mu.Unlock()
+		if !ok {
+			return ReasonPerIPRate
+		}
+	}
+	if n := st.open.Add(1); p.MaxConns > 0 && int(n) > p.MaxConns {
+		st.open.Add(-1)
+		return ReasonPerIPMaxConns
 	}
 	return ""
 }
@@ -161,18 +220,21 @@ func (l *Listener) state(ip netip.Addr) *ipState {
 	defer l.mu.Unlock()
 	st, ok := l.ips.Get(ip)
 	if !ok {
-		p := l.curPerIP()
-		st = &ipState{limiter: rate.NewLimiter(rate.Limit(p.Rate), p.Burst)}
+		st = &ipState{}
+		if p := l.curPerIP(); p.Rate > 0 {
+			st.limiter = rate.NewLimiter(rate.Limit(p.Rate), p.Burst)
+		}
 		l.ips.Add(ip, st)
 	}
 	return st
 }
 
 func (l *Listener) release(ip netip.Addr) {
-	l.open.Add(-1)
-	if l.o.Open != nil {
-		l.o.Open.Dec()
-	}
+	l.releaseTotal()
+	l.releaseIP(ip)
+}
+
+func (l *Listener) releaseIP(ip netip.Addr) {
 	l.mu.Lock()
 	st, ok := l.ips.Peek(ip)
 	l.mu.Unlock()

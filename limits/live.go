@@ -36,7 +36,7 @@ func retune(lim *rate.Limiter, p *PerIP, now time.Time) {
 // SetRate changes the handshake rate and burst; waiting handshakes keep
 // their reservations.
 func (a *Admission) SetRate(r float64, burst int) {
-	a.lim.SetLimit(rate.Limit(r))
+	a.lim.SetLimit(admissionLimit(r))
 	a.lim.SetBurst(burst)
 }
 

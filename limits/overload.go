@@ -17,6 +17,9 @@ type HeapWatermark struct {
 	// Heap reads the live heap in bytes. Default: runtime/metrics.
 	Heap func() uint64
 	Now  func() time.Time
+	// Log writes shed requests (reason "overloaded"), rate-limited.
+	// Optional.
+	Log *RefusalLog
 
 	mu     sync.Mutex
 	at     time.Time
@@ -58,6 +61,7 @@ func (h *HeapWatermark) Wrap(next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if h.Over() {
+			h.Log.Refused("overloaded", r.RemoteAddr, nil)
 			h.retry.Reject(w, http.StatusServiceUnavailable, "overloaded")
 			return
 		}

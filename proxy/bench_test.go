@@ -5,9 +5,14 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"sync/atomic"
 	"testing"
+
+	"github.com/edgeshim/edgeshim/limits/proxyproto"
 )
 
 // BenchmarkProxyKeepAlive measures a GET through the proxy over TLS
@@ -47,26 +52,47 @@ routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, backend.UR
 
 // BenchmarkProxyNewConnResumed measures a GET on a new TLS connection per
 // request, resumed from a session ticket (a device reconnecting per poll).
-func BenchmarkProxyNewConnResumed(b *testing.B) {
+func BenchmarkProxyNewConnResumed(b *testing.B) { benchNewConnResumed(b, false) }
+
+// BenchmarkProxyNewConnResumedPROXYv2 is BenchmarkProxyNewConnResumed
+// behind a balancer: each connection starts with a PROXY v2 header.
+func BenchmarkProxyNewConnResumedPROXYv2(b *testing.B) { benchNewConnResumed(b, true) }
+
+func benchNewConnResumed(b *testing.B, proxyV2 bool) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	}))
 	defer backend.Close()
-	s, cl := startProxy(b, fmt.Sprintf(`
+	listen := ""
+	if proxyV2 {
+		listen = `listen: {proxy_protocol: {trusted: ["127.0.0.1"]}}`
+	}
+	s, cl := startProxy(b, fmt.Sprintf(`%s
 limits: {per_ip: {max_conns: 10000, rate: 100000, burst: 100000}, handshake: {rate: 100000, burst: 100000}}
-routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, backend.URL))
+routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, listen, backend.URL))
 	cfg := cl.Transport.(*http.Transport).TLSClientConfig.Clone()
 	cfg.NextProtos = []string{"http/1.1"}
 	cfg.CurvePreferences = []tls.CurveID{tls.X25519}
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
 	addr := s.Addr("https").String()
+	var devices atomic.Uint32
 	b.SetParallelism(8)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		br := bufio.NewReader(nil)
 		for pb.Next() {
-			c, err := tls.Dial("tcp", addr, cfg)
+			raw, err := net.Dial("tcp", addr)
 			if err != nil {
+				b.Error(err)
+				return
+			}
+			if proxyV2 {
+				i := devices.Add(1)
+				dev := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 4000)
+				raw.Write(proxyproto.AppendV2(nil, false, dev, netip.MustParseAddrPort(addr), nil))
+			}
+			c := tls.Client(raw, cfg)
+			if err := c.Handshake(); err != nil {
 				b.Error(err)
 				return
 			}

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +13,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/tlsterm"
 )
 
 // tlsListener terminates TLS itself so that edgeshim sees the plaintext
@@ -29,7 +34,8 @@ type tlsListener struct {
 	inner   net.Listener
 	conf    *tls.Config
 	timeout time.Duration
-	failed  func() // a handshake failed; may be nil
+	failed  func(reason string) // a handshake failed; may be nil
+	failLog *limits.RefusalLog
 	log     *slog.Logger
 	base    context.Context
 	serveH2 func(*tls.Conn)
@@ -54,8 +60,10 @@ type tlsListener struct {
 type tlsListenerOptions struct {
 	Config           *tls.Config
 	HandshakeTimeout time.Duration
-	HandshakeFailed  func()
-	Logger           *slog.Logger
+	HandshakeFailed  func(reason string)
+	// FailLog writes failed handshakes, rate-limited. Optional.
+	FailLog *limits.RefusalLog
+	Logger  *slog.Logger
 	// Base is the handshakes' context: cancelling it aborts them.
 	Base context.Context
 	// ServeH2 serves an HTTP/2 connection and returns when it has ended.
@@ -67,8 +75,8 @@ type tlsListenerOptions struct {
 
 func newTLSListener(inner net.Listener, o tlsListenerOptions) *tlsListener {
 	l := &tlsListener{
-		inner: inner, conf: o.Config, timeout: o.HandshakeTimeout, failed: o.HandshakeFailed,
-		log: o.Logger, base: o.Base, serveH2: o.ServeH2, fastSrv: o.Fast,
+		inner: inner, conf: noteHello(o.Config), timeout: o.HandshakeTimeout, failed: o.HandshakeFailed,
+		failLog: o.FailLog, log: o.Logger, base: o.Base, serveH2: o.ServeH2, fastSrv: o.Fast,
 		ready: make(chan net.Conn), work: make(chan *tls.Conn), done: make(chan struct{}),
 		shake: map[*tls.Conn]struct{}{}, h2: map[*tls.Conn]struct{}{}, fast: map[*fastConn]struct{}{},
 	}
@@ -231,8 +239,11 @@ func (l *tlsListener) worker(tc *tls.Conn) {
 	defer l.wg.Done()
 	t := time.NewTimer(workerIdle)
 	defer t.Stop()
+	note := &helloNote{}
+	ctx := context.WithValue(l.base, helloNoteKey{}, note)
 	for {
-		l.handshake(tc)
+		*note = helloNote{}
+		l.handshake(ctx, note, tc)
 		t.Reset(workerIdle)
 		select {
 		case tc = <-l.work:
@@ -244,8 +255,16 @@ func (l *tlsListener) worker(tc *tls.Conn) {
 	}
 }
 
-func (l *tlsListener) handshake(tc *tls.Conn) {
-	err := l.doHandshake(tc)
+func (l *tlsListener) handshake(ctx context.Context, note *helloNote, tc *tls.Conn) {
+	// A PROXY header first (counted and logged by limits on refusal):
+	// handshake admission and all that follows see the client's address.
+	var err error
+	if r, ok := tc.NetConn().(interface{ Resolve() error }); ok {
+		err = r.Resolve()
+	}
+	if err == nil {
+		err = l.doHandshake(ctx, note, tc)
+	}
 	l.untrack(l.shake, tc)
 	if err != nil {
 		tc.Close()
@@ -279,28 +298,71 @@ func (l *tlsListener) handshake(tc *tls.Conn) {
 // doHandshake runs the handshake within the timeout. A failure is
 // counted and logged as net/http did, and a client that spoke plain HTTP
 // is told so.
-func (l *tlsListener) doHandshake(tc *tls.Conn) error {
+func (l *tlsListener) doHandshake(ctx context.Context, note *helloNote, tc *tls.Conn) error {
 	if l.timeout > 0 {
 		tc.SetDeadline(time.Now().Add(l.timeout))
 	}
-	err := tc.HandshakeContext(l.base)
+	err := tc.HandshakeContext(ctx)
 	if err == nil {
 		if l.timeout > 0 {
 			tc.SetDeadline(time.Time{})
 		}
 		return nil
 	}
-	reason := err.Error()
+	if errors.Is(err, limits.ErrProxyProtocol) || errors.Is(err, limits.ErrAdmission) {
+		return err // an untrusted peer's PROXY header; admission: counted and logged there
+	}
 	var re tls.RecordHeaderError
 	if errors.As(err, &re) && re.Conn != nil && recordLooksLikeHTTP(re.RecordHeader) {
 		io.WriteString(re.Conn, "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
-		reason = "client sent an HTTP request to an HTTPS server"
+		err = fmt.Errorf("client sent an HTTP request to an HTTPS server: %w", err)
 	}
+	reason := tlsterm.FailureReason(err, note.hello, note.served)
 	if l.failed != nil {
-		l.failed()
+		l.failed(reason)
 	}
-	l.log.Debug("TLS handshake error", "remote", tc.RemoteAddr().String(), "err", reason)
+	l.failLog.Refused(reason, remoteIP(tc), err)
 	return err
+}
+
+// helloNote is what a handshake's GetConfigForClient saw, for the reason
+// of its failure (tlsterm.FailureReason). Each handshake worker has one,
+// reached through the handshake's context.
+type helloNote struct {
+	hello  *tls.ClientHelloInfo
+	served *tls.Config
+}
+
+type helloNoteKey struct{}
+
+// noteHello returns a copy of conf whose GetConfigForClient also notes
+// the ClientHello and the configuration chosen for it.
+func noteHello(conf *tls.Config) *tls.Config {
+	if conf == nil {
+		return nil
+	}
+	c := conf.Clone()
+	get := c.GetConfigForClient
+	c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		var got *tls.Config
+		var err error
+		if get != nil {
+			got, err = get(hello)
+		}
+		if n, ok := hello.Context().Value(helloNoteKey{}).(*helloNote); ok {
+			n.hello, n.served = hello, cmp.Or(got, conf)
+		}
+		return got, err
+	}
+	return c
+}
+
+// remoteIP is the client's IP (the one a PROXY header carried), for logs.
+func remoteIP(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return c.RemoteAddr().String()
 }
 
 // recordLooksLikeHTTP is net/http's test for a plaintext request on a

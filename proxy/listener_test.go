@@ -19,9 +19,9 @@ import (
 // closed at limits.timeouts.handshake, and both are counted through
 // Options.HandshakeFailed.
 func TestHandshakeFailuresCounted(t *testing.T) {
-	failed := make(chan struct{}, 10)
+	failed := make(chan string, 10)
 	s, _ := startProxy(t, `limits: {timeouts: {handshake: 300ms}}`, func(o *Options) {
-		o.HandshakeFailed = func() { failed <- struct{}{} }
+		o.HandshakeFailed = func(reason string) { failed <- reason }
 	})
 	dial := func() net.Conn {
 		c, err := net.Dial("tcp", s.Addr("https").String())
@@ -38,7 +38,9 @@ func TestHandshakeFailuresCounted(t *testing.T) {
 	if !strings.HasPrefix(string(b), "HTTP/1.0 400 Bad Request") {
 		t.Errorf("plain HTTP on the TLS port: %q, want a 400", b)
 	}
-	<-failed
+	if r := <-failed; r != "other" {
+		t.Errorf("plain HTTP on the TLS port counted as %q, want other", r)
+	}
 
 	stalled := dial()
 	defer stalled.Close()
@@ -49,7 +51,9 @@ func TestHandshakeFailuresCounted(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("stalled handshake closed after %s, handshake timeout 300ms", d)
 	}
-	<-failed
+	if r := <-failed; r != "timeout" {
+		t.Errorf("stalled handshake counted as %q, want timeout", r)
+	}
 }
 
 // TestRequestTLSOnBothProtocols: requests carry their TLS state over

@@ -31,6 +31,7 @@ type metrics struct {
 	connsRefused      *prometheus.CounterVec
 	handshakesRefused *prometheus.CounterVec
 	handshakesWaiting prometheus.Gauge
+	proxyRefused      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -94,6 +95,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Relayed sockets closed, by close code and reason (slow_reader, pong_timeout, too_big, peer_closed, peer_gone, upstream_lost, shutdown, text_frame). 1006: the peer was gone, no close frame sent."}, []string{"code", "reason"})
 	reg.MustRegister(m.wsOpen, m.wsMessages, m.wsCloses)
 	reg.MustRegister(m.connsOpen, m.connsRefused, m.handshakesRefused, m.handshakesWaiting)
+	m.proxyRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeshim_proxy_protocol_refused_total",
+		Help: "Connections closed before TLS for their PROXY protocol header, by reason (untrusted, missing, malformed, truncated, oversized, timeout, empty).",
+	}, []string{"reason"})
+	for _, r := range limits.ProxyReasons {
+		m.proxyRefused.WithLabelValues(r)
+	}
+	reg.MustRegister(m.proxyRefused)
 	reg.MustRegister(m.requests, m.duration, m.backendRequests, m.backendDuration, m.backendHealthy, m.backendInflight, m.backendConns, m.retries)
 	// Refusal counters exist at 0 from the start, so that rate() and
 	// alerts see them before the first refusal.

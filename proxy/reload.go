@@ -11,11 +11,11 @@ import (
 // restart). Open connections are not touched.
 func (s *Server) SetLimits(l config.Limits) {
 	s.live.Store(&l)
-	s.admission.SetRate(l.Handshake.Rate, l.Handshake.Burst)
+	s.admission.SetRate(*l.Handshake.Rate, *l.Handshake.Burst)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, ln := range s.limited {
-		ln.SetPerIP(limits.PerIP{MaxConns: l.PerIP.MaxConns, Rate: l.PerIP.Rate, Burst: l.PerIP.Burst})
+		ln.SetPerIP(limits.PerIP{MaxConns: *l.PerIP.MaxConns, Rate: *l.PerIP.Rate, Burst: *l.PerIP.Burst})
 	}
 }
 

@@ -33,8 +33,9 @@ type Options struct {
 	// TLS is the server TLS configuration (from tlsterm). HTTP/3 derives
 	// its configuration from it.
 	TLS *tls.Config
-	// HandshakeFailed is called when a TLS handshake fails. Optional.
-	HandshakeFailed func()
+	// HandshakeFailed is called with the reason (tlsterm.FailureReason)
+	// when a TLS handshake fails. Optional.
+	HandshakeFailed func(reason string)
 	// HTTPChallenge wraps the listen.http handler to answer ACME HTTP-01
 	// challenges. Optional.
 	HTTPChallenge func(http.Handler) http.Handler
@@ -75,6 +76,7 @@ type Server struct {
 	admission *limits.Admission
 	live      atomic.Pointer[config.Limits] // the reloadable limits (SetLimits)
 	limited   []*limits.Listener            // the listeners' per-IP caps follow SetLimits
+	logs      refusalLogs
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -87,6 +89,7 @@ func New(opts Options) (*Server, error) {
 		opts.Now = time.Now
 	}
 	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
+	s.logs = newRefusalLogs(opts.Logger)
 	s.base, s.cancel = context.WithCancel(context.Background())
 	lim := opts.Config.Limits
 	s.live.Store(&lim)
@@ -109,13 +112,15 @@ func New(opts Options) (*Server, error) {
 	}
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
+	heap.Log = s.logs.request
 	wrap := func(h http.Handler) http.Handler {
 		return s.m.instrument(rt.routeName, s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.BodyFunc(s.maxBody, h))))))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
-		Rate: lim.Handshake.Rate, Burst: lim.Handshake.Burst, MaxQueue: lim.Handshake.MaxQueue,
+		Rate: *lim.Handshake.Rate, Burst: *lim.Handshake.Burst, MaxQueue: lim.Handshake.MaxQueue,
 		QueueTimeout: lim.Handshake.QueueTimeout.D(), Refused: s.m.handshakesRefused, Waiting: s.m.handshakesWaiting,
+		Log: s.logs.conn,
 	})
 	// The listeners serve from a shell whose GetConfigForClient admits the
 	// handshake and then hands over the live configuration: certificates
@@ -276,7 +281,7 @@ func (s *Server) Start() error {
 	// connections reach it as scanConns (see framingGuard).
 	tln := newTLSListener(ln, tlsListenerOptions{
 		Config: s.https.TLSConfig, HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
-		HandshakeFailed: s.opts.HandshakeFailed, Logger: s.log, Base: s.base,
+		HandshakeFailed: s.opts.HandshakeFailed, FailLog: s.logs.handshake, Logger: s.log, Base: s.base,
 		ServeH2: func(c *tls.Conn) {
 			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: s.base, BaseConfig: s.https, Handler: s.https.Handler})
 		},
@@ -307,15 +312,7 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	lim := s.opts.Config.Limits
-	maxConns := lim.MaxConns
-	if lim.Overload.MaxConns > 0 && lim.Overload.MaxConns < maxConns {
-		maxConns = lim.Overload.MaxConns
-	}
-	l := limits.NewListener(ln, limits.ListenerOptions{
-		MaxConns: maxConns, PerIPMaxConns: lim.PerIP.MaxConns, PerIPRate: lim.PerIP.Rate,
-		PerIPBurst: lim.PerIP.Burst, Tracked: lim.PerIP.Tracked, Refused: s.m.connsRefused, Open: s.m.connsOpen,
-	})
+	l := limits.NewListener(ln, s.listenerOptions())
 	s.mu.Lock()
 	s.limited = append(s.limited, l)
 	s.mu.Unlock()
@@ -421,6 +418,7 @@ func (s *Server) httpServers() []*http.Server {
 
 func (s *Server) closeRest() {
 	s.cancel()
+	defer s.logs.close()
 	s.upgrades.Wait()
 	if s.park != nil {
 		s.park.Close()

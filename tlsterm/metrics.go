@@ -11,7 +11,8 @@ import (
 
 type metrics struct {
 	handshakes *prometheus.CounterVec
-	errors     prometheus.Counter
+	errors     prometheus.Counter // failures{reason="other"}
+	failures   *prometheus.CounterVec
 	// clientRefused counts client certificates refused after chain
 	// verification (revoked, untrusted_ca).
 	clientRefused *prometheus.CounterVec
@@ -23,16 +24,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "edgeshim_tls_handshakes_total",
 			Help: "Completed TLS handshakes (TCP and QUIC), by resumption and version.",
 		}, []string{"resumed", "version"}),
-		errors: prometheus.NewCounter(prometheus.CounterOpts{
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeshim_tls_handshake_errors_total",
-			Help: "TLS handshakes that failed or timed out.",
-		}),
+			Help: "TLS handshakes on TCP that failed or timed out, by reason (protocol_version, no_shared_cipher, bad_certificate, unknown_ca, timeout, eof, other).",
+		}, []string{"reason"}),
 	}
 	m.clientRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeshim_tls_client_certs_refused_total",
 		Help: "Handshakes refused for their client certificate after chain verification, by reason (revoked, untrusted_ca).",
 	}, []string{"reason"})
-	reg.MustRegister(m.handshakes, m.errors, m.clientRefused)
+	for _, r := range FailureReasons {
+		m.failures.WithLabelValues(r)
+	}
+	m.errors = m.failures.WithLabelValues(FailOther)
+	reg.MustRegister(m.handshakes, m.failures, m.clientRefused)
 	return m
 }
 

@@ -13,7 +13,8 @@ func TestReloadableSplitsChanges(t *testing.T) {
 	running := config.Default().WithDefaults()
 	next := config.Default()
 	next.Limits.MaxBody = 1000
-	next.Limits.PerIP.Rate = 7
+	seven := 7.0
+	next.Limits.PerIP.Rate = &seven
 	next.Log.Level = "debug"
 	next.Listen.HTTPS = ":9443"
 	next.Limits.Timeouts.Idle = config.Duration(300e9)
@@ -23,7 +24,7 @@ func TestReloadableSplitsChanges(t *testing.T) {
 	n := next.WithDefaults()
 
 	eff := reloadable(running, n)
-	if eff.Limits.MaxBody != 1000 || eff.Limits.PerIP.Rate != 7 || eff.Log.Level != "debug" {
+	if eff.Limits.MaxBody != 1000 || *eff.Limits.PerIP.Rate != 7 || eff.Log.Level != "debug" {
 		t.Errorf("reloadable fields not taken: %+v %v", eff.Limits, eff.Log.Level)
 	}
 	if eff.Listen.HTTPS != running.Listen.HTTPS || eff.Bridges["fleet"].Upstream.URL != running.Bridges["fleet"].Upstream.URL {

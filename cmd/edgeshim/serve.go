@@ -57,7 +57,7 @@ func serve(ctx context.Context, cfg *config.Config, file string, logw io.Writer)
 		return err
 	}
 
-	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailed,
+	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailedFor,
 		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
