@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgeshim/edgeshim/limits"
 )
 
 // tlsListener terminates TLS itself so that edgeshim sees the plaintext
@@ -409,8 +411,10 @@ func (l plainScanListener) Accept() (net.Conn, error) {
 
 type scanConnKey struct{}
 
-// connContext gives HTTP/1 requests (HTTPS and listen.http) their framer.
+// connContext gives HTTP/1 requests (HTTPS and listen.http) their framer,
+// and every request its connection (limits.ConnFrom).
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	ctx = limits.WithConn(ctx, c)
 	if f, ok := c.(framer); ok {
 		return context.WithValue(ctx, scanConnKey{}, f)
 	}
