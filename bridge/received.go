@@ -38,6 +38,23 @@ func awaitReceived(ctx context.Context, timeout time.Duration) error {
 	if !ok {
 		return errNoSocket
 	}
+	return awaitConnReceived(ctx, c, timeout)
+}
+
+// awaitReceivedIf is awaitConnReceived when check is set; nil where the
+// socket cannot be observed.
+func awaitReceivedIf(ctx context.Context, check bool, c net.Conn, timeout time.Duration) error {
+	if !check {
+		return nil
+	}
+	if err := awaitConnReceived(ctx, c, timeout); !errors.Is(err, errNoSocket) {
+		return err
+	}
+	return nil
+}
+
+// awaitConnReceived is awaitReceived on c's socket.
+func awaitConnReceived(ctx context.Context, c net.Conn, timeout time.Duration) error {
 	rc := rawSocket(c)
 	if rc == nil {
 		return errNoSocket

@@ -254,6 +254,15 @@ func (x *wsConn) write() {
 			break
 		}
 		b.m.wsMessages.WithLabelValues("device", "out").Inc()
+		if err := awaitReceivedIf(s.ctx, !explicit, x.c.NetConn(), b.cfg.Poll.AckWriteTimeout.D()); err != nil {
+			// Written is not received: the command stays for the next connection.
+			if errors.Is(err, errNotReceived) {
+				b.m.notReceived.Inc()
+			}
+			s.requeue(cmds)
+			x.close(websocket.ClosePolicyViolation, "slow_reader")
+			break
+		}
 		if explicit {
 			s.offered(cmds)
 		} else {
