@@ -211,9 +211,13 @@ func TestExampleBrokerSidecar(t *testing.T) {
 	}
 	send := func(p interface {
 		WriteTo(io.Writer) (int64, error)
-	}) { var buf bytes.Buffer; p.WriteTo(&buf); if err := ws.WriteMessage(websocket.BinaryMessage, buf.Bytes()); err != nil {
-		t.Fatal(err)
-	} }
+	}) {
+		var buf bytes.Buffer
+		p.WriteTo(&buf)
+		if err := ws.WriteMessage(websocket.BinaryMessage, buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	send(&packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: "dashboard-1", CleanStart: true, KeepAlive: 30, Properties: &packets.Properties{}})
 	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, data, err := ws.ReadMessage()
