@@ -117,14 +117,28 @@ func TestCommandExpiresInEdgeshim(t *testing.T) {
 	if n := testutil.ToFloat64(b.m.expired); n != 1 {
 		t.Errorf("expired_total = %v, want 1", n)
 	}
+	// The answer reaches the device before the PUBACKs go out: wait until
+	// none is left to write (the DISCONNECT of Shutdown comes after them).
+	for !func() bool {
+		s.mu.Lock()
+		l := s.link.(*mqttConn)
+		s.mu.Unlock()
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.inq) == 0
+	}() {
+		time.Sleep(5 * time.Millisecond) // no other signal of the acks
+	}
 	// Had "open" not been PUBACKed, the broker would send it again to
 	// the device's next connection (it is 60 s fresh in real time).
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	b.Shutdown(ctx)
 	_, srv2 := testBridge(t, addr, time.Now, nil)
-	if code, cmds := pollJSON(t, srv2, "d1", "?wait=2"); code != 204 {
-		t.Errorf("after reconnect: %d %+v, want 204: the expired command was not acknowledged", code, cmds)
+	// (mosquitto may still redeliver "soon": its PUBACK can be unread on
+	// the old connection when the new one takes over. At least once.)
+	if code, cmds := pollJSON(t, srv2, "d1", "?wait=2"); code == 200 && cmds[0].Payload == "open" {
+		t.Errorf("after reconnect: %+v: the expired command was not acknowledged", cmds)
 	}
 }
 

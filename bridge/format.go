@@ -313,7 +313,8 @@ func (a *answerTemplate) trial(maxBatch int, emptyBody bool) error {
 }
 
 // render renders the answer for cmds (the empty answer when there are
-// none), within max bytes and renderBudget.
+// none), within max bytes and renderBudget; now is the instant the
+// commands' remaining expiry is computed for.
 func (a *answerTemplate) render(device string, cmds []*command, now time.Time, max int) ([]byte, error) {
 	t := a.body
 	if len(cmds) == 0 && a.empty != nil {
@@ -323,7 +324,7 @@ func (a *answerTemplate) render(device string, cmds []*command, now time.Time, m
 	for i, c := range cmds {
 		d.Commands[i] = templateCommand(c, now)
 	}
-	w := &boundedWriter{max: max, deadline: now.Add(renderBudget), now: a.now}
+	w := &boundedWriter{max: max, deadline: a.now().Add(renderBudget), now: a.now}
 	if err := t.Execute(w, d); err != nil {
 		if w.err != nil {
 			return nil, w.err
