@@ -119,6 +119,7 @@ func TestCommandExpiresInEdgeshim(t *testing.T) {
 	}
 	// The answer reaches the device before the PUBACKs go out: wait until
 	// none is left to write (the DISCONNECT of Shutdown comes after them).
+	ackBy := time.Now().Add(10 * time.Second)
 	for !func() bool {
 		s.mu.Lock()
 		l := s.link.(*mqttConn)
@@ -127,6 +128,9 @@ func TestCommandExpiresInEdgeshim(t *testing.T) {
 		defer l.mu.Unlock()
 		return len(l.inq) == 0
 	}() {
+		if time.Now().After(ackBy) {
+			t.Fatal("PUBACKs not written within 10s: the expired command holds them back unacknowledged")
+		}
 		time.Sleep(5 * time.Millisecond) // no other signal of the acks
 	}
 	// Had "open" not been PUBACKed, the broker would send it again to
