@@ -6,12 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -188,6 +190,39 @@ func TestCommandMaxAge(t *testing.T) {
 	code, cmds := pollJSON(t, srv, "d3", "?wait=5")
 	if code != 200 || len(cmds) != 1 || cmds[0].Payload != "new" || cmds[0].ExpiresIn == nil || *cmds[0].ExpiresIn > 30 {
 		t.Fatalf("poll: %d %+v, want only new, expiring within max_age", code, cmds)
+	}
+	if n := testutil.ToFloat64(b.m.expired); n != 1 {
+		t.Errorf("expired_total = %v, want 1", n)
+	}
+}
+
+// TestCommandExpiresBeforeWebSocket: the device WebSocket endpoint
+// honours expiry too: a command that expired in the buffer before the
+// socket came is never sent; the one behind it is, with expires_in.
+func TestCommandExpiresBeforeWebSocket(t *testing.T) {
+	addr, _ := mosquitto(t, "")
+	clock := &fakeClock{}
+	b, srv := testBridge(t, addr, clock.now, func(bc *config.Bridge) {
+		bc.WebSocket = &config.DeviceWebSocket{Path: "/devices/{device}/ws"}
+	})
+	pollJSON(t, srv, "d4", "")
+	pub := mustClient(t, addr, clientOpts{id: "backend", clean: true, maxIn: 1 << 20})
+	publishExpiring(t, pub, "devices/d4/commands", "open", 60)
+	publishExpiring(t, pub, "devices/d4/commands", "keep", 600)
+	s, _ := b.sessions.Peek("d4")
+	for !func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.pending) == 2 }() {
+		time.Sleep(5 * time.Millisecond) // the buffer has no arrival signal
+	}
+	clock.advance(61 * time.Second)
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/devices/d4/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var f wsFrame
+	if err := ws.ReadJSON(&f); err != nil || f.Payload != "keep" || f.ExpiresIn == nil || *f.ExpiresIn > 539 {
+		t.Fatalf("first frame %+v (%v), want keep with expires_in ≤ 539", f, err)
 	}
 	if n := testutil.ToFloat64(b.m.expired); n != 1 {
 		t.Errorf("expired_total = %v, want 1", n)
