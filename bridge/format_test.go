@@ -198,3 +198,20 @@ func FuzzTemplateRender(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkTemplateRender: one {"updates":[…]} answer of max_batch (10)
+// commands with small JSON payloads.
+func BenchmarkTemplateRender(b *testing.B) {
+	a := mustAnswer(b, updatesTemplate, "")
+	now := time.Now()
+	cmds := make([]*command, 10)
+	for i := range cmds {
+		cmds[i] = &command{id: "c-" + strings.Repeat("x", i), topic: "devices/door-17/commands", payload: []byte(`{"action":"open","delay":5}`), arrived: now}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := a.render("door-17", cmds, now, a.maxBytes); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
