@@ -409,3 +409,14 @@ func (a *answerTemplate) writeHeader(w http.ResponseWriter) {
 		h[k] = v
 	}
 }
+
+// CheckConfig checks what config validation cannot: poll.template is
+// parsed and trial-rendered as New would. Errors carry the field path
+// below the bridge.
+func CheckConfig(c config.Bridge) error {
+	if c.Poll.Format != "template" || c.Poll.Template == nil {
+		return nil
+	}
+	_, err := compileAnswer(c.Poll, time.Now)
+	return err
+}

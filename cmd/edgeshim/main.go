@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/edgeshim/edgeshim/bridge"
 	"github.com/edgeshim/edgeshim/config"
 )
 
@@ -105,6 +106,11 @@ func loadConfig(file string) (*config.Config, error) {
 	cfg := raw.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	for name, bc := range cfg.Bridges {
+		if err := bridge.CheckConfig(bc); err != nil { // what Validate cannot: the poll template
+			return nil, fmt.Errorf("bridges.%s.%w", name, err) // err starts with its field path
+		}
 	}
 	return cfg, nil
 }
