@@ -104,20 +104,38 @@ func (r *silentRelay) silence() {
 // bytes were never acknowledged by the device's TCP stack, so after
 // poll.ack_write_timeout edgeshim closes the connection and keeps the
 // command, which the device's next poll (through a healthy path) gets.
-func TestBridgeAckWriteNeedsReceipt(t *testing.T) {
+func TestBridgeAckWriteNeedsReceipt(t *testing.T) { ackWriteNeedsReceipt(t, false) }
+
+// TestBridgeAckWriteNeedsReceiptHTTP2: the same over HTTP/2, where the
+// answer's stream shares the socket (proxy hands h2 requests their
+// connection too).
+func TestBridgeAckWriteNeedsReceiptHTTP2(t *testing.T) { ackWriteNeedsReceipt(t, true) }
+
+func ackWriteNeedsReceipt(t *testing.T, h2 bool) {
 	m := startMosquitto(t, "")
 	app := newMQTTPeer(t, m.Addr(), "app", true)
 	status := app.subscribe("devices/d1/status")
 	cfg := strings.Replace(bridgeConfig(m.URL(), "", ""), "max_wait: 30s}", "max_wait: 30s, ack_write_timeout: 2s}", 1)
 	e := startEdgeshim(t, cfg)
 	relay := newSilentRelay(t, e.Addr("https"))
-	tr := &http.Transport{TLSClientConfig: e.TLSConfig(),
+	tr := &http.Transport{TLSClientConfig: e.TLSConfig(), ForceAttemptHTTP2: h2,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", relay.ln.Addr().String())
 		}}
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// A first poll on the relayed connection shows the protocol in use.
+	probe, _ := http.NewRequest(http.MethodGet, e.URL("/devices/probe/commands"), nil)
+	resp, err := tr.RoundTrip(probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if (resp.ProtoMajor == 2) != h2 {
+		t.Fatalf("relayed poll over %s", resp.Proto)
+	}
 	held := make(chan error, 1)
 	go func() {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.URL("/devices/d1/commands?wait=30"), nil)
@@ -134,8 +152,10 @@ func TestBridgeAckWriteNeedsReceipt(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // the scenario: the device vanishes 2 s into its poll
 	relay.silence()
-	time.Sleep(3 * time.Second)                        // and the command comes 3 s later
-	payload := strings.Repeat("open door 17; ", 20000) // 280 kB: more than any buffer on the way
+	time.Sleep(3 * time.Second) // and the command comes 3 s later
+	// 28 kB: more than the relay's receive window, less than an HTTP/2
+	// stream's initial flow-control window (64 KiB).
+	payload := strings.Repeat("open door 17; ", 2000)
 	app.publish("devices/d1/commands", payload)
 	if v := e.WaitMetric("edgeshim_bridge_commands_unconfirmed_total", 1, 20*time.Second); v != 1 {
 		t.Fatalf("unconfirmed answers = %v, want 1", v)
