@@ -77,6 +77,7 @@ type Bridge struct {
 	ident    *identifier
 	authLog  *authLog
 	poll     pathTemplate
+	answer   *answerTemplate // poll.format template
 	telem    pathTemplate
 	wsPath   pathTemplate
 	upgrader websocket.Upgrader
@@ -121,6 +122,11 @@ func New(o Options) (*Bridge, error) {
 	var err error
 	if b.poll, err = compilePath(c.Poll.Path); err != nil {
 		return nil, fmt.Errorf("poll.path: %w", err)
+	}
+	if c.Poll.Format == "template" {
+		if b.answer, err = compileAnswer(c.Poll, o.Now); err != nil {
+			return nil, err
+		}
 	}
 	if c.Telemetry.Path != "" {
 		if b.telem, err = compilePath(c.Telemetry.Path); err != nil {
@@ -343,14 +349,7 @@ func (b *Bridge) pollWait(r *http.Request) (time.Duration, error) {
 			}
 		}
 	}
-	if v == "" {
-		return 0, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("wait must be whole seconds (got %q)", v)
-	}
-	return min(time.Duration(n)*time.Second, b.cfg.Poll.MaxWait.D()), nil
+	return parseWait(v, b.cfg.Poll.MaxWait.D())
 }
 
 func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev string) {
@@ -384,18 +383,13 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 	cctx, cancel := context.WithTimeout(r.Context(), max(wait, 2*time.Second))
 	s.waitConnected(cctx)
 	cancel()
-	explicit := b.cfg.Poll.Ack == "explicit"
-	batch := 1
-	if b.cfg.Poll.Format == "json" {
-		batch = b.cfg.Poll.MaxBatch
-	}
 	for {
-		cmds := s.take(batch, explicit, b.cfg.Poll.AckTimeout.D())
-		if len(cmds) > 0 {
-			b.writeCommands(w, r, rc, s, cmds, explicit)
+		// The wake channel is taken before looking, so that a command
+		// arriving in between wakes this poll.
+		wake := s.wakeChan()
+		if b.offer(w, r, rc, s) {
 			return
 		}
-		wake := s.wakeChan()
 		select {
 		case <-wake:
 			continue
@@ -406,17 +400,47 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 		case <-b.closing:
 		}
 		// Commands may have arrived together with the timer.
-		if cmds := s.take(batch, explicit, b.cfg.Poll.AckTimeout.D()); len(cmds) > 0 {
-			b.writeCommands(w, r, rc, s, cmds, explicit)
+		if b.offer(w, r, rc, s) {
 			return
 		}
-		b.writeEmpty(w)
+		b.writeEmpty(w, r, s)
 		return
 	}
 }
 
-func (b *Bridge) writeEmpty(w http.ResponseWriter) {
+// offer answers with pending commands that have not expired, if any,
+// and reports whether it answered.
+func (b *Bridge) offer(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session) bool {
+	explicit := b.cfg.Poll.Ack == "explicit"
+	batch := 1
+	if b.cfg.Poll.Format != "raw" {
+		batch = b.cfg.Poll.MaxBatch
+	}
+	for {
+		cmds := s.take(batch, explicit, b.cfg.Poll.AckTimeout.D())
+		if len(cmds) == 0 {
+			return false
+		}
+		if cmds = b.dropExpired(s, cmds); len(cmds) > 0 && b.writeCommands(w, r, rc, s, cmds, explicit) {
+			return true
+		}
+	}
+}
+
+func (b *Bridge) writeEmpty(w http.ResponseWriter, r *http.Request, s *session) {
 	p := b.cfg.Poll
+	if b.answer != nil && p.EmptyStatus != http.StatusNoContent {
+		body, err := b.answer.render(s.device, nil, b.now(), b.answer.maxBytes)
+		if err != nil { // the trial render at start makes this unlikely
+			b.fail(w, r, http.StatusInternalServerError, "poll.template: "+err.Error())
+			return
+		}
+		b.answer.writeHeader(w)
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(p.EmptyStatus)
+		w.Write(body)
+		return
+	}
 	if p.EmptyBody != "" {
 		w.Header().Set("Content-Type", p.EmptyContentType)
 		w.Header().Set("Content-Length", strconv.Itoa(len(p.EmptyBody)))
@@ -434,31 +458,52 @@ type jsonCommand struct {
 	Topic    string `json:"topic"`
 	Payload  string `json:"payload"`
 	Encoding string `json:"encoding,omitempty"`
+	// ExpiresIn is the whole seconds left before the command expires
+	// (rounded up); absent when it has no expiry.
+	ExpiresIn *int64 `json:"expires_in,omitempty"`
 }
 
 // writeCommands writes the response and, only if it was fully written and
-// flushed, acknowledges (write mode) or records (explicit mode) the
-// commands; otherwise they go back to the buffer for the next poll.
-func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session, cmds []*command, explicit bool) {
+// flushed (and, with ack write, acknowledged by the device's TCP stack:
+// see awaitReceived), acknowledges (write mode) or records (explicit mode)
+// the commands; otherwise they go back to the buffer for the next poll.
+// It reports false, having written nothing, when none of cmds could be
+// rendered (format template; they were dropped).
+func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session, cmds []*command, explicit bool) bool {
 	var body []byte
-	if b.cfg.Poll.Format == "json" {
+	status := http.StatusOK
+	now := b.now()
+	switch b.cfg.Poll.Format {
+	case "template":
+		if body, cmds = b.renderBatch(s, cmds); len(cmds) == 0 {
+			return false
+		}
+		b.answer.writeHeader(w)
+		status = b.answer.status
+	case "json":
 		out := make([]jsonCommand, len(cmds))
 		for i, c := range cmds {
 			out[i] = jsonCommand{ID: c.id, Topic: c.topic}
 			out[i].Payload, out[i].Encoding = encodePayload(c.payload)
+			if left := c.expiresIn(now); left >= 0 {
+				out[i].ExpiresIn = &left
+			}
 		}
 		body, _ = json.Marshal(out)
 		w.Header().Set("Content-Type", "application/json")
-	} else {
+	default:
 		c := cmds[0]
 		body = c.payload
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("X-Command-Id", c.id)
 		w.Header().Set("X-Command-Topic", c.topic)
+		if left := c.expiresIn(now); left >= 0 {
+			w.Header().Set("X-Command-Expires-In", strconv.FormatInt(left, 10))
+		}
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(status)
 	_, err := w.Write(body)
 	if err == nil {
 		err = rc.Flush()
@@ -466,16 +511,25 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 	if err == nil && r.Context().Err() != nil {
 		err = r.Context().Err()
 	}
+	if err == nil && !explicit {
+		if err = awaitReceived(r.Context(), b.cfg.Poll.AckWriteTimeout.D()); errors.Is(err, errNoSocket) {
+			err = nil // not observable here: written is all there is to know
+		} else if errors.Is(err, errNotReceived) {
+			b.m.notReceived.Inc()
+			abortConn(r.Context())
+		}
+	}
 	if err != nil {
 		b.log.Info("command write failed; it stays queued", "device", s.device, "err", err)
 		s.requeue(cmds)
-		return
+		return true
 	}
 	if explicit {
 		s.offered(cmds)
-		return
+		return true
 	}
 	s.delivered(cmds)
+	return true
 }
 
 func (b *Bridge) serveAck(w http.ResponseWriter, r *http.Request, pathDev, id string) {

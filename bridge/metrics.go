@@ -16,6 +16,9 @@ type metrics struct {
 	upSockets    prometheus.Gauge
 	upCloses     *prometheus.CounterVec
 	wsMessages   *prometheus.CounterVec
+	expired      prometheus.Counter
+	unrenderable prometheus.Counter
+	notReceived  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -45,6 +48,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Backend WebSocket sessions ended, by close code (received or sent)."}, []string{"code"})
 	m.wsMessages = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeshim_bridge_websocket_messages_total",
 		Help: "WebSocket messages, by socket (device, upstream) and direction (in: read by edgeshim, out: written)."}, []string{"socket", "direction"})
+	m.expired = prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_bridge_commands_expired_total",
+		Help: "Commands whose expiry (MQTT 5 message expiry, commands.max_age) passed before delivery: acknowledged upstream, never delivered."})
+	m.unrenderable = prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_bridge_commands_unrenderable_total",
+		Help: "Commands poll.template could not render even alone (too large, or a template error): acknowledged upstream, never delivered."})
+	m.notReceived = prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_bridge_commands_unconfirmed_total",
+		Help: "Command answers the device's TCP stack did not acknowledge within poll.ack_write_timeout (ack: write): connection closed, command kept for a later poll."})
+	reg.MustRegister(m.expired, m.unrenderable, m.notReceived)
 	reg.MustRegister(m.sockets, m.wsCloses, m.upSockets, m.upCloses, m.wsMessages)
 	reg.MustRegister(m.sessionsOpen, m.connects, m.disconnects, m.delivered, m.redelivered, m.latency, m.telemetry, m.held)
 	return m

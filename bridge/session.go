@@ -40,6 +40,7 @@ type command struct {
 	arrived time.Time
 	offered time.Time // explicit ack: when it was last written
 	dup     bool
+	expires time.Time // zero: none (MQTT 5 message expiry, commands.max_age)
 }
 
 // session is one device's live MQTT session on the broker. It has no

@@ -10,8 +10,12 @@ import (
 // ever reaches an MQTT topic: no "/", "+", "#", NUL or control characters.
 var validDevice = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 
-// ValidDeviceID reports whether id may name a device.
-func ValidDeviceID(id string) bool { return validDevice.MatchString(id) }
+// ValidDeviceID reports whether id may name a device. Ids made only of
+// dots (".", "..", ...) are refused: they would be path segments with a
+// meaning wherever an id lands in a URL (a WebSocket backend's) or a path.
+func ValidDeviceID(id string) bool {
+	return validDevice.MatchString(id) && strings.Trim(id, ".") != ""
+}
 
 // ErrTemplate is returned for a malformed template.
 var ErrTemplate = errors.New("bad template")

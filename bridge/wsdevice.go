@@ -24,6 +24,8 @@ type wsFrame struct {
 	Payload  string `json:"payload,omitempty"`
 	Encoding string `json:"encoding,omitempty"`
 	Ack      string `json:"ack,omitempty"`
+	// ExpiresIn: a command's remaining expiry in whole seconds, if any.
+	ExpiresIn *int64 `json:"expires_in,omitempty"`
 }
 
 // encodePayload carries a payload in JSON: valid UTF-8 as a string, any
@@ -245,6 +247,9 @@ func (x *wsConn) write() {
 			}
 			continue
 		}
+		if cmds = b.dropExpired(s, cmds); len(cmds) == 0 {
+			continue // expired while it waited: acknowledged, never sent
+		}
 		cmd := cmds[0]
 		x.keep.WriteDeadline()
 		if err := b.writeFrame(x.c, cmd); err != nil {
@@ -254,6 +259,15 @@ func (x *wsConn) write() {
 			break
 		}
 		b.m.wsMessages.WithLabelValues("device", "out").Inc()
+		if err := awaitReceivedIf(s.ctx, !explicit, x.c.NetConn(), b.cfg.Poll.AckWriteTimeout.D()); err != nil {
+			// Written is not received: the command stays for the next connection.
+			if errors.Is(err, errNotReceived) {
+				b.m.notReceived.Inc()
+			}
+			s.requeue(cmds)
+			x.close(websocket.ClosePolicyViolation, "slow_reader")
+			break
+		}
 		if explicit {
 			s.offered(cmds)
 		} else {
@@ -308,6 +322,9 @@ func (b *Bridge) writeFrame(c *websocket.Conn, cmd *command) error {
 	}
 	f := wsFrame{ID: cmd.id, Topic: cmd.topic}
 	f.Payload, f.Encoding = encodePayload(cmd.payload)
+	if left := cmd.expiresIn(b.now()); left >= 0 {
+		f.ExpiresIn = &left
+	}
 	data, _ := json.Marshal(f)
 	return c.WriteMessage(websocket.TextMessage, data)
 }

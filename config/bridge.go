@@ -108,9 +108,12 @@ type Poll struct {
 	// EmptyContentType is the Content-Type of empty_body. Default:
 	// "application/json".
 	EmptyContentType string `yaml:"empty_content_type"`
-	// Format is raw (one command per response) or json (an array).
-	// Default: "raw".
+	// Format is raw (one command per response), json (an array) or
+	// template (the answers' bodies come from Template). Default: "raw".
 	Format string `yaml:"format"`
+	// Template shapes the answers with format template. Default: none
+	// (required with format template).
+	Template *PollTemplate `yaml:"template"`
 	// MaxBatch caps commands per json response. Default: 10.
 	MaxBatch int `yaml:"max_batch"`
 	// Ack is write (delivered once written) or explicit (delivered once the
@@ -119,6 +122,34 @@ type Poll struct {
 	// AckTimeout is how long an explicit-ack command waits for its ack
 	// before it is offered again. Default: 30s.
 	AckTimeout Duration `yaml:"ack_timeout"`
+	// AckWriteTimeout bounds, with ack write, the wait for the device's
+	// TCP stack to acknowledge the bytes of a command answer before the
+	// command is PUBACKed; past it the connection is closed and the
+	// command stays unacknowledged (delivered on a later poll). Linux
+	// only; elsewhere and on HTTP/3 a command is PUBACKed once written.
+	// Default: 5s.
+	AckWriteTimeout Duration `yaml:"ack_write_timeout"`
+}
+
+// PollTemplate is the shape of the poll answers with format template. The
+// bodies are Go text/template templates over the pending commands; see
+// the README for the fields and functions.
+type PollTemplate struct {
+	// Body renders a command answer (one or more commands). Required.
+	Body string `yaml:"body"`
+	// Empty renders the empty answer (with poll.empty_status 200).
+	// Default: Body rendered with no commands.
+	Empty string `yaml:"empty"`
+	// Status is the status of a command answer. Default: 200.
+	Status int `yaml:"status"`
+	// ContentType is the Content-Type of both answers. Default:
+	// "application/json".
+	ContentType string `yaml:"content_type"`
+	// Headers are added to both answers. Default: none.
+	Headers map[string]string `yaml:"headers"`
+	// MaxBytes caps a rendered body; a batch that renders larger is cut
+	// down to fewer commands. Default: 1MiB.
+	MaxBytes Size `yaml:"max_bytes"`
 }
 
 // Telemetry configures device → broker publishing.
@@ -140,6 +171,11 @@ type Commands struct {
 	Topic string `yaml:"topic"`
 	// QoS of the subscription: 1 (at least once). Default: 1.
 	QoS int `yaml:"qos"`
+	// MaxAge discards a command that waited longer than this in edgeshim
+	// (it is acknowledged upstream, never delivered), for publishers that
+	// set no MQTT 5 message expiry; a command's own expiry applies when
+	// it is shorter. Default: 0 (off).
+	MaxAge Duration `yaml:"max_age"`
 }
 
 // Presence configures the retained presence topic.
@@ -197,6 +233,17 @@ func (b Bridge) withDefaults() Bridge {
 		def(&out.Identity.Header, "Authorization")
 	}
 	def(&out.Poll.MaxWait, Duration(55e9))
+	if out.Poll.Format == "template" {
+		def(&out.Poll.EmptyStatus, 200) // the template renders an empty answer
+	}
+	if t := out.Poll.Template; t != nil {
+		tc := *t
+		def(&tc.Status, 200)
+		def(&tc.ContentType, "application/json")
+		def(&tc.MaxBytes, Size(1<<20))
+		out.Poll.Template = &tc
+	}
+	def(&out.Poll.AckWriteTimeout, Duration(5e9))
 	def(&out.Poll.EmptyStatus, 204)
 	def(&out.Poll.EmptyContentType, "application/json")
 	def(&out.Poll.Format, "raw")
@@ -296,8 +343,15 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 	if !strings.HasPrefix(b.Poll.Path, "/") {
 		e.add(p+".poll.path", "must start with / (got %q)", b.Poll.Path)
 	}
-	if !oneOf(b.Poll.Format, "raw", "json") {
-		e.add(p+".poll.format", "must be raw or json (got %q)", b.Poll.Format)
+	if !oneOf(b.Poll.Format, "raw", "json", "template") {
+		e.add(p+".poll.format", "must be raw, json or template (got %q)", b.Poll.Format)
+	}
+	b.Poll.validateTemplate(e, p+".poll")
+	if b.Poll.AckWriteTimeout < 0 {
+		e.add(p+".poll.ack_write_timeout", "must not be negative")
+	}
+	if b.Commands.MaxAge < 0 {
+		e.add(p+".commands.max_age", "must not be negative")
 	}
 	if !oneOf(b.Poll.Ack, "write", "explicit") {
 		e.add(p+".poll.ack", "must be write or explicit (got %q)", b.Poll.Ack)

@@ -471,8 +471,10 @@ func (l plainScanListener) Accept() (net.Conn, error) {
 
 type scanConnKey struct{}
 
-// connContext gives HTTP/1 requests (HTTPS and listen.http) their framer.
+// connContext gives HTTP/1 requests (HTTPS and listen.http) their framer,
+// and every request its connection (limits.ConnFrom).
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	ctx = limits.WithConn(ctx, c)
 	if f, ok := c.(framer); ok {
 		return context.WithValue(ctx, scanConnKey{}, f)
 	}

@@ -283,7 +283,7 @@ func (s *Server) Start() error {
 		Config: s.https.TLSConfig, HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
 		HandshakeFailed: s.opts.HandshakeFailed, FailLog: s.logs.handshake, Logger: s.log, Base: s.base,
 		ServeH2: func(c *tls.Conn) {
-			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: s.base, BaseConfig: s.https, Handler: s.https.Handler})
+			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: limits.WithConn(s.base, c), BaseConfig: s.https, Handler: s.https.Handler})
 		},
 		Fast: s.fast,
 	})

@@ -17,12 +17,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 
+	"github.com/edgeshim/edgeshim/bridge"
 	"github.com/edgeshim/edgeshim/config"
 )
 
@@ -120,11 +123,26 @@ func usage(w io.Writer) {
 // loadConfig loads FILE (or the embedded default), fills defaults,
 // validates and checks the files it names, reporting every problem.
 func loadConfig(file string) (*config.Config, error) {
+	var cfg *config.Config
 	if file != "" {
-		return config.LoadChecked(file)
+		c, err := config.LoadChecked(file)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	} else {
+		cfg = config.Default().WithDefaults()
+		if err := errors.Join(cfg.Validate(), cfg.CheckFiles()); err != nil {
+			return nil, err
+		}
 	}
-	cfg := config.Default().WithDefaults()
-	if err := errors.Join(cfg.Validate(), cfg.CheckFiles()); err != nil {
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(cfg.Bridges)) {
+		if err := bridge.CheckConfig(cfg.Bridges[name]); err != nil { // what Validate cannot: the poll template
+			errs = append(errs, fmt.Errorf("bridges.%s.%w", name, err)) // err starts with its field path
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return cfg, nil
