@@ -347,7 +347,8 @@ func (s *session) stop() {
 	s.finish()
 }
 
-// closeLink ends the session's link. A device gone idle is offline now:
+// closeLink ends the session's link. A device gone idle, or whose session
+// an operator ended (admin API), is offline now:
 // its offline presence is published at once and the will discarded
 // (DISCONNECT 0x00). Any other end (eviction, shutdown) leaves it to the
 // will, which the broker sends only after presence.will_delay: a device
@@ -356,7 +357,7 @@ func (s *session) stop() {
 func (s *session) closeLink(l link, reason string) {
 	ml, ok := l.(*mqttConn)
 	p := s.b.cfg.Presence
-	if !ok || reason != reasonIdle || p.Topic == "" {
+	if !ok || (reason != reasonIdle && reason != reasonAdmin) || p.Topic == "" {
 		l.close()
 		return
 	}
