@@ -83,8 +83,9 @@ type Bridge struct {
 	sessions *lru.Cache[string, *session]
 	closed   bool
 	wg       sync.WaitGroup // session goroutines and the idle loop
-	closing  chan struct{}  // closed by Shutdown: held polls answer at once
+	closing  chan struct{}  // closed by Drain: held polls answer at once
 	stopIdle context.CancelFunc
+	drain    drainState // see drain.go
 }
 
 var _ http.Handler = (*Bridge)(nil)
@@ -105,6 +106,7 @@ func New(o Options) (*Bridge, error) {
 		closing:        make(chan struct{}),
 		wsPool:         &sync.Pool{},
 	}
+	b.drain.init()
 	if f := o.Limits.Flapping; f.Max > 0 {
 		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
 	}
@@ -387,6 +389,7 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 			return
 		case <-s.ctx.Done():
 		case <-b.closing:
+			b.drainAnswer(w, r)
 		}
 		// Commands may have arrived together with the timer.
 		if cmds := s.take(batch, explicit, b.cfg.Poll.AckTimeout.D()); len(cmds) > 0 {
@@ -521,13 +524,14 @@ func (b *Bridge) serveTelemetry(w http.ResponseWriter, r *http.Request, pathDev 
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// Shutdown answers held polls at once, ends every session (their wills
-// fire) and waits for their goroutines, or until ctx ends.
+// Shutdown drains (see Drain) if that was not done, ends every session
+// (their wills fire) and waits for their goroutines, or until ctx ends.
 func (b *Bridge) Shutdown(ctx context.Context) error {
+	b.Drain()
 	b.mu.Lock()
 	if !b.closed {
 		b.closed = true
-		close(b.closing)
+		b.drain.sessions.Store(int64(b.sessions.Len()))
 		for _, k := range b.sessions.Keys() {
 			if s, ok := b.sessions.Peek(k); ok {
 				s.end(reasonShutdown)

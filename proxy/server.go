@@ -72,6 +72,7 @@ type Server struct {
 	serveWG  sync.WaitGroup
 
 	admission *limits.Admission
+	drain     drainState // see drain.go
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -85,6 +86,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
 	s.base, s.cancel = context.WithCancel(context.Background())
+	s.drain.init(s.base)
 	lim := opts.Config.Limits
 	for _, rc := range opts.Config.Routes {
 		if rc.MQTTWS != nil && s.park == nil {
@@ -93,7 +95,7 @@ func New(opts Options) (*Server, error) {
 	}
 	bufs := &bufferPool{}
 	rt, err := newRouter(opts.Config.Routes, opts.Bridges, proxyDeps{
-		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: bufs,
+		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, drain: s.drain.ctx, bufs: bufs,
 		retry: func() int { return retryAfterSeconds(lim.RetryAfter) }, park: s.park,
 	})
 	if err != nil {
@@ -263,7 +265,7 @@ func (s *Server) Start() error {
 		s.serveWG.Add(1)
 		go func() {
 			defer s.serveWG.Done()
-			if err := s.h3.Serve(udp); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) {
+			if err := s.h3.Serve(udp); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) && !s.draining() {
 				s.log.Error("http3 server stopped", "err", err)
 			}
 		}()
@@ -282,7 +284,7 @@ func (s *Server) Start() error {
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
-		if err := s.https.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.https.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) && !s.draining() {
 			s.log.Error("https server stopped", "err", err)
 		}
 	}()
@@ -308,10 +310,14 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 	if lim.Overload.MaxConns > 0 && lim.Overload.MaxConns < maxConns {
 		maxConns = lim.Overload.MaxConns
 	}
-	return limits.NewListener(ln, limits.ListenerOptions{
+	l := limits.NewListener(ln, limits.ListenerOptions{
 		MaxConns: maxConns, PerIPMaxConns: lim.PerIP.MaxConns, PerIPRate: lim.PerIP.Rate,
 		PerIPBurst: lim.PerIP.Burst, Tracked: lim.PerIP.Tracked, Refused: s.m.connsRefused, Open: s.m.connsOpen,
-	}), nil
+	})
+	s.mu.Lock()
+	s.drain.lims = append(s.drain.lims, l)
+	s.mu.Unlock()
+	return l, nil
 }
 
 // startPlain serves listen.http, if configured.
@@ -324,10 +330,11 @@ func (s *Server) startPlain() error {
 		return fmt.Errorf("listen http: %w", err)
 	}
 	s.setAddr("http", ln.Addr())
+	s.drain.plainLn = ln
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
-		if err := s.plain.Serve(plainScanListener{ln}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.plain.Serve(plainScanListener{ln}); err != nil && !errors.Is(err, http.ErrServerClosed) && !s.draining() {
 			s.log.Error("http server stopped", "err", err)
 		}
 	}()
@@ -360,34 +367,9 @@ func listenTCP(addr string) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", addr)
 }
 
-// Shutdown stops accepting, waits for in-flight requests until ctx ends,
-// then closes what remains, upgraded connections included (their close is
-// the signal of shutdown to WebSocket peers).
-func (s *Server) Shutdown(ctx context.Context) error {
-	var errs []error
-	if s.h3 != nil {
-		errs = append(errs, s.h3.Shutdown(ctx))
-	}
-	for _, hs := range s.httpServers() {
-		if err := hs.Shutdown(ctx); err != nil {
-			errs = append(errs, err)
-			hs.Close()
-		}
-	}
-	if s.tln != nil {
-		s.tln.Close() // https.Shutdown has, unless Serve had not begun
-		// HTTP/2 connections were sent GOAWAY by https.Shutdown; they
-		// end when their streams are done, or are closed at ctx's end.
-		if err := s.tln.wait(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("http2 connections: %w", err))
-		}
-	}
-	s.closeRest()
-	return errors.Join(errs...)
-}
-
 // Close closes all listeners and connections at once.
 func (s *Server) Close() error {
+	s.drain.graceCancel()
 	var errs []error
 	if s.h3 != nil {
 		errs = append(errs, s.h3.Close())
@@ -400,6 +382,7 @@ func (s *Server) Close() error {
 		s.tln.closeConns()
 		s.tln.wait(context.Background())
 	}
+	s.drain.wg.Wait() // a Drain's shutdowns end with the grace cancelled
 	s.closeRest()
 	return errors.Join(errs...)
 }
