@@ -340,7 +340,6 @@ func (c *Config) Validate() error {
 	}
 	c.TLS.validate(&e, c)
 	c.Limits.validate(&e)
-	c.Shutdown.validate(&e)
 	for i, r := range c.Routes {
 		r.validate(&e, fmt.Sprintf("routes[%d]", i), c)
 	}
