@@ -17,6 +17,10 @@ import (
 type ListenerOptions struct {
 	// MaxConns caps open connections in total.
 	MaxConns int
+	// SoftConns marks connections admitted above this many open ones as
+	// overflowed (see Overflowed): they get an HTTP answer, 503, rather
+	// than a closed socket. 0: none.
+	SoftConns int
 	// PerIPMaxConns caps open connections per source IP.
 	PerIPMaxConns int
 	// PerIPRate and PerIPBurst bound new connections per second per IP.
@@ -31,6 +35,9 @@ type ListenerOptions struct {
 	Refused *prometheus.CounterVec
 	// Open tracks open connections. Optional.
 	Open prometheus.Gauge
+	// AcceptErrors counts failed accepts by kind ("emfile", "enfile",
+	// "other"); the caller backs off. Optional.
+	AcceptErrors *prometheus.CounterVec
 }
 
 // Refusal reasons, the label values of edgeshim_conns_refused_total.
@@ -75,6 +82,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
+			if l.o.AcceptErrors != nil && !errors.Is(err, net.ErrClosed) {
+				l.o.AcceptErrors.WithLabelValues(acceptError(err)).Inc()
+			}
 			return nil, err
 		}
 		if reason := l.admit(c); reason != "" {
@@ -84,7 +94,11 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		return &limitedConn{Conn: c, l: l, ip: remoteIP(c.RemoteAddr())}, nil
+		lc := &limitedConn{Conn: c, l: l, ip: remoteIP(c.RemoteAddr())}
+		if l.o.SoftConns > 0 && l.open.Load() > int64(l.o.SoftConns) {
+			lc.overflow = true
+		}
+		return lc, nil
 	}
 }
 
@@ -94,6 +108,8 @@ type limitedConn struct {
 	l    *Listener
 	ip   netip.Addr
 	once sync.Once
+	// overflow: admitted above the soft cap (see Overflowed).
+	overflow bool
 }
 
 // NetConn returns the accepted connection, as tls.Conn's does: beneath

@@ -409,8 +409,10 @@ func (l plainScanListener) Accept() (net.Conn, error) {
 
 type scanConnKey struct{}
 
-// connContext gives HTTP/1 requests (HTTPS and listen.http) their framer.
+// connContext gives HTTP/1 requests (HTTPS and listen.http) their framer,
+// and marks the connections admitted above the soft cap (all versions).
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	ctx = markOverflow(ctx, c)
 	if f, ok := c.(framer); ok {
 		return context.WithValue(ctx, scanConnKey{}, f)
 	}

@@ -73,6 +73,7 @@ type Server struct {
 
 	admission *limits.Admission
 	drain     drainState // see drain.go
+	ov        *overloadMetrics
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -107,8 +108,11 @@ func New(opts Options) (*Server, error) {
 	}
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
+	s.ov = newOverloadMetrics(opts.Registerer)
 	wrap := func(h http.Handler) http.Handler {
-		return s.m.instrument(s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), h)))))
+		h = heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.Body(int64(lim.MaxBody), h)))
+		h = limits.OverflowGuard(limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()}, overflowed, s.ov.answered.Inc, h)
+		return s.m.instrument(s.framingGuard(h))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
@@ -276,7 +280,7 @@ func (s *Server) Start() error {
 		Config: s.https.TLSConfig, HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
 		HandshakeFailed: s.opts.HandshakeFailed, Logger: s.log, Base: s.base,
 		ServeH2: func(c *tls.Conn) {
-			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: s.base, BaseConfig: s.https, Handler: s.https.Handler})
+			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: connContext(s.base, c), BaseConfig: s.https, Handler: s.https.Handler})
 		},
 		Fast: s.fast,
 	})
@@ -306,12 +310,9 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 		return nil, err
 	}
 	lim := s.opts.Config.Limits
-	maxConns := lim.MaxConns
-	if lim.Overload.MaxConns > 0 && lim.Overload.MaxConns < maxConns {
-		maxConns = lim.Overload.MaxConns
-	}
 	l := limits.NewListener(ln, limits.ListenerOptions{
-		MaxConns: maxConns, PerIPMaxConns: lim.PerIP.MaxConns, PerIPRate: lim.PerIP.Rate,
+		MaxConns: lim.MaxConns, SoftConns: limits.SoftConns(lim.Overload.MaxConns, lim.MaxConns), AcceptErrors: s.ov.acceptErrors,
+		PerIPMaxConns: lim.PerIP.MaxConns, PerIPRate: lim.PerIP.Rate,
 		PerIPBurst: lim.PerIP.Burst, Tracked: lim.PerIP.Tracked, Refused: s.m.connsRefused, Open: s.m.connsOpen,
 	})
 	s.mu.Lock()

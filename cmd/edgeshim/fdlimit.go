@@ -1,0 +1,28 @@
+package main
+
+import (
+	"log/slog"
+	"syscall"
+
+	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits"
+)
+
+// fitDescriptors reads the process's descriptor limit (RLIMIT_NOFILE, the
+// soft one, which is what accept runs into) and returns cfg with its
+// connection caps fitted to it (see limits.FitDescriptors), warning for
+// each cap lowered.
+func fitDescriptors(cfg *config.Config, log *slog.Logger) *config.Config {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		log.Warn("descriptor limit unknown; connection caps not fitted to it", "err", err)
+		return cfg
+	}
+	c := *cfg
+	for _, w := range limits.FitDescriptors(&c, rl.Cur) {
+		log.Warn(w)
+	}
+	log.Info("connection caps", "nofile", rl.Cur, "max_conns", c.Limits.MaxConns,
+		"overload_from", limits.SoftConns(c.Limits.Overload.MaxConns, c.Limits.MaxConns))
+	return &c
+}
