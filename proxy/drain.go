@@ -143,11 +143,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		d.graceCancel()
 	})
 	d.wg.Wait()
-	if stop() {
-		d.graceCancel()
-	}
+	cut := !stop()
+	d.graceCancel()
 	s.closeRest()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return errors.Join(d.errs...)
+	if !cut {
+		return errors.Join(d.errs...)
+	}
+	// The servers saw the grace cancelled; what ended it was ctx.
+	errs := []error{fmt.Errorf("grace ended with %d connections open: %w", d.cut.Load(), ctx.Err())}
+	for _, err := range d.errs {
+		if !errors.Is(err, context.Canceled) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
