@@ -3,10 +3,14 @@ package integration
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -35,6 +39,19 @@ func TestShutdownAnswersHeldPolls(t *testing.T) {
 	cfg = strings.Replace(cfg, `listen: {https: "127.0.0.1:0",`, `listen: {https: "127.0.0.1:0", http3: true,`, 1)
 	const drainDelay = 2 * time.Second
 	cfg += "shutdown: {grace: 30s, drain_delay: 2s}\n"
+	// A backend request held in flight across the drain: it finishes
+	// within the grace, while everything else has been answered already.
+	arrived, release := make(chan struct{}), make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-release
+		io.WriteString(w, "finished")
+	}))
+	defer slow.Close()
+	releaseSlow := sync.OnceFunc(func() { close(release) })
+	defer releaseSlow() // before slow.Close, which waits for the handler
+	cfg = strings.Replace(cfg, "routes: [{path: /devices/, bridge: fleet}]",
+		fmt.Sprintf("routes: [{path: /devices/, bridge: fleet}, {path: /mqtt, mqtt_ws: {broker: %q}}, {path: /slow, proxy: {backends: [%q]}}]", "tcp://"+m.Addr(), slow.URL), 1)
 	e := startEdgeshim(t, cfg, EdgeOptions{Listeners: []string{"https", "http3", "admin"}})
 
 	h1 := &http.Client{Transport: &http.Transport{TLSClientConfig: e.TLSConfig(), TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
@@ -77,6 +94,25 @@ func TestShutdownAnswersHeldPolls(t *testing.T) {
 			}
 		}
 	}()
+
+	type wsEnd struct {
+		code int
+		at   time.Time
+	}
+	mqttWS := dialMQTTWS(t, e)
+	defer mqttWS.Close()
+	mqttEnd := make(chan wsEnd, 1)
+	go func() {
+		code := closeCode(mqttWS, 30*time.Second)
+		mqttEnd <- wsEnd{code, time.Now()}
+	}()
+
+	slowDone := make(chan string, 1)
+	go func() {
+		r := poll(h1, e.URL("/slow"))
+		slowDone <- fmt.Sprint(r.code, " ", r.body, " ", r.err)
+	}()
+	<-arrived
 
 	readyz := func() int {
 		r, err := http.Get("http://" + e.Addr("admin") + "/readyz")
@@ -134,6 +170,21 @@ func TestShutdownAnswersHeldPolls(t *testing.T) {
 		t.Fatal("websocket not closed at the start of the drain")
 	}
 
+	select {
+	case end := <-mqttEnd:
+		if end.code != websocket.CloseGoingAway || end.at.Sub(sigAt) < drainDelay {
+			t.Errorf("MQTT-over-WebSocket: close %d %s after SIGTERM, want 1001 when the drain starts", end.code, end.at.Sub(sigAt))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("MQTT-over-WebSocket socket not closed at the start of the drain")
+	}
+
+	select {
+	case r := <-slowDone:
+		t.Fatalf("in-flight request ended before it was released: %s", r)
+	default:
+	}
+
 	// Both listeners refuse new connections now, TCP and UDP.
 	if c, err := net.DialTimeout("tcp", e.Addr("https"), 2*time.Second); err == nil {
 		c.Close()
@@ -148,6 +199,10 @@ func TestShutdownAnswersHeldPolls(t *testing.T) {
 		t.Error("HTTP/3 (UDP) still accepts after the drain started")
 	}
 
+	releaseSlow()
+	if r := <-slowDone; r != "200 finished <nil>" {
+		t.Errorf("in-flight request across the drain: %s, want 200 finished", r)
+	}
 	if err := e.Wait(15 * time.Second); err != nil {
 		t.Errorf("exit: %v", err)
 	}
