@@ -83,7 +83,7 @@ type Bridge struct {
 	sessions *lru.Cache[string, *session]
 	closed   bool
 	wg       sync.WaitGroup // session goroutines and the idle loop
-	closing  chan struct{}  // closed by Drain: held polls answer at once
+	closing  chan struct{}  // closed by Shutdown: held polls answer at once
 	stopIdle context.CancelFunc
 	drain    drainState // see drain.go
 }
@@ -106,7 +106,6 @@ func New(o Options) (*Bridge, error) {
 		closing:        make(chan struct{}),
 		wsPool:         &sync.Pool{},
 	}
-	b.drain.init()
 	if f := o.Limits.Flapping; f.Max > 0 {
 		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
 	}

@@ -11,16 +11,22 @@ import (
 // are answered and device WebSockets closed 1001 at once, while sessions
 // stay until Shutdown so that in-flight telemetry still reaches the broker.
 type drainState struct {
-	once   sync.Once
-	ctx    context.Context // cancelled by Drain
-	cancel context.CancelFunc
+	once     sync.Once
+	initOnce sync.Once
+	ctx      context.Context // cancelled by Drain; see context
+	cancel   context.CancelFunc
 
 	answered atomic.Int64 // held polls answered by the drain
 	sockets  atomic.Int64 // device WebSockets closed by the drain
 	sessions atomic.Int64 // sessions ended by Shutdown
 }
 
-func (d *drainState) init() { d.ctx, d.cancel = context.WithCancel(context.Background()) }
+// context is cancelled when the drain starts (made on first use, so that
+// the zero drainState is ready).
+func (d *drainState) context() context.Context {
+	d.initOnce.Do(func() { d.ctx, d.cancel = context.WithCancel(context.Background()) })
+	return d.ctx
+}
 
 // DrainStats says what the drain and the shutdown did, for the shutdown
 // summary.
@@ -41,7 +47,8 @@ type DrainStats struct {
 // to call more than once.
 func (b *Bridge) Drain() {
 	b.drain.once.Do(func() {
-		close(b.closing)
+		close(b.closing) // Drain, or Shutdown through it, closes it
+		b.drain.context()
 		b.drain.cancel()
 	})
 }
@@ -52,7 +59,7 @@ func (b *Bridge) Stats() DrainStats {
 		SessionsEnded: b.drain.sessions.Load()}
 }
 
-func (b *Bridge) draining() bool { return b.drain.ctx.Err() != nil }
+func (b *Bridge) draining() bool { return b.drain.context().Err() != nil }
 
 // drainAnswer prepares the answer of a poll released by Drain: the
 // connection closes after it (HTTP/1.1 only: HTTP/2 and HTTP/3 have

@@ -93,7 +93,7 @@ func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string)
 		}
 	})
 	// Draining closes it 1001 at once; the session stays until Shutdown.
-	x.stopDrain = context.AfterFunc(b.drain.ctx, func() {
+	x.stopDrain = context.AfterFunc(b.drain.context(), func() {
 		b.drain.sockets.Add(1)
 		x.close(websocket.CloseGoingAway, "shutdown")
 	})
