@@ -322,8 +322,8 @@ func benchRestart(b *testing.B, how string, n int) {
 				}
 			}
 		})
-		if i%1000 == 999 {
-			time.Sleep(500 * time.Millisecond) // ramp: 2,000 new devices/s
+		if i%250 == 249 {
+			time.Sleep(500 * time.Millisecond) // ramp: 500 new devices/s
 		}
 	}
 	ramp := time.Now()
