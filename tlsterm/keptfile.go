@@ -136,17 +136,16 @@ func (tk *ticketKeys) loadKept(rotate time.Duration, keep int) (time.Duration, e
 			keys, created = keys[:keep], created[:keep]
 		}
 	}
-	if err := tk.setKept(keys, created); err != nil {
-		return 0, err
-	}
+	// A data dir that cannot be written (read-only root, say) costs only
+	// resumption across restarts: setKept logged it.
+	_ = tk.setKept(keys, created)
 	tk.t.log.Info("session ticket keys ready", "ticket_key_id", keyID(keys[0]), "keys", len(keys), "loaded", loaded,
 		"file", tk.path, "resume_for", (rotate * time.Duration(keep-1)).String())
 	return max(0, rotate-now.Sub(created[0])), nil
 }
 
-// setKept puts the keys in force and persists them. A failed write is an
-// error at start (the data dir is unusable) and logged on rotation (the
-// keys in memory still serve).
+// setKept puts the keys in force and persists them. A failed write is
+// logged and returned; the keys in memory serve anyway.
 func (tk *ticketKeys) setKept(keys [][32]byte, created []time.Time) error {
 	tk.mu.Lock()
 	tk.created = created

@@ -333,3 +333,19 @@ func BenchmarkKeyExchange(b *testing.B) {
 		})
 	}
 }
+
+// TestTicketKeysUnwritableStillStart: a data dir where the keys cannot be
+// kept costs resumption across restarts only: tickets still work.
+func TestTicketKeysUnwritableStillStart(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, keptFileName), 0o700); err != nil { // in the way of the file
+		t.Fatal(err)
+	}
+	term := newTermIn(t, config.TLS{}, dir)
+	defer term.Close()
+	cl := clientFor(t, term, 0)
+	handshake(t, term.TLSConfig(), cl)
+	if !handshake(t, term.TLSConfig(), cl) {
+		t.Error("no resumption with keys that could not be kept")
+	}
+}
