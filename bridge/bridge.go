@@ -97,6 +97,7 @@ type Bridge struct {
 	wg       sync.WaitGroup // session goroutines and the idle loop
 	closing  chan struct{}  // closed by Shutdown: held polls answer at once
 	stopIdle context.CancelFunc
+	drain    drainState // see drain.go
 }
 
 var _ http.Handler = (*Bridge)(nil)
@@ -398,6 +399,7 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 			return
 		case <-s.ctx.Done():
 		case <-b.closing:
+			b.drainAnswer(w, r)
 		}
 		// Commands may have arrived together with the timer.
 		if b.offer(w, r, rc, s) {
@@ -587,13 +589,14 @@ func (b *Bridge) serveTelemetry(w http.ResponseWriter, r *http.Request, pathDev 
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// Shutdown answers held polls at once, ends every session (their wills
-// fire) and waits for their goroutines, or until ctx ends.
+// Shutdown drains (see Drain) if that was not done, ends every session
+// (their wills fire) and waits for their goroutines, or until ctx ends.
 func (b *Bridge) Shutdown(ctx context.Context) error {
+	b.Drain()
 	b.mu.Lock()
 	if !b.closed {
 		b.closed = true
-		close(b.closing)
+		b.drain.sessions.Store(int64(b.sessions.Len()))
 		for _, k := range b.sessions.Keys() {
 			if s, ok := b.sessions.Peek(k); ok {
 				s.end(reasonShutdown)

@@ -56,6 +56,11 @@ func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string)
 		b.fail(w, r, http.StatusBadRequest, "websocket upgrade required")
 		return
 	}
+	if b.draining() {
+		w.Header().Set("Connection", "close")
+		b.retry.Reject(w, http.StatusServiceUnavailable, "shutting down")
+		return
+	}
 	s, err := b.session(dev)
 	if err != nil {
 		b.fail(w, r, http.StatusServiceUnavailable, err.Error())
@@ -89,6 +94,11 @@ func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string)
 			x.close(websocket.ClosePolicyViolation, "evicted")
 		}
 	})
+	// Draining closes it 1001 at once; the session stays until Shutdown.
+	x.stopDrain = context.AfterFunc(b.drain.context(), func() {
+		b.drain.sockets.Add(1)
+		x.close(websocket.CloseGoingAway, "shutdown")
+	})
 	s.setOutlet(x)
 	sock.Start() // the reader: parked until the device sends something
 	x.kick()     // commands queued before the socket came
@@ -111,6 +121,8 @@ type wsConn struct {
 	c       *websocket.Conn
 	keep    *wsnet.Keeper
 	stopEnd func() bool
+	// stopDrain stops the close on drain; set before the socket starts.
+	stopDrain func() bool
 
 	mu      sync.Mutex
 	writing bool // a writer goroutine is running
@@ -152,6 +164,7 @@ func (x *wsConn) exited(writer bool) {
 	}
 	b, s := x.b, x.s
 	x.stopEnd()
+	x.stopDrain()
 	s.clearOutlet(x)
 	code, reason := x.keep.Why()
 	b.log.Debug("device websocket closed", "device", s.device, "code", code, "reason", reason)

@@ -81,6 +81,10 @@ type Shutdown struct {
 	// Grace is how long in-flight requests may take to finish before the
 	// remaining connections are closed. Default: 30s.
 	Grace Duration `yaml:"grace"`
+	// DrainDelay is how long the listeners keep accepting after SIGTERM,
+	// while /readyz already answers 503, so that the load balancer stops
+	// sending before they close. Default: 5s.
+	DrainDelay Duration `yaml:"drain_delay"`
 }
 
 // EmbeddedBroker configures the in-process mochi-mqtt broker.
@@ -224,6 +228,9 @@ func (c *Config) WithDefaults() *Config {
 	}
 	if out.Shutdown.Grace == 0 {
 		out.Shutdown.Grace = Duration(30e9)
+	}
+	if out.Shutdown.DrainDelay == 0 {
+		out.Shutdown.DrainDelay = Duration(5e9)
 	}
 	if out.EmbeddedBroker.Listen == "" {
 		out.EmbeddedBroker.Listen = "127.0.0.1:1883"

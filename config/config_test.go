@@ -46,6 +46,7 @@ func TestValidateMessages(t *testing.T) {
 		{"bad size", "limits: {max_body: 1MB2}", []string{`line 1: limits.max_body: invalid size "1MB2" (want e.g. "1048576", "64KiB", "1MiB")`}},
 		{"missing env", "listen: {https: \"${NOPE}\"}", []string{`line 1: listen.https: environment variable NOPE is not set (${NOPE:-default} gives a default)`}},
 		{"keep zero", "tls: {session_tickets: {keep: -1}}", []string{`tls.session_tickets.keep: must be at least 1`}},
+		{"rotate short for generated keys", "tls: {session_tickets: {rotate: 1h}}", []string{`tls.session_tickets.rotate: must be at least 6h with generated keys, which are kept for the 7-day TLS 1.3 ticket lifetime (got 1h0m0s)`}},
 		{"min version", "tls: {min_version: \"1.1\"}", []string{`tls.min_version: must be "1.2" or "1.3" (got "1.1")`}},
 		{"cert without key", "tls: {certs: [{cert: a.pem}]}", []string{`tls.certs[0].key: is required`}},
 		{"client auth mode", "tls: {client_auth: {ca: ca.pem, mode: maybe}}", []string{`tls.client_auth.mode: must be require or verify_if_given (got "maybe")`}},

@@ -5,8 +5,12 @@ package config
 // The caps and rates below that are pointers follow one rule: unset
 // means the default, an explicit 0 turns the limit off (see PerIP).
 type Limits struct {
-	// MaxConns caps open client connections in total (per listener).
-	// Default: 50000; 0: no cap.
+	// MaxConns caps open client connections in total (per listener); above
+	// it new ones are closed at accept. At start it is lowered (with a
+	// warning) to half of what the descriptor limit (RLIMIT_NOFILE) leaves
+	// after a reserve of 64 + 2%: each connection costs about two
+	// descriptors (its own, and its broker or backend connection).
+	// Default: 50000; 0: no cap (still fitted to the descriptor limit).
 	MaxConns *int `yaml:"max_conns"`
 	// PerIP caps connections and their rate per source IP.
 	PerIP PerIP `yaml:"per_ip"`
@@ -105,8 +109,10 @@ type Flapping struct {
 
 // Overload configures load shedding.
 type Overload struct {
-	// MaxConns stops accepting new connections above this many open ones.
-	// Default: 0 (only limits.max_conns applies).
+	// MaxConns is the soft connection cap: connections accepted above
+	// this many open ones are answered 503 with a jittered Retry-After
+	// (and Connection: close) on every request, until limits.max_conns,
+	// the hard cap. Default: 0 (90% of limits.max_conns).
 	MaxConns int `yaml:"max_conns"`
 	// MaxHeap answers new requests 503 while the Go heap is above this.
 	// Default: 0 (off).

@@ -43,11 +43,15 @@ type SelfSigned struct {
 type SessionTickets struct {
 	// Disabled turns tickets off. Default: false.
 	Disabled bool `yaml:"disabled"`
-	// Rotate is how often a new ticket key becomes the issuing key. Default:
-	// 12h.
+	// Rotate is how often a new ticket key becomes the issuing key; at
+	// least 6h for generated keys. Default: 12h.
 	Rotate Duration `yaml:"rotate"`
-	// Keep is how many keys are accepted for resumption, the issuing one
-	// included. Default: 3.
+	// Keep is the least number of generated keys accepted for resumption,
+	// the issuing one included. edgeshim keeps more when needed, so that
+	// a ticket resumes for the whole 7 days TLS 1.3 tells clients it is
+	// valid (Go's fixed lifetime): 1 + ceil(7d / rotate), 15 with 12h.
+	// Generated keys are kept in data_dir (session-ticket-keys, mode
+	// 0600), so a restart resumes tickets. Default: 3.
 	Keep int `yaml:"keep"`
 	// KeyFile is a file of ticket keys shared by replicas: one key per line,
 	// 64 hex characters (32 bytes), newest (issuing) first. When set, keys
@@ -184,6 +188,10 @@ func (t TLS) validate(e *errs, c *Config) {
 	}
 	if st.Rotate.D() < 60e9 {
 		e.add("tls.session_tickets.rotate", "must be at least 1m (got %s)", st.Rotate)
+	} else if st.KeyFile == "" && !st.Disabled && st.Rotate.D() < 6*3600e9 {
+		// Generated keys cover the 7-day ticket lifetime with at most
+		// 32 keys.
+		e.add("tls.session_tickets.rotate", "must be at least 6h with generated keys, which are kept for the 7-day TLS 1.3 ticket lifetime (got %s)", st.Rotate)
 	}
 	if ca := t.ClientAuth; ca != nil {
 		if ca.CA == "" {

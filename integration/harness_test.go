@@ -188,6 +188,8 @@ type EdgeOptions struct {
 	Listeners []string
 	// Env adds environment variables.
 	Env []string
+	// Prefix runs edgeshim under a command, e.g. prlimit --nofile=300.
+	Prefix []string
 }
 
 // startEdgeshim writes cfg to edgeshim.yaml in a temp dir and runs
@@ -211,7 +213,8 @@ func startEdgeshim(t testing.TB, cfg string, o ...EdgeOptions) *Edge {
 		t.Fatal(err)
 	}
 	e := &Edge{t: t, Dir: opt.Dir, Logs: newLogBuffer(), addrs: map[string]string{}, exited: make(chan struct{})}
-	e.cmd = exec.Command(edgeshimBin, "run", "-c", path)
+	args := append(append([]string{}, opt.Prefix...), edgeshimBin, "run", "-c", path)
+	e.cmd = exec.Command(args[0], args[1:]...)
 	e.cmd.Dir = opt.Dir
 	e.cmd.Env = append(os.Environ(), opt.Env...)
 	stderr, err := e.cmd.StderrPipe()

@@ -154,7 +154,7 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 		io.WriteString(w, "finished")
 	}))
 	defer backend.Close()
-	e := startEdgeshim(t, fmt.Sprintf(tlsTestConfig, fmt.Sprintf("shutdown: {grace: 20s}\nroutes: [{path: /, proxy: {backends: [%q]}}]", backend.URL)))
+	e := startEdgeshim(t, fmt.Sprintf(tlsTestConfig, fmt.Sprintf("shutdown: {grace: 20s, drain_delay: 500ms}\nroutes: [{path: /, proxy: {backends: [%q]}}]", backend.URL)))
 	c := e.Client()
 	type result struct {
 		body string
@@ -173,8 +173,8 @@ func TestSIGTERMDrainsInFlight(t *testing.T) {
 	}()
 	<-arrived
 	e.Signal(syscall.SIGTERM)
-	e.Logs.waitLine(t, regexp.MustCompile(`shutting down`), 10*time.Second)
-	// The listener closes just after that line; the in-flight request is
+	e.Logs.waitLine(t, regexp.MustCompile(`msg="draining`), 10*time.Second)
+	// The listener closes just before that line; the in-flight request is
 	// still held, so refusal must come while it drains.
 	refused := false
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {

@@ -17,6 +17,10 @@ import (
 type ListenerOptions struct {
 	// MaxConns caps open connections in total; 0: no cap.
 	MaxConns int
+	// SoftConns marks connections admitted above this many open ones as
+	// overflowed (see Overflowed): they get an HTTP answer, 503, rather
+	// than a closed socket. 0: none.
+	SoftConns int
 	// PerIPMaxConns caps open connections per source IP; 0: no cap.
 	PerIPMaxConns int
 	// PerIPRate and PerIPBurst bound new connections per second per IP;
@@ -36,6 +40,9 @@ type ListenerOptions struct {
 	Log *RefusalLog
 	// Proxy, when not nil, reads PROXY protocol headers (see ProxyProtocol).
 	Proxy *ProxyProtocol
+	// AcceptErrors counts failed accepts by kind ("emfile", "enfile",
+	// "other"); the caller backs off. Optional.
+	AcceptErrors *prometheus.CounterVec
 }
 
 // Refusal reasons, the label values of edgeshim_conns_refused_total.
@@ -85,6 +92,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
+			if l.o.AcceptErrors != nil && !errors.Is(err, net.ErrClosed) {
+				l.o.AcceptErrors.WithLabelValues(acceptError(err)).Inc()
+			}
 			return nil, err
 		}
 		ip := remoteIP(c.RemoteAddr())
@@ -92,8 +102,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 			l.refuse(c, ip, ReasonMaxConns)
 			continue
 		}
+		overflow := l.o.SoftConns > 0 && l.open.Load() > int64(l.o.SoftConns)
 		if l.o.Proxy != nil && l.o.Proxy.trusts(ip) {
-			return &ppConn{Conn: c, l: l, trusted: true}, nil
+			return &ppConn{Conn: c, l: l, trusted: true, overflow: overflow}, nil
 		}
 		if reason := l.admitIP(ip); reason != "" {
 			l.releaseTotal()
@@ -101,9 +112,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 			continue
 		}
 		if l.o.Proxy != nil {
-			return &ppConn{Conn: c, l: l, ip: ip, perIP: true}, nil
+			return &ppConn{Conn: c, l: l, ip: ip, perIP: true, overflow: overflow}, nil
 		}
-		return &limitedConn{Conn: c, l: l, ip: ip}, nil
+		return &limitedConn{Conn: c, l: l, ip: ip, overflow: overflow}, nil
 	}
 }
 
@@ -126,6 +137,8 @@ type limitedConn struct {
 	l    *Listener
 	ip   netip.Addr
 	once sync.Once
+	// overflow: admitted above the soft cap (see Overflowed).
+	overflow bool
 }
 
 // NetConn returns the accepted connection, as tls.Conn's does: beneath

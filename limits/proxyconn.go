@@ -84,6 +84,8 @@ type ppConn struct {
 	closed bool
 	ip     netip.Addr // whose per-IP slot is held, if perIP
 	perIP  bool
+
+	overflow bool // admitted above the soft cap (see Overflowed)
 }
 
 var _ net.Conn = (*ppConn)(nil)

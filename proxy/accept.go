@@ -36,11 +36,9 @@ func (r refusalLogs) close() {
 func (s *Server) listenerOptions() limits.ListenerOptions {
 	lim := s.opts.Config.Limits
 	maxConns := *lim.MaxConns
-	if lim.Overload.MaxConns > 0 && (maxConns == 0 || lim.Overload.MaxConns < maxConns) {
-		maxConns = lim.Overload.MaxConns
-	}
 	o := limits.ListenerOptions{
-		MaxConns: maxConns, PerIPMaxConns: *lim.PerIP.MaxConns, PerIPRate: *lim.PerIP.Rate,
+		MaxConns: maxConns, SoftConns: limits.SoftConns(lim.Overload.MaxConns, maxConns), AcceptErrors: s.ov.acceptErrors,
+		PerIPMaxConns: *lim.PerIP.MaxConns, PerIPRate: *lim.PerIP.Rate,
 		PerIPBurst: *lim.PerIP.Burst, Tracked: lim.PerIP.Tracked, Refused: s.m.connsRefused, Open: s.m.connsOpen,
 		Log: s.logs.conn,
 	}

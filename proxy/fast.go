@@ -167,6 +167,9 @@ func (fc *fastConn) setBackend(bc *bconn) bool {
 // serve serves tc on the fast path. It returns the connection to hand to
 // net/http, or nil when it has ended (and is closed).
 func (fs *fastServer) serve(l *tlsListener, tc *tls.Conn) net.Conn {
+	if limits.Overflowed(tc) {
+		return newScanConn(tc) // answered 503 by net/http (OverflowGuard)
+	}
 	fc := &fastConn{fs: fs, l: l, tc: tc}
 	switch a := tc.RemoteAddr().(type) {
 	case *net.TCPAddr:

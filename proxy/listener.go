@@ -472,9 +472,11 @@ func (l plainScanListener) Accept() (net.Conn, error) {
 type scanConnKey struct{}
 
 // connContext gives HTTP/1 requests (HTTPS and listen.http) their framer,
-// and every request its connection (limits.ConnFrom).
+// and every request its connection (limits.ConnFrom), and marks the
+// connections admitted above the soft cap (all versions).
 func connContext(ctx context.Context, c net.Conn) context.Context {
 	ctx = limits.WithConn(ctx, c)
+	ctx = markOverflow(ctx, c)
 	if f, ok := c.(framer); ok {
 		return context.WithValue(ctx, scanConnKey{}, f)
 	}

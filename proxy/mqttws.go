@@ -71,7 +71,11 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 		},
 		open: map[*relayConn]struct{}{},
 	}
-	context.AfterFunc(d.base, m.closeAll)
+	closeOn := d.drain // the sockets close 1001 when the drain starts
+	if closeOn == nil {
+		closeOn = d.base
+	}
+	context.AfterFunc(closeOn, m.closeAll)
 	return m, nil
 }
 

@@ -69,6 +69,7 @@ type proxyDeps struct {
 	retry    func() int
 	upgrades *sync.WaitGroup
 	base     context.Context     // cancelled on shutdown: ends upgraded connections
+	drain    context.Context     // cancelled when the drain starts (Server.Drain); child of base
 	bufs     httputil.BufferPool // response copy buffers, shared by all routes
 	park     *park.Parker        // where idle upgraded sockets wait
 	maxBody  func() int64        // limits.max_body, live (reloadable)

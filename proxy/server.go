@@ -77,6 +77,8 @@ type Server struct {
 	live      atomic.Pointer[config.Limits] // the reloadable limits (SetLimits)
 	limited   []*limits.Listener            // the listeners' per-IP caps follow SetLimits
 	logs      refusalLogs
+	drain     drainState // see drain.go
+	ov        *overloadMetrics
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -91,6 +93,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
 	s.logs = newRefusalLogs(opts.Logger)
 	s.base, s.cancel = context.WithCancel(context.Background())
+	s.drain.init(s.base)
 	lim := opts.Config.Limits
 	s.live.Store(&lim)
 	for _, rc := range opts.Config.Routes {
@@ -100,7 +103,7 @@ func New(opts Options) (*Server, error) {
 	}
 	bufs := &bufferPool{}
 	rt, err := newRouter(opts.Config.Routes, opts.Bridges, proxyDeps{
-		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, bufs: bufs,
+		cfg: opts.Config, log: opts.Logger, m: s.m, now: opts.Now, upgrades: &s.upgrades, base: s.base, drain: s.drain.ctx, bufs: bufs,
 		retry: func() int { return retryAfterSeconds(lim.RetryAfter) }, park: s.park, maxBody: s.maxBody,
 	})
 	if err != nil {
@@ -113,8 +116,11 @@ func New(opts Options) (*Server, error) {
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
 	heap.Log = s.logs.request
+	s.ov = newOverloadMetrics(opts.Registerer)
 	wrap := func(h http.Handler) http.Handler {
-		return s.m.instrument(rt.routeName, s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.BodyFunc(s.maxBody, h))))))
+		h = heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.BodyFunc(s.maxBody, h))))
+		h = limits.OverflowGuard(limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()}, overflowed, s.ov.answered.Inc, h)
+		return s.m.instrument(rt.routeName, s.framingGuard(h))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
@@ -272,7 +278,7 @@ func (s *Server) Start() error {
 		s.serveWG.Add(1)
 		go func() {
 			defer s.serveWG.Done()
-			if err := s.h3.Serve(udp); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) {
+			if err := s.h3.Serve(udp); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) && !s.draining() {
 				s.log.Error("http3 server stopped", "err", err)
 			}
 		}()
@@ -283,7 +289,7 @@ func (s *Server) Start() error {
 		Config: s.https.TLSConfig, HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
 		HandshakeFailed: s.opts.HandshakeFailed, FailLog: s.logs.handshake, Logger: s.log, Base: s.base,
 		ServeH2: func(c *tls.Conn) {
-			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: limits.WithConn(s.base, c), BaseConfig: s.https, Handler: s.https.Handler})
+			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: connContext(s.base, c), BaseConfig: s.https, Handler: s.https.Handler})
 		},
 		Fast: s.fast,
 	})
@@ -291,7 +297,7 @@ func (s *Server) Start() error {
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
-		if err := s.https.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.https.Serve(tln); err != nil && !errors.Is(err, http.ErrServerClosed) && !s.draining() {
 			s.log.Error("https server stopped", "err", err)
 		}
 	}()
@@ -315,6 +321,7 @@ func (s *Server) listen(addr string) (net.Listener, error) {
 	l := limits.NewListener(ln, s.listenerOptions())
 	s.mu.Lock()
 	s.limited = append(s.limited, l)
+	s.drain.lims = append(s.drain.lims, l)
 	s.mu.Unlock()
 	return l, nil
 }
@@ -329,10 +336,11 @@ func (s *Server) startPlain() error {
 		return fmt.Errorf("listen http: %w", err)
 	}
 	s.setAddr("http", ln.Addr())
+	s.drain.plainLn = ln
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
-		if err := s.plain.Serve(plainScanListener{ln}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.plain.Serve(plainScanListener{ln}); err != nil && !errors.Is(err, http.ErrServerClosed) && !s.draining() {
 			s.log.Error("http server stopped", "err", err)
 		}
 	}()
@@ -365,34 +373,9 @@ func listenTCP(addr string) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", addr)
 }
 
-// Shutdown stops accepting, waits for in-flight requests until ctx ends,
-// then closes what remains, upgraded connections included (their close is
-// the signal of shutdown to WebSocket peers).
-func (s *Server) Shutdown(ctx context.Context) error {
-	var errs []error
-	if s.h3 != nil {
-		errs = append(errs, s.h3.Shutdown(ctx))
-	}
-	for _, hs := range s.httpServers() {
-		if err := hs.Shutdown(ctx); err != nil {
-			errs = append(errs, err)
-			hs.Close()
-		}
-	}
-	if s.tln != nil {
-		s.tln.Close() // https.Shutdown has, unless Serve had not begun
-		// HTTP/2 connections were sent GOAWAY by https.Shutdown; they
-		// end when their streams are done, or are closed at ctx's end.
-		if err := s.tln.wait(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("http2 connections: %w", err))
-		}
-	}
-	s.closeRest()
-	return errors.Join(errs...)
-}
-
 // Close closes all listeners and connections at once.
 func (s *Server) Close() error {
+	s.drain.graceCancel()
 	var errs []error
 	if s.h3 != nil {
 		errs = append(errs, s.h3.Close())
@@ -405,6 +388,7 @@ func (s *Server) Close() error {
 		s.tln.closeConns()
 		s.tln.wait(context.Background())
 	}
+	s.drain.wg.Wait() // a Drain's shutdowns end with the grace cancelled
 	s.closeRest()
 	return errors.Join(errs...)
 }

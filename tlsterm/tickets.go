@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -19,12 +20,17 @@ var ErrKeyFile = errors.New("bad ticket key file")
 
 // ticketKeys owns the session ticket keys of the live tls.Config: the first
 // key issues tickets, all of them resume. Without a key file it generates a
-// key every rotate and keeps keep of them; with a key file the file is the
-// truth (shared by replicas) and is re-read on Reload.
+// key every rotate, keeps enough of them that every ticket resumes for as
+// long as clients are told it is valid (see keptKeys), and persists them in
+// the data dir so that a restart resumes the fleet's tickets (see
+// keptfile.go); with a key file the file is the truth (shared by replicas)
+// and is re-read on Reload.
 type ticketKeys struct {
-	t    *Terminator
-	mu   sync.Mutex
-	keys [][32]byte
+	t       *Terminator
+	mu      sync.Mutex
+	keys    [][32]byte
+	created []time.Time // of keys, generated keys only
+	path    string      // where generated keys are kept; "" with a key file
 
 	stop     chan struct{}
 	done     chan struct{}
@@ -42,13 +48,14 @@ func (t *Terminator) startTickets() error {
 	if st.KeyFile != "" {
 		return tk.loadFile()
 	}
-	k, err := newKey()
+	keep := keptKeys(st.Rotate.D(), st.Keep)
+	tk.path = filepath.Join(t.opts.DataDir, keptFileName)
+	next, err := tk.loadKept(st.Rotate.D(), keep)
 	if err != nil {
 		return err
 	}
-	tk.set([][32]byte{k})
 	tk.stop, tk.done = make(chan struct{}), make(chan struct{})
-	go tk.rotateLoop(st.Rotate.D(), st.Keep)
+	go tk.rotateLoop(next, st.Rotate.D(), keep)
 	return nil
 }
 
@@ -76,10 +83,11 @@ func (tk *ticketKeys) set(keys [][32]byte) {
 	}
 }
 
-// rotateLoop makes a new issuing key every period, keeping keep keys.
-func (tk *ticketKeys) rotateLoop(period time.Duration, keep int) {
+// rotateLoop makes a new issuing key every period, the first after first,
+// keeping keep keys, and persists them.
+func (tk *ticketKeys) rotateLoop(first, period time.Duration, keep int) {
 	defer close(tk.done)
-	timer := time.NewTimer(period)
+	timer := time.NewTimer(first)
 	defer timer.Stop()
 	for {
 		select {
@@ -95,11 +103,12 @@ func (tk *ticketKeys) rotateLoop(period time.Duration, keep int) {
 		}
 		tk.mu.Lock()
 		keys := append([][32]byte{k}, tk.keys...)
+		created := append([]time.Time{time.Now()}, tk.created...)
 		tk.mu.Unlock()
 		if len(keys) > keep {
-			keys = keys[:keep]
+			keys, created = keys[:keep], created[:keep]
 		}
-		tk.set(keys)
+		tk.setKept(keys, created)
 		tk.t.log.Info("session ticket key rotated", "ticket_key_id", keyID(k), "keys", len(keys))
 	}
 }

@@ -85,25 +85,109 @@ func TestResumptionBothVersions(t *testing.T) {
 	}
 }
 
-// TestTicketRotation: with rotate 1h and keep 2, a ticket issued at t=0
-// resumes after one rotation (its key is kept) and not after two (dropped).
+// TestTicketRotation: a ticket resumes for the whole 7 days TLS 1.3
+// advertises, although keep is 2: a ticket issued just before a rotation
+// still resumes just before its lifetime ends, its key kept.
 func TestTicketRotation(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		term := newTerm(t, config.TLS{SessionTickets: config.SessionTickets{Rotate: config.Duration(time.Hour), Keep: 2}})
-		kept, dropped := clientFor(t, term, 0), clientFor(t, term, 0)
-		handshake(t, term.TLSConfig(), kept)
-		handshake(t, term.TLSConfig(), dropped)
-		time.Sleep(time.Hour + time.Second)
+		term := newTerm(t, config.TLS{SessionTickets: config.SessionTickets{Rotate: config.Duration(12 * time.Hour), Keep: 2}})
+		cl := clientFor(t, term, 0)
+		time.Sleep(12*time.Hour - time.Second) // the first key's last second
+		handshake(t, term.TLSConfig(), cl)
+		time.Sleep(7*24*time.Hour - time.Minute)
 		synctest.Wait()
-		if !handshake(t, term.TLSConfig(), kept) {
-			t.Error("ticket under a kept key did not resume after one rotation")
+		if !handshake(t, term.TLSConfig(), cl) {
+			t.Error("ticket did not resume within its advertised 7-day lifetime")
 		}
-		time.Sleep(time.Hour)
-		synctest.Wait()
-		if handshake(t, term.TLSConfig(), dropped) {
-			t.Error("ticket under a dropped key resumed after two rotations")
+		if n := len(term.tickets.keys); n != 15 {
+			t.Errorf("keys kept = %d, want 15 (1 + 7d/12h)", n)
 		}
 		term.Close()
+	})
+}
+
+func TestKeptKeysCoverLifetime(t *testing.T) {
+	for _, tc := range []struct {
+		rotate time.Duration
+		keep   int
+		want   int
+	}{{12 * time.Hour, 3, 15}, {6 * time.Hour, 3, 29}, {24 * time.Hour, 20, 20}, {7 * 24 * time.Hour, 1, 2}, {time.Minute, 3, 32}} {
+		if got := keptKeys(tc.rotate, tc.keep); got != tc.want {
+			t.Errorf("keptKeys(%s, %d) = %d, want %d", tc.rotate, tc.keep, got, tc.want)
+		}
+	}
+}
+
+func newTermIn(t testing.TB, tc config.TLS, dir string) *Terminator {
+	t.Helper()
+	tc = (&config.Config{TLS: tc}).WithDefaults().TLS
+	term, err := New(Options{TLS: tc, DataDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return term
+}
+
+// TestTicketKeysSurviveRestart: generated keys are kept in the data dir
+// (0600), rotation persists them, and a new Terminator on the same dir
+// resumes tickets issued before; stale keys are not loaded.
+func TestTicketKeysSurviveRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		a := newTermIn(t, config.TLS{}, dir)
+		early := clientFor(t, a, 0)
+		handshake(t, a.TLSConfig(), early)
+		time.Sleep(12*time.Hour + time.Second) // one rotation, persisted
+		synctest.Wait()
+		late := clientFor(t, a, 0)
+		handshake(t, a.TLSConfig(), late)
+		a.Close()
+		fi, err := os.Stat(filepath.Join(dir, keptFileName))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("kept keys file: %v %v, want mode 0600", fi, err)
+		}
+
+		b := newTermIn(t, config.TLS{}, dir)
+		if n := len(b.tickets.keys); n != 2 {
+			t.Errorf("keys after restart = %d, want the 2 kept", n)
+		}
+		if !handshake(t, b.TLSConfig(), early) || !handshake(t, b.TLSConfig(), late) {
+			t.Error("tickets issued before the restart did not resume after it")
+		}
+		b.Close()
+
+		// Stale keys (older than the retention) are dropped at start.
+		time.Sleep(8 * 24 * time.Hour)
+		c := newTermIn(t, config.TLS{}, dir)
+		if n := len(c.tickets.keys); n != 1 {
+			t.Errorf("keys after a long stop = %d, want 1 new", n)
+		}
+		c.Close()
+	})
+}
+
+func FuzzParseKept(f *testing.F) {
+	f.Add([]byte("# c\n" + strings.Repeat("ab", 32) + " 2026-01-02T03:04:05Z\n"))
+	f.Add([]byte(strings.Repeat("ab", 32) + " 2026-01-02T03:04:05Z\n" + strings.Repeat("cd", 32) + " 2026-01-01T00:00:00Z\n"))
+	f.Add([]byte("zz nope\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		keys, created, err := parseKept(data)
+		if err != nil {
+			return
+		}
+		if len(keys) != len(created) || len(keys) > maxKeys {
+			t.Fatalf("%d keys, %d times", len(keys), len(created))
+		}
+		// What parses formats back to the same keys.
+		k2, c2, err := parseKept(formatKept(keys, created))
+		if err != nil || len(k2) != len(keys) {
+			t.Fatalf("round trip: %v", err)
+		}
+		for i := range keys {
+			if k2[i] != keys[i] || !c2[i].Equal(created[i].Truncate(time.Second)) {
+				t.Fatalf("round trip key %d differs", i)
+			}
+		}
 	})
 }
 
@@ -247,5 +331,21 @@ func BenchmarkKeyExchange(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestTicketKeysUnwritableStillStart: a data dir where the keys cannot be
+// kept costs resumption across restarts only: tickets still work.
+func TestTicketKeysUnwritableStillStart(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, keptFileName), 0o700); err != nil { // in the way of the file
+		t.Fatal(err)
+	}
+	term := newTermIn(t, config.TLS{}, dir)
+	defer term.Close()
+	cl := clientFor(t, term, 0)
+	handshake(t, term.TLSConfig(), cl)
+	if !handshake(t, term.TLSConfig(), cl) {
+		t.Error("no resumption with keys that could not be kept")
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/bridge"
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/proxy"
 	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,6 +92,9 @@ func (r *reloader) apply() error {
 	next, err := loadConfig(r.file)
 	if err != nil {
 		return err
+	}
+	if nofile, err := descriptorLimit(); err == nil {
+		limits.FitDescriptors(next, nofile) // as at start: the running caps were fitted too
 	}
 	eff := reloadable(r.running, next)
 	if err := eff.Validate(); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 // the configured grace period.
 func serve(ctx context.Context, cfg *config.Config, file string, logw io.Writer) error {
 	log, level := newLeveledLogger(cfg.Log, logw)
+	cfg = fitDescriptors(cfg, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(reg)
@@ -87,23 +87,7 @@ loop:
 		}
 	}
 
-	log.Info("shutting down", "grace", cfg.Shutdown.Grace.String())
-	admin.ready.Store(false)
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Grace.D())
-	defer cancel()
-	var errs []error
-	if err := srv.Shutdown(sctx); err != nil {
-		errs = append(errs, fmt.Errorf("proxy shutdown: %w", err))
-	}
-	for name, b := range bridges {
-		if err := b.Shutdown(sctx); err != nil {
-			errs = append(errs, fmt.Errorf("bridge %s shutdown: %w", name, err))
-		}
-	}
-	admin.close()
-	if err := errors.Join(errs...); err != nil {
-		log.Warn("shutdown was not clean", "err", err)
-	}
+	shutdown(cfg.Shutdown, log, admin, srv, bridges)
 	log.Info("stopped")
 	return nil
 }

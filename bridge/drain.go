@@ -1,0 +1,72 @@
+package bridge
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+)
+
+// drainState is the first step of a bridge's shutdown (Drain): held polls
+// are answered and device WebSockets closed 1001 at once, while sessions
+// stay until Shutdown so that in-flight telemetry still reaches the broker.
+type drainState struct {
+	once     sync.Once
+	initOnce sync.Once
+	ctx      context.Context // cancelled by Drain; see context
+	cancel   context.CancelFunc
+
+	answered atomic.Int64 // held polls answered by the drain
+	sockets  atomic.Int64 // device WebSockets closed by the drain
+	sessions atomic.Int64 // sessions ended by Shutdown
+}
+
+// context is cancelled when the drain starts (made on first use, so that
+// the zero drainState is ready).
+func (d *drainState) context() context.Context {
+	d.initOnce.Do(func() { d.ctx, d.cancel = context.WithCancel(context.Background()) })
+	return d.ctx
+}
+
+// DrainStats says what the drain and the shutdown did, for the shutdown
+// summary.
+type DrainStats struct {
+	// PollsAnswered are held polls answered at once by Drain.
+	PollsAnswered int64
+	// SocketsClosed are device WebSockets closed 1001 by Drain.
+	SocketsClosed int64
+	// SessionsEnded are the sessions Shutdown ended.
+	SessionsEnded int64
+}
+
+// Drain answers every held poll at once with its empty answer (with
+// Connection: close on HTTP/1.1; HTTP/2 turns that into a GOAWAY) and
+// closes the device WebSockets with 1001. New WebSocket upgrades are
+// refused 503 with Retry-After; a poll arriving now is answered empty at
+// once. Sessions stay until Shutdown. Drain returns at once; it is safe
+// to call more than once.
+func (b *Bridge) Drain() {
+	b.drain.once.Do(func() {
+		close(b.closing) // Drain, or Shutdown through it, closes it
+		b.drain.context()
+		b.drain.cancel()
+	})
+}
+
+// Stats returns what Drain and Shutdown have done so far.
+func (b *Bridge) Stats() DrainStats {
+	return DrainStats{PollsAnswered: b.drain.answered.Load(), SocketsClosed: b.drain.sockets.Load(),
+		SessionsEnded: b.drain.sessions.Load()}
+}
+
+func (b *Bridge) draining() bool { return b.drain.context().Err() != nil }
+
+// drainAnswer prepares the answer of a poll released by Drain: the
+// connection closes after it (HTTP/1.1 only: HTTP/2 and HTTP/3 have
+// GOAWAY, sent by the server's shutdown).
+func (b *Bridge) drainAnswer(w http.ResponseWriter, r *http.Request) {
+	b.drain.answered.Add(1)
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
+}
