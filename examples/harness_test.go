@@ -161,6 +161,12 @@ func (l *lines) wait(t *testing.T, re *regexp.Regexp, within time.Duration) []st
 
 // startProcess runs a program until the test ends, its output in lines.
 func startProcess(t *testing.T, dir string, env []string, name string, args ...string) *lines {
+	out, _ := startCmd(t, dir, env, name, args...)
+	return out
+}
+
+// startCmd is startProcess that also returns the process (to signal it).
+func startCmd(t *testing.T, dir string, env []string, name string, args ...string) (*lines, *exec.Cmd) {
 	t.Helper()
 	out := newLines()
 	cmd := exec.Command(name, args...)
@@ -176,7 +182,7 @@ func startProcess(t *testing.T, dir string, env []string, name string, args ...s
 			t.Logf("%s output:\n%s", filepath.Base(name), out.String())
 		}
 	})
-	return out
+	return out, cmd
 }
 
 // mosquitto is a real broker: a plain listener for the test's own
@@ -279,6 +285,7 @@ func example(t *testing.T, name string, repl ...string) string {
 type edge struct {
 	addrs map[string]string
 	logs  *lines
+	cmd   *exec.Cmd
 }
 
 // startEdge runs edgeshim on cfg in dir and waits for the named
@@ -290,7 +297,7 @@ func startEdge(t *testing.T, dir, cfg string, env []string, listeners ...string)
 		t.Fatal(err)
 	}
 	e := &edge{addrs: map[string]string{}}
-	e.logs = startProcess(t, dir, env, edgeshimBin, "run", "-c", path)
+	e.logs, e.cmd = startCmd(t, dir, env, edgeshimBin, "run", "-c", path)
 	for _, n := range listeners {
 		m := e.logs.wait(t, regexp.MustCompile(`msg=listening name=`+n+` addr=(\S+)`), 30*time.Second)
 		e.addrs[n] = m[1]

@@ -3,9 +3,11 @@ package examples
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,15 +55,25 @@ func do(t *testing.T, c *http.Client, method, url, token, body string) (int, htt
 	return resp.StatusCode, resp.Header, string(b)
 }
 
-// TestExamplePollingShim runs examples/polling-shim as its README says:
-// the door polls with its token and gets {"updates":[]}, then its
-// commands in the same shape (JSON, text, binary payloads), as MQTT
-// client door-17; its state POST reaches the telemetry topic.
+// TestExamplePollingShim runs examples/polling-shim as its README says,
+// for a fleet of 250,000 doors (the README's door-17 and 249,999 more in
+// its tokens file): the door polls with its token and gets
+// {"updates":[]}, then its commands in the same shape (JSON, text, binary
+// payloads), as MQTT client door-17; its state POST reaches the telemetry
+// topic; a door added to the tokens file polls after SIGHUP, without a
+// restart, while door-17's session stays.
 func TestExamplePollingShim(t *testing.T) {
 	pki := newPKI(t)
 	m := startMosquitto(t, pki)
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "door-tokens.yaml"), []byte(readmeBlock(t, "polling-shim", "yaml")), 0o600)
+	tokens := filepath.Join(dir, "door-tokens.yaml")
+	var fleet bytes.Buffer
+	fleet.WriteString(readmeBlock(t, "polling-shim", "yaml"))
+	for i := 1; i < 250_000; i++ {
+		sum := sha256.Sum256([]byte("token-" + strconv.Itoa(i)))
+		fmt.Fprintf(&fleet, "door-f%d: %x\n", i, sum)
+	}
+	os.WriteFile(tokens, fleet.Bytes(), 0o600)
 	os.WriteFile(filepath.Join(dir, "ticket-keys"), []byte(strings.Repeat("ab", 32)+"\n"), 0o600)
 	cfg := example(t, "polling-shim",
 		`":8443"`, `"127.0.0.1:0"`, `"127.0.0.1:9090"`, `"127.0.0.1:0"`,
@@ -117,6 +130,28 @@ func TestExamplePollingShim(t *testing.T) {
 	}
 	if got := telemetry(); got != `{"closed":true}` {
 		t.Errorf("telemetry = %q", got)
+	}
+
+	// A door from the generated fleet, then one added while running.
+	if code, _, body := do(t, c, "GET", "https://edge.example.com:8443/api/doors/door-f249999/updates", "token-249999", ""); code != 200 || body != `{"updates":[]}` {
+		t.Errorf("door-f249999: %d %q, want 200 {\"updates\":[]}", code, body)
+	}
+	const added = "https://edge.example.com:8443/api/doors/door-new/updates"
+	if code, _, _ := do(t, c, "GET", added, "new-token", ""); code != 401 {
+		t.Fatalf("door-new before it is added: %d, want 401", code)
+	}
+	sum := sha256.Sum256([]byte("new-token"))
+	f, _ := os.OpenFile(tokens, os.O_APPEND|os.O_WRONLY, 0)
+	fmt.Fprintf(f, "door-new: %x\n", sum)
+	f.Close()
+	e.cmd.Process.Signal(syscall.SIGHUP)
+	e.logs.wait(t, regexp.MustCompile(`msg="configuration reloaded"`), 30*time.Second)
+	if code, _, body := do(t, c, "GET", added, "new-token", ""); code != 200 || body != `{"updates":[]}` {
+		t.Errorf("door-new after SIGHUP: %d %q, want 200 {\"updates\":[]}", code, body)
+	}
+	// door-17's session was not cut by the reload: one broker connect.
+	if n := len(regexp.MustCompile(`New client connected from \S+ as door-17 \(`).FindAllString(m.logs.String(), -1)); n != 1 {
+		t.Errorf("door-17 connected %d times to the broker, want 1 (the reload must not end sessions)", n)
 	}
 }
 
