@@ -369,7 +369,12 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 		return
 	}
 	defer b.touch(s)
-	defer s.wait()() // a queued reconnect of s goes first now
+	// While it waits, a queued reconnect of s goes first, and a lost link
+	// reconnects at once; once its answer is written it needs the link no
+	// more (the PUBACK goes on the command's own connection), so that a
+	// takeover by another replica during the receipt wait is not fought.
+	answered := sync.OnceFunc(s.wait())
+	defer answered()
 	rc := http.NewResponseController(w)
 	if wait > 0 {
 		// Long-poll: this response may outlive the server's WriteTimeout.
@@ -388,7 +393,7 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 		// The wake channel is taken before looking, so that a command
 		// arriving in between wakes this poll.
 		wake := s.wakeChan()
-		if b.offer(w, r, rc, s) {
+		if b.offer(w, r, rc, s, answered) {
 			return
 		}
 		select {
@@ -402,7 +407,7 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 			b.drainAnswer(w, r)
 		}
 		// Commands may have arrived together with the timer.
-		if b.offer(w, r, rc, s) {
+		if b.offer(w, r, rc, s, answered) {
 			return
 		}
 		b.writeEmpty(w, r, s)
@@ -412,7 +417,7 @@ func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev strin
 
 // offer answers with pending commands that have not expired, if any,
 // and reports whether it answered.
-func (b *Bridge) offer(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session) bool {
+func (b *Bridge) offer(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session, answered func()) bool {
 	explicit := b.cfg.Poll.Ack == "explicit"
 	batch := 1
 	if b.cfg.Poll.Format != "raw" {
@@ -423,7 +428,7 @@ func (b *Bridge) offer(w http.ResponseWriter, r *http.Request, rc *http.Response
 		if len(cmds) == 0 {
 			return false
 		}
-		if cmds = b.dropExpired(s, cmds); len(cmds) > 0 && b.writeCommands(w, r, rc, s, cmds, explicit) {
+		if cmds = b.dropExpired(s, cmds); len(cmds) > 0 && b.writeCommands(w, r, rc, s, cmds, explicit, answered) {
 			return true
 		}
 	}
@@ -471,7 +476,7 @@ type jsonCommand struct {
 // the commands; otherwise they go back to the buffer for the next poll.
 // It reports false, having written nothing, when none of cmds could be
 // rendered (format template; they were dropped).
-func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session, cmds []*command, explicit bool) bool {
+func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session, cmds []*command, explicit bool, answered func()) bool {
 	var body []byte
 	status := http.StatusOK
 	now := b.now()
@@ -514,6 +519,7 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 		err = r.Context().Err()
 	}
 	if err == nil && !explicit {
+		answered()
 		if err = awaitReceived(r.Context(), b.cfg.Poll.AckWriteTimeout.D()); errors.Is(err, errNoSocket) {
 			err = nil // not observable here: written is all there is to know
 		} else if errors.Is(err, errNotReceived) {
