@@ -30,6 +30,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/edgeshim/edgeshim/tlsterm"
@@ -78,6 +79,7 @@ type Bridge struct {
 	flap     *limits.Flapping
 
 	connectLimiter *rate.Limiter
+	upLog          *upstreamLog // connect failures, aggregated
 
 	mu       sync.Mutex
 	sessions *lru.Cache[string, *session]
@@ -104,6 +106,7 @@ func New(o Options) (*Bridge, error) {
 		connectLimiter: rate.NewLimiter(rate.Limit(c.Upstream.ReconnectRate), max(1, int(c.Upstream.ReconnectRate))),
 		closing:        make(chan struct{}),
 		wsPool:         &sync.Pool{},
+		upLog:          newUpstreamLog(o.Logger),
 	}
 	if f := o.Limits.Flapping; f.Max > 0 {
 		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
@@ -311,6 +314,7 @@ func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) 
 		b.fail(w, r, aerr.code, aerr.reason)
 		return "", false
 	}
+	accesslog.FromContext(r.Context()).SetDevice(dev)
 	if ok, ban := b.flap.Allow(dev); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int((ban+time.Second-1)/time.Second)))
 		limits.WriteError(w, http.StatusTooManyRequests, "device is reconnecting too often")
@@ -457,6 +461,7 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 		s.requeue(cmds)
 		return
 	}
+	accesslog.FromContext(r.Context()).AddCommands(len(cmds))
 	if explicit {
 		s.offered(cmds)
 		return
@@ -540,6 +545,7 @@ func (b *Bridge) Shutdown(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	b.stopIdle()
+	b.upLog.close()
 	done := make(chan struct{})
 	go func() {
 		b.wg.Wait()

@@ -167,10 +167,11 @@ func (s *session) attempt() {
 		s.attempts++
 		s.schedule(d)
 		s.mu.Unlock()
-		s.b.log.Warn("upstream connect failed", "device", s.device, "err", err, "retry_in", d.Round(time.Millisecond).String())
+		s.b.upLog.connectFailed(s.device, s.attempts, err, d)
 		return
 	}
 	s.b.m.connects.WithLabelValues("ok").Inc()
+	s.b.upLog.connected()
 	s.attempts = 0
 	s.link = l
 	if present {
@@ -202,7 +203,7 @@ func (s *session) linkLost(l link) {
 	s.mu.Unlock()
 	l.close()
 	s.b.m.disconnects.WithLabelValues(reasonLost).Inc()
-	s.b.log.Info("upstream connection lost", "device", s.device)
+	s.b.upLog.lost(s.device)
 }
 
 // stop runs when the session's context ends: no more attempts, and the

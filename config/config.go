@@ -48,6 +48,9 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// AdminAPI serves the fleet admin API on listen.admin. Default: off.
 	AdminAPI AdminAPI `yaml:"admin_api"`
+	// AccessLog writes a line per request (and per WebSocket when it
+	// ends). Default: on, to standard error, in log.format, sampled.
+	AccessLog AccessLog `yaml:"access_log"`
 }
 
 // Listen holds listener addresses. An empty address disables a listener.
@@ -225,6 +228,7 @@ func (c *Config) WithDefaults() *Config {
 		out.EmbeddedBroker.Listen = "127.0.0.1:1883"
 	}
 	out.TLS = c.TLS.withDefaults()
+	out.AccessLog = c.AccessLog.withDefaults(out.Log)
 	out.Limits = c.Limits.withDefaults()
 	out.Routes = make([]Route, len(c.Routes))
 	for i, r := range c.Routes {
@@ -277,6 +281,7 @@ func (c *Config) Validate() error {
 	}
 	validateRouteNames(&e, c.Routes)
 	c.AdminAPI.validate(&e, c.Listen.Admin)
+	c.AccessLog.validate(&e)
 	for _, name := range sortedKeys(c.Bridges) {
 		b := c.Bridges[name]
 		b.validate(&e, "bridges."+name, c)

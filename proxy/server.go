@@ -18,6 +18,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
@@ -46,6 +47,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock for backend ejection. Default: time.Now.
 	Now func() time.Time
+	// AccessLog writes the access log. Default: nil, none.
+	AccessLog *accesslog.Logger
 }
 
 // Server is edgeshim's HTTP front.
@@ -60,6 +63,8 @@ type Server struct {
 	fast   *fastServer
 	h3     *http3.Server
 	m      *metrics
+	alog   *accesslog.Logger
+	noLog  map[string]bool // routes with access_log: false
 
 	// base is the parent of every request context; cancelling it ends
 	// hijacked (upgraded) connections, which http.Server.Shutdown does not
@@ -83,7 +88,13 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
+	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{},
+		alog: opts.AccessLog, noLog: map[string]bool{}}
+	for _, rc := range opts.Config.Routes {
+		if rc.AccessLog != nil && !*rc.AccessLog {
+			s.noLog[rc.Name] = true
+		}
+	}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	lim := opts.Config.Limits
 	for _, rc := range opts.Config.Routes {
@@ -106,7 +117,7 @@ func New(opts Options) (*Server, error) {
 	s.router = rt
 	heap := limits.NewHeapWatermark(uint64(lim.Overload.MaxHeap), limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()})
 	wrap := func(h http.Handler) http.Handler {
-		return s.m.instrument(rt.routeName, s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.Body(int64(lim.MaxBody), h))))))
+		return s.m.instrument(s.alog, s.noLog, rt.routeName, s.framingGuard(heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.Body(int64(lim.MaxBody), h))))))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{

@@ -68,8 +68,13 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		return err
 	}
 
+	alog, err := openAccessLog(cfg.AccessLog, logw)
+	if err != nil {
+		return err
+	}
+	defer alog.Close()
 	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailed,
-		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg})
+		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg, AccessLog: alog})
 	if err != nil {
 		return err
 	}
