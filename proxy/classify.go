@@ -87,7 +87,7 @@ func (rp *routeProxy) answerFor(err error) (code int, msg string, retryAfter boo
 	key, backend := "backend", ""
 	var be *backendError
 	if errors.As(err, &be) {
-		key, backend = be.key, be.backend
+		key, backend, err = be.key, be.backend, be.err
 	}
 	if isTimeout(err) {
 		rp.fails.Fail(key, "backend timeout", "backend", backend, "err", err)
