@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -88,4 +91,44 @@ func TestSampling(t *testing.T) {
 	if nilLog.Sampled(500) {
 		t.Error("a nil Logger samples")
 	}
+}
+
+// BenchmarkLine is the cost of one line (JSON, to a file): what the
+// access log adds to a logged request.
+func BenchmarkLine(b *testing.B) {
+	f, err := os.Create(filepath.Join(b.TempDir(), "access.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	l := New(Options{Writer: f, JSON: true, Sample: 1, ErrorSample: 1})
+	cs := &tls.ConnectionState{Version: tls.VersionTLS13}
+	b.ReportAllocs()
+	var ru0, ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	for b.Loop() {
+		rec := &Record{Start: time.Now(), Client: "192.0.2.1:5555", Proto: "HTTP/1.1", Host: "edge.example.com", Method: "GET",
+			Path: "/devices/door-17/commands", RawQuery: "wait=30", Route: "/devices/", Bridge: "fleet", Upstream: "mqtt://127.0.0.1:1883"}
+		l.Begin(rec)
+		rec.SetTLS(cs)
+		rec.SetDevice("door-17")
+		rec.Done(204, 0)
+	}
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
+	b.ReportMetric(float64(cpu)/1e3/float64(b.N), "cpu-us/op")
+}
+
+// FuzzWaitParam: whatever the query, what is logged of it is empty or a
+// short run of digits (never a token).
+func FuzzWaitParam(f *testing.F) {
+	for _, s := range []string{"wait=30", "token=x&wait=5", "wait=abc", "wait=1&wait=2", "%77ait=3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		v := waitParam(q)
+		if len(v) > 6 || strings.Trim(v, "0123456789") != "" {
+			t.Fatalf("waitParam(%q) = %q", q, v)
+		}
+	})
 }
