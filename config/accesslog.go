@@ -30,7 +30,10 @@ func (a AccessLog) withDefaults(l Log) AccessLog {
 	out := a
 	out.Enabled = boolOr(a.Enabled, true)
 	if out.Format == "" {
-		out.Format = l.Format
+		out.Format = "text"
+		if l.Format == "json" { // an invalid log.format is log.format's problem
+			out.Format = "json"
+		}
 	}
 	out.Sample = floatOr(a.Sample, DefaultAccessLogSample)
 	out.ErrorSample = floatOr(a.ErrorSample, 1)

@@ -90,6 +90,8 @@ routes: [{name: api, path: /, proxy: {backends: ["%s"]}}]`, backend.URL), withAc
 	if s.fast.served.Load() != 1 {
 		t.Fatalf("fast path served %d requests, want the HTTP/1.1 one", s.fast.served.Load())
 	}
+	// The lines are written once the answers are out: wait for them.
+	waitFor(t, func() bool { return strings.Count(sink.String(), "\n") >= 2 })
 	out := sink.String()
 	for _, secret := range []string{"QUERYSECRET", "HEADERSECRET", "COOKIESECRET", "token"} {
 		if strings.Contains(out, secret) {
@@ -145,6 +147,7 @@ routes:
 			resp.Body.Close()
 		}
 	}
+	waitFor(t, func() bool { return strings.Count(sink.String(), "\n") >= 2 })
 	lines := accessLines(t, sink)
 	if len(lines) != 2 {
 		t.Fatalf("%d lines, want the two 502s:\n%s", len(lines), sink.String())
