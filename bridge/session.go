@@ -166,8 +166,8 @@ func (s *session) attempt() {
 		d := backoff(s.attempts, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D())
 		s.attempts++
 		s.schedule(d)
-		s.mu.Unlock()
 		s.b.upLog.connectFailed(s.device, s.attempts, err, d)
+		s.mu.Unlock()
 		return
 	}
 	s.b.m.connects.WithLabelValues("ok").Inc()

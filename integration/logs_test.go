@@ -135,7 +135,7 @@ func TestAccessLogBridgeAndWebSockets(t *testing.T) {
 		got := find(lines, c.match)
 		for k, v := range c.want {
 			if got[k] != v {
-				t.Errorf("line %v: %s = %v, want %v", c.match, k, got[k], v)
+				t.Errorf("line %v: %s = %v, want %v (%v)", c.match, k, got[k], v, got)
 			}
 		}
 		if cl, _ := got["client"].(string); !strings.HasPrefix(cl, "127.0.0.1:") {
