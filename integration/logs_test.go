@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -86,12 +87,13 @@ func TestAccessLogBridgeAndWebSockets(t *testing.T) {
 			res <- pollResult{err: err}
 			return
 		}
+		body, _ := io.ReadAll(resp.Body) // all of it: closing it unread would close the connection
 		resp.Body.Close()
-		res <- pollResult{code: resp.StatusCode}
+		res <- pollResult{code: resp.StatusCode, body: string(body)}
 	}()
 	await(t, status, "online", 10*time.Second)
 	app.publish("devices/al1/commands", "open")
-	if r := <-res; r.err != nil || r.code != 200 {
+	if r := <-res; r.err != nil || r.code != 200 || r.body != "open" {
 		t.Fatalf("long-poll: %+v", r)
 	}
 	if r := poll(h2, e.URL("/devices/al2/commands")); r.code != 204 {
