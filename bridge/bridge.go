@@ -31,6 +31,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/edgeshim/edgeshim/tlsterm"
@@ -90,6 +91,7 @@ type Bridge struct {
 	pacer             *pacer   // session connects
 	unlinkedEvictions eventLog // sessions evicted before they connected
 	lostLinks         eventLog // upstream connections lost
+	upLog             *upstreamLog // connect failures, aggregated
 
 	mu       sync.Mutex
 	sessions *lru.Cache[string, *session]
@@ -117,6 +119,7 @@ func New(o Options) (*Bridge, error) {
 		pacer:   newPacer(c.Upstream.ReconnectRate, int(c.Upstream.ReconnectRate), o.Now),
 		closing: make(chan struct{}),
 		wsPool:  &sync.Pool{},
+		upLog:   newUpstreamLog(o.Logger),
 	}
 	b.flap.Store(newFlapping(o.Limits.Flapping, c.Session.Max, o.Now, o.Logger))
 	b.liveMax.Store(int64(o.Limits.MaxBody))
@@ -332,6 +335,7 @@ func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) 
 		b.authLog.refuse(w, r, aerr)
 		return "", false
 	}
+	accesslog.FromContext(r.Context()).SetDevice(dev)
 	if ok, ban := b.flap.Load().AllowFrom(dev, r.RemoteAddr); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int((ban+time.Second-1)/time.Second)))
 		limits.WriteError(w, http.StatusTooManyRequests, "device is reconnecting too often")
@@ -532,6 +536,7 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 		s.requeue(cmds)
 		return true
 	}
+	accesslog.FromContext(r.Context()).AddCommands(len(cmds))
 	if explicit {
 		s.offered(cmds)
 		return true
@@ -612,6 +617,7 @@ func (b *Bridge) Shutdown(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	b.stopIdle()
+	b.upLog.close()
 	done := make(chan struct{})
 	go func() {
 		b.wg.Wait()

@@ -57,5 +57,29 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.expired, m.unrenderable, m.notReceived)
 	reg.MustRegister(m.sockets, m.wsCloses, m.upSockets, m.upCloses, m.wsMessages)
 	reg.MustRegister(m.sessionsOpen, m.connects, m.disconnects, m.delivered, m.redelivered, m.latency, m.telemetry, m.held)
+	m.initLabels()
 	return m
+}
+
+// Known label values of the counters, created at 0 so that rate() and
+// alerts see them before the first event.
+var (
+	connectResults    = []string{"ok", "error"}
+	disconnectReasons = []string{reasonIdle, reasonEvicted, reasonShutdown, reasonLost, reasonAdmin, reasonWebSocketClosed}
+	telemetryResults  = []string{"published", "failed", "unavailable"}
+)
+
+// reasonWebSocketClosed: the device WebSocket holding the session closed.
+const reasonWebSocketClosed = "websocket_closed"
+
+func (m *metrics) initLabels() {
+	for _, r := range connectResults {
+		m.connects.WithLabelValues(r)
+	}
+	for _, r := range disconnectReasons {
+		m.disconnects.WithLabelValues(r)
+	}
+	for _, r := range telemetryResults {
+		m.telemetry.WithLabelValues(r)
+	}
 }

@@ -207,11 +207,12 @@ func (s *session) attempt() {
 		d := backoff(s.attempts, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D())
 		s.attempts++
 		s.schedule(d)
+		s.b.upLog.connectFailed(s.device, s.attempts, err, d)
 		s.mu.Unlock()
-		s.b.log.Warn("upstream connect failed", "device", s.device, "err", err, "retry_in", d.Round(time.Millisecond).String())
 		return
 	}
 	s.b.m.connects.WithLabelValues("ok").Inc()
+	s.b.upLog.connected()
 	s.attempts = 0
 	s.linked, s.afterLoss = true, false
 	s.link = l

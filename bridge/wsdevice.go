@@ -11,6 +11,7 @@ import (
 	"sync"
 	"unicode/utf8"
 
+	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/gorilla/websocket"
 )
@@ -74,7 +75,7 @@ func (b *Bridge) serveWS(w http.ResponseWriter, r *http.Request, pathDev string)
 	}
 	s.attached.Add(1)
 	b.m.sockets.Inc()
-	x := &wsConn{b: b, s: s, c: u.Conn, running: 1}
+	x := &wsConn{b: b, s: s, c: u.Conn, running: 1, rec: accesslog.FromContext(r.Context()).Hold()}
 	ws := b.lim.WebSocket
 	sock, err := wsnet.Serve(b.park, u, wsnet.KeepOptions{Ping: ws.Ping.D(), PongTimeout: ws.PongTimeout.D(), MaxMessage: int64(ws.MaxMessage)},
 		x.message, nil, func() { x.exited(false) })
@@ -123,6 +124,7 @@ type wsConn struct {
 	stopEnd func() bool
 	// stopDrain stops the close on drain; set before the socket starts.
 	stopDrain func() bool
+	rec       *accesslog.Record // the socket's access log line, written when it ends
 
 	mu      sync.Mutex
 	writing bool // a writer goroutine is running
@@ -168,6 +170,7 @@ func (x *wsConn) exited(writer bool) {
 	s.clearOutlet(x)
 	code, reason := x.keep.Why()
 	b.log.Debug("device websocket closed", "device", s.device, "code", code, "reason", reason)
+	x.rec.Finish(code, reason)
 	b.m.wsCloses.WithLabelValues(strconv.Itoa(code), reason).Inc()
 	b.m.sockets.Dec()
 	s.attached.Add(-1)
@@ -281,6 +284,7 @@ func (x *wsConn) write() {
 			x.close(websocket.ClosePolicyViolation, "slow_reader")
 			break
 		}
+		x.rec.AddCommands(1)
 		if explicit {
 			s.offered(cmds)
 		} else {

@@ -49,6 +49,9 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// AdminAPI serves the fleet admin API on listen.admin. Default: off.
 	AdminAPI AdminAPI `yaml:"admin_api"`
+	// AccessLog writes a line per request (and per WebSocket when it
+	// ends). Default: on, to standard error, in log.format, sampled.
+	AccessLog AccessLog `yaml:"access_log"`
 }
 
 // Listen holds listener addresses. An empty address disables a listener.
@@ -237,6 +240,7 @@ func (c *Config) WithDefaults() *Config {
 	}
 	out.Listen.ProxyProtocol = c.Listen.ProxyProtocol.withDefaults()
 	out.TLS = c.TLS.withDefaults()
+	out.AccessLog = c.AccessLog.withDefaults(out.Log)
 	out.Limits = c.Limits.withDefaults()
 	out.Routes = make([]Route, len(c.Routes))
 	for i, r := range c.Routes {
@@ -290,6 +294,7 @@ func (c *Config) Validate() error {
 	}
 	validateRouteNames(&e, c.Routes)
 	c.AdminAPI.validate(&e, c.Listen.Admin)
+	c.AccessLog.validate(&e)
 	for _, name := range sortedKeys(c.Bridges) {
 		b := c.Bridges[name]
 		b.validate(&e, "bridges."+name, c)

@@ -41,6 +41,9 @@ type Route struct {
 	// Allow0RTT accepts HTTP/3 0-RTT GET requests on this route. Default:
 	// false.
 	Allow0RTT bool `yaml:"allow_0rtt"`
+	// AccessLog: false leaves this route's requests out of the access
+	// log. Default: true.
+	AccessLog *bool `yaml:"access_log"`
 }
 
 // ProxyRoute is a reverse-proxy backend pool.
@@ -122,6 +125,7 @@ func (r Route) withDefaults() Route {
 	if out.Name == "" {
 		out.Name = strings.ToLower(out.Host) + out.Path
 	}
+	out.AccessLog = boolOr(r.AccessLog, true)
 	if r.Proxy != nil {
 		p := *r.Proxy
 		p.Backends = append([]string(nil), r.Proxy.Backends...)

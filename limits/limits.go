@@ -42,12 +42,30 @@ func (r RetryAfter) Reject(w http.ResponseWriter, code int, reason string) {
 	WriteError(w, code, reason)
 }
 
-// WriteError writes a short JSON error body.
+// WriteError writes a short JSON error body. A ResponseWriter (or one it
+// wraps) with a RecordReason method is told the reason (the access log's).
 func WriteError(w http.ResponseWriter, code int, reason string) {
+	recordReason(w, reason)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(struct {
 		Error string `json:"error"`
 	}{reason})
+}
+
+// recordReason tells the first ResponseWriter in w's Unwrap chain that
+// records reasons the reason of an error answer.
+func recordReason(w http.ResponseWriter, reason string) {
+	for range 8 {
+		switch x := w.(type) {
+		case interface{ RecordReason(string) }:
+			x.RecordReason(reason)
+			return
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = x.Unwrap()
+		default:
+			return
+		}
+	}
 }

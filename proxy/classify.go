@@ -51,9 +51,27 @@ func (b *clientBody) failed() error {
 	return &clientBodyError{b.err}
 }
 
+// backendError is a failed exchange with the backend it was with.
+type backendError struct {
+	backend string
+	key     string // the backend's key in the route's failure log
+	err     error
+}
+
+func (e *backendError) Error() string { return e.backend + ": " + e.err.Error() }
+func (e *backendError) Unwrap() error { return e.err }
+
+func (b *backend) failed(err error) error {
+	return &backendError{backend: b.name, key: b.logKey, err: err}
+}
+
+// noBackendKey is "no healthy backend" in a route's failure log.
+const noBackendKey = "no healthy backend"
+
 // answerFor is how a failed exchange is answered, on net/http's path and
 // the fast path alike: its status, message, and whether a Retry-After
-// goes with it. It logs backend faults.
+// goes with it. It logs backend faults, aggregated by backend (see
+// faillog): the first at once, then a line per interval with a count.
 func (rp *routeProxy) answerFor(err error) (code int, msg string, retryAfter bool) {
 	var cbe *clientBodyError
 	switch {
@@ -63,12 +81,25 @@ func (rp *routeProxy) answerFor(err error) (code int, msg string, retryAfter boo
 		rp.log.Debug("request body could not be read", "err", err)
 		return http.StatusBadRequest, "request body could not be read", false
 	case errors.Is(err, ErrNoBackend):
-		rp.log.Warn("no healthy backend")
+		rp.fails.Fail(noBackendKey, "no healthy backend")
 		return http.StatusServiceUnavailable, "no healthy backend", true
-	case isTimeout(err):
-		rp.log.Warn("backend timeout", "err", err)
+	}
+	key, backend := "backend", ""
+	var be *backendError
+	if errors.As(err, &be) {
+		key, backend, err = be.key, be.backend, be.err
+	}
+	if isTimeout(err) {
+		rp.fails.Fail(key, "backend timeout", "backend", backend, "err", err)
 		return http.StatusGatewayTimeout, "backend timeout", false
 	}
-	rp.log.Warn("backend error", "err", err)
+	rp.fails.Fail(key, "backend error", "backend", backend, "err", err)
 	return http.StatusBadGateway, "backend unavailable", false
+}
+
+// answered records that b answered: a backend (and the route) failing
+// until now is logged as answering again.
+func (rp *routeProxy) answered(b *backend) {
+	rp.fails.Recover(b.logKey, "backend answering again", "backend", b.name)
+	rp.fails.Recover(noBackendKey, "backends answering again")
 }

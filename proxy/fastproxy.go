@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/edgeshim/edgeshim/limits/accesslog"
 )
 
 // fastReq is what the fast path keeps of a request once its head is
@@ -91,6 +93,9 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 	res := fc.roundTrip(fr, &req, buf, room)
 	fr.requests.inc(res.code)
 	fr.duration.Observe(time.Since(t0).Seconds())
+	if al := fs.s.alog; al.Sampled(res.code) && !fs.s.noLog[rp.name] {
+		fc.accessLog(al, rp, &req, &res, t0)
+	}
 	return res.keep && !fc.l.draining.Load()
 }
 
@@ -235,8 +240,11 @@ func appendRequestLine(b, method []byte, bpath string, req *fastReq) []byte {
 }
 
 type fastResult struct {
-	code int
-	keep bool
+	code    int
+	keep    bool
+	bytes   int64  // response body bytes written
+	backend string // the backend that answered or failed, for the access log
+	reason  string // an error answer's message
 }
 
 // roundTrip picks a backend (another after a dial failure, for
@@ -267,6 +275,7 @@ func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int)
 		b.inflight.Add(-1)
 		b.mInflight.Dec()
 		if err == nil {
+			res.backend = b.name
 			return res
 		}
 		if fc.gone.Load() {
@@ -278,7 +287,7 @@ func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int)
 		}
 		if !req.deadline.IsZero() && !time.Now().Before(req.deadline) {
 			// The request timed out: not the backend's fault.
-			return fc.fail(fr, req, context.DeadlineExceeded)
+			return fc.fail(fr, req, b.failed(context.DeadlineExceeded))
 		}
 		var cbe *clientBodyError
 		if errors.As(err, &cbe) {
@@ -294,7 +303,7 @@ func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int)
 			rp.log.Info("retrying on another backend", "backend", b.name, "err", err)
 			continue
 		}
-		return fc.fail(fr, req, err)
+		return fc.fail(fr, req, b.failed(err))
 	}
 }
 
@@ -469,7 +478,7 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		var err error
 		if n, err = readRespHead(bc.br, rh); err != nil {
 			bc.close()
-			rp.log.Warn("backend error", "err", err)
+			rp.fails.Fail(b.logKey, "backend error", "backend", b.name, "err", err)
 			return fastResult{code: http.StatusBadGateway}
 		}
 	}
@@ -478,6 +487,7 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		return fc.fail(fr, req, errBadResponse)
 	}
 	rp.pool.success(b)
+	rp.answered(b)
 	b.fast.codes.inc(rh.code)
 	b.mDuration.Observe(time.Since(start).Seconds())
 
@@ -519,6 +529,7 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		sniff = len(buf)
 	}
 	ok := true
+	var sent int64
 	switch in {
 	case bodyNone:
 		fc.releaseBackend(b, bc, keepBackend)
@@ -530,17 +541,18 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 			fc.releaseBackend(b, bc, keepBackend)
 			_, err := fc.tc.Write(rest)
 			ok = err == nil
+			sent = rh.cl
 		}
 	default:
-		if ok = fc.relayStream(bc, in, outF, buf); ok {
+		if ok = fc.relayStream(bc, in, outF, buf, &sent); ok {
 			fc.releaseBackend(b, bc, keepBackend)
 		}
 	}
 	if !ok {
 		bc.close()
-		return fastResult{code: rh.code}
+		return fastResult{code: rh.code, bytes: sent}
 	}
-	return fastResult{code: rh.code, keep: keepClient}
+	return fastResult{code: rh.code, keep: keepClient, bytes: sent}
 }
 
 // releaseBackend returns bc to the pool if it can be reused, else
@@ -686,7 +698,7 @@ func insertContentType(buf []byte, at int, body []byte) []byte {
 // relayStream copies a chunked or until-close body, out chunked or
 // raw (then the connection closes). Chunk framing is checked; trailers
 // are passed on when out is chunked.
-func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte) bool {
+func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte, sent *int64) bool {
 	if _, err := fc.tc.Write(buf); err != nil {
 		return false
 	}
@@ -696,6 +708,7 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte) bool {
 	frame := buf[:cap(buf)-8]
 	data := frame[front:]
 	emit := func(p []byte) bool { // p is data[:len(p)]
+		*sent += int64(len(p))
 		if out == bodyChunked {
 			var hdr [20]byte
 			h := strconv.AppendUint(hdr[:0], uint64(len(p)), 16)
@@ -788,13 +801,38 @@ func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
 		retry = fr.rp.retry()
 	}
 	keep := !req.closeAfter && req.bodyLeft == 0 && !fc.l.draining.Load()
-	_, werr := fc.tc.Write(fc.appendError(nil, req, code, msg, retry, keep))
-	return fastResult{code: code, keep: keep && werr == nil}
+	resp := fc.appendError(nil, req, code, msg, retry, keep)
+	_, werr := fc.tc.Write(resp)
+	res := fastResult{code: code, keep: keep && werr == nil, bytes: int64(len(errorBody(msg))), reason: msg}
+	var be *backendError
+	if errors.As(err, &be) {
+		res.backend = be.backend
+	}
+	return res
 }
+
+// accessLog writes a fast request's access log line.
+func (fc *fastConn) accessLog(al *accesslog.Logger, rp *routeProxy, req *fastReq, res *fastResult, t0 time.Time) {
+	cs := fc.tc.ConnectionState()
+	target := fc.target[:len(fc.target)-len(req.query)]
+	rec := &accesslog.Record{Start: t0, Client: fc.tc.RemoteAddr().String(), Proto: "HTTP/1.1", Host: string(fc.host),
+		Method: string(req.method), Path: string(target), Route: rp.name, Upstream: res.backend, Reason: res.reason}
+	if req.http10 {
+		rec.Proto = "HTTP/1.0"
+	}
+	if len(req.query) > 1 {
+		rec.RawQuery = string(req.query[1:])
+	}
+	rec.SetTLS(&cs)
+	al.Write(rec, res.code, res.bytes)
+}
+
+// errorBody is limits.WriteError's body for msg.
+func errorBody(msg string) string { return `{"error":` + strconv.Quote(msg) + "}\n" }
 
 // appendError writes limits.WriteError's response as net/http sends it.
 func (fc *fastConn) appendError(b []byte, req *fastReq, code int, msg string, retry int, keep bool) []byte {
-	body := `{"error":` + strconv.Quote(msg) + "}\n"
+	body := errorBody(msg)
 	b = appendStatusLine(b, req.http10, code)
 	b = append(b, "Content-Type: application/json\r\n"...)
 	if retry >= 0 {

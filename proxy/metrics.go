@@ -2,13 +2,13 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"net"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -124,15 +124,15 @@ func (m *metrics) initRoute(name string) {
 	}
 }
 
-type routeNameKey struct{}
-
-// routeSlot carries the matched route's name back out to the instrumenting
-// middleware.
-type routeSlot struct{ name string }
-
-func setRouteName(r *http.Request, name string) {
-	if s, ok := r.Context().Value(routeNameKey{}).(*routeSlot); ok {
-		s.name = name
+// setRouteName records the matched route's name in the request's access
+// log record (where the instrumenting middleware reads it back); a route
+// with access_log: false drops the record.
+func setRouteName(r *http.Request, name string, noLog bool) {
+	if rec := accesslog.FromContext(r.Context()); rec != nil {
+		rec.Route = name
+		if noLog {
+			rec.Disable()
+		}
 	}
 }
 
@@ -141,8 +141,13 @@ func setRouteName(r *http.Request, name string) {
 // hijack).
 type statusWriter struct {
 	http.ResponseWriter
-	code int
+	code  int
+	bytes int64
+	rec   *accesslog.Record
 }
+
+// RecordReason takes the message of an error answer (limits.WriteError).
+func (w *statusWriter) RecordReason(msg string) { w.rec.SetReason(msg) }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.code == 0 {
@@ -155,7 +160,9 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.code == 0 {
 		w.code = http.StatusOK
 	}
-	return w.ResponseWriter.Write(b)
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -177,22 +184,30 @@ func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return c, rw, err
 }
 
-// instrument counts and times each request under its route's name.
-// routeOf names the route before next runs, so that a request a limit
-// refuses in front of the router (413, 431, 400, 503) is counted under the
-// route it was for; "none" is a request no route matches.
-func (m *metrics) instrument(routeOf func(*http.Request) string, next http.Handler) http.Handler {
+// instrument counts and times each request under its route's name, and
+// writes its access log line (al; nil: none) unless a WebSocket handler
+// holds it until its socket ends. routeOf names the route before next
+// runs, so that a request a limit refuses in front of the router (413,
+// 431, 400, 503) is counted under the route it was for; "none" is a
+// request no route matches. noLog are the routes with access_log: false.
+func (m *metrics) instrument(al *accesslog.Logger, noLog map[string]bool, routeOf func(*http.Request) string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		slot := &routeSlot{name: routeOf(r)}
-		r = r.WithContext(context.WithValue(r.Context(), routeNameKey{}, slot))
-		sw := &statusWriter{ResponseWriter: w}
+		rec := &accesslog.Record{Start: start, Route: routeOf(r), Client: r.RemoteAddr, Proto: r.Proto,
+			Host: r.Host, Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
+		rec.SetTLS(r.TLS)
+		if !noLog[rec.Route] {
+			al.Begin(rec)
+		}
+		r = r.WithContext(accesslog.NewContext(r.Context(), rec))
+		sw := &statusWriter{ResponseWriter: w, rec: rec}
 		next.ServeHTTP(sw, r)
 		code := sw.code
 		if code == 0 {
 			code = http.StatusOK
 		}
-		m.requests.WithLabelValues(slot.name, strconv.Itoa(code)).Inc()
-		m.duration.WithLabelValues(slot.name).Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(rec.Route, strconv.Itoa(code)).Inc()
+		m.duration.WithLabelValues(rec.Route).Observe(time.Since(start).Seconds())
+		rec.Done(code, sw.bytes)
 	})
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits/accesslog"
+	"github.com/edgeshim/edgeshim/limits/faillog"
 	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/limits/wsnet"
 	"github.com/gorilla/websocket"
@@ -32,6 +34,7 @@ type mqttWS struct {
 	upgrades *sync.WaitGroup
 	park     *park.Parker // where idle sockets wait
 	m        *metrics
+	fails    *faillog.Log // broker unreachable, aggregated
 	// messages relayed, by direction
 	toBroker, toClient prometheus.Counter
 
@@ -55,6 +58,7 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 	ws := d.cfg.Limits.WebSocket
 	m := &mqttWS{
 		broker: host, ws: ws, log: d.log.With("route", name), upgrades: d.upgrades, park: d.park, m: d.m,
+		fails:    faillog.New(faillog.Options{Logger: d.log.With("route", name)}),
 		toBroker: d.m.wsMessages.WithLabelValues("to_broker"), toClient: d.m.wsMessages.WithLabelValues("to_client"),
 		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		upgrader: websocket.Upgrader{
@@ -82,6 +86,7 @@ func newMQTTWS(name string, rc config.Route, d proxyDeps) (*mqttWS, error) {
 // closeAll closes the open sockets (1001) at shutdown, each in a goroutine
 // of its own: a close frame may wait up to a second on a slow reader.
 func (m *mqttWS) closeAll() {
+	m.fails.Close()
 	m.mu.Lock()
 	m.shutdown = true
 	xs := make([]*relayConn, 0, len(m.open))
@@ -117,11 +122,14 @@ func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	bc, err := m.dialer.DialContext(ctx, "tcp", m.broker)
 	cancel()
+	rec := accesslog.FromContext(r.Context())
+	rec.SetUpstream(m.broker)
 	if err != nil {
-		m.log.Warn("broker unreachable", "broker", m.broker, "err", err)
+		m.fails.Fail("broker "+m.broker, "broker unreachable", "broker", m.broker, "err", err)
 		writeError(w, http.StatusBadGateway, "broker unavailable")
 		return
 	}
+	m.fails.Recover("broker "+m.broker, "broker reachable again", "broker", m.broker)
 	m.upgrades.Add(1)
 	wc, err := wsnet.Upgrade(&m.upgrader, w, r, nil)
 	if err != nil {
@@ -130,7 +138,7 @@ func (m *mqttWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader has answered
 	}
 	m.m.wsOpen.Inc()
-	m.relay(wc, bc)
+	m.relay(wc, bc, rec.Hold())
 	// Returning lets net/http drop its state for the connection (request,
 	// 4 KiB read and write buffers) and this goroutine: an idle relayed
 	// socket has no goroutine at all, both directions are parked.
@@ -152,13 +160,14 @@ type relayConn struct {
 	m    *mqttWS
 	ws   *wsnet.Socket
 	bc   net.Conn
-	bh   *park.Handle // broker to client
-	left atomic.Int32 // directions not finished
+	bh   *park.Handle      // broker to client
+	left atomic.Int32      // directions not finished
+	rec  *accesslog.Record // its access log line, written when it ends
 }
 
 // relay registers both directions and returns.
-func (m *mqttWS) relay(u *wsnet.Upgraded, bc net.Conn) {
-	x := &relayConn{m: m, bc: bc}
+func (m *mqttWS) relay(u *wsnet.Upgraded, bc net.Conn, rec *accesslog.Record) {
+	x := &relayConn{m: m, bc: bc, rec: rec}
 	x.left.Store(2)
 	bh, err := m.park.Register(bc, x.brokerReady)
 	var ws *wsnet.Socket
@@ -212,6 +221,7 @@ func (x *relayConn) finished() {
 		x.m.mu.Unlock()
 	}
 	x.m.log.Debug("mqtt websocket closed", "code", code, "reason", reason)
+	x.rec.Finish(code, reason)
 	x.m.m.wsOpen.Dec()
 	x.m.m.wsCloses.WithLabelValues(strconv.Itoa(code), reason).Inc()
 	x.m.upgrades.Done()

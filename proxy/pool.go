@@ -16,6 +16,7 @@ var ErrNoBackend = errors.New("no healthy backend")
 type backend struct {
 	url      *url.URL
 	name     string // url without userinfo, for metrics and logs
+	logKey   string // "backend NAME", its key in the route's failure log
 	inflight atomic.Int64
 
 	// Metric children, resolved once (label lookups on every request cost).
@@ -50,7 +51,7 @@ func newPool(urls []*url.URL, lb string, maxFails int, ejectFor time.Duration, n
 	for _, u := range urls {
 		v := *u
 		v.User = nil
-		p.backends = append(p.backends, &backend{url: u, name: v.String()})
+		p.backends = append(p.backends, &backend{url: u, name: v.String(), logKey: "backend " + v.String()})
 	}
 	return p
 }

@@ -19,6 +19,8 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/accesslog"
+	"github.com/edgeshim/edgeshim/limits/faillog"
 	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,11 +48,13 @@ type routeProxy struct {
 	client   *http.Client // active health checks
 	h1       *http.Transport
 	h2c      *http2.Transport
-	fast     *fastRoute // nil unless every backend is plain http://
+	fast     *fastRoute   // nil unless every backend is plain http://
+	fails    *faillog.Log // backend errors, aggregated
 }
 
 // closeIdle closes the idle upstream connections of the route's pools.
 func (rp *routeProxy) closeIdle() {
+	rp.fails.Close()
 	rp.h1.CloseIdleConnections()
 	rp.h2c.CloseIdleConnections()
 	for _, b := range rp.pool.backends {
@@ -158,6 +162,7 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		pool:     newPool(urls, pc.LB, pc.Passive.MaxFails, pc.Passive.EjectFor.D(), d.now),
 		liveMax:  d.maxBody,
 		log:      d.log.With("route", name),
+		fails:    faillog.New(faillog.Options{Logger: d.log.With("route", name)}),
 		m:        d.m,
 		retry:    d.retry,
 		upgrades: d.upgrades,
@@ -434,9 +439,12 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				t.rp.log.Info("retrying on another backend", "backend", b.name, "err", err)
 				continue
 			}
-			return nil, err
+			accesslog.FromContext(req.Context()).SetUpstream(b.name)
+			return nil, b.failed(err)
 		}
 		t.rp.pool.success(b)
+		t.rp.answered(b)
+		accesslog.FromContext(req.Context()).SetUpstream(b.name)
 		t.rp.m.backendRequests.WithLabelValues(t.rp.name, b.name, strconv.Itoa(resp.StatusCode)).Inc()
 		b.mDuration.Observe(time.Since(start).Seconds())
 		resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { t.done(b) }}

@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/accesslog"
 )
 
 // router matches requests by host and longest path prefix.
@@ -26,6 +28,9 @@ type route struct {
 	plain   bool // served on listen.http too (allow_http)
 	handler http.Handler
 	fast    *fastRoute // the fast path serves it; nil: net/http only
+	noLog   bool       // access_log: false
+	bridge  string     // the bridge's name, for the access log
+	broker  string     // the bridge's upstream URL without credentials
 }
 
 func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps) (*router, error) {
@@ -38,6 +43,8 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 			strip:  rc.StripPrefix,
 			early:  rc.Allow0RTT,
 			plain:  rc.AllowHTTP,
+			noLog:  rc.AccessLog != nil && !*rc.AccessLog,
+			bridge: rc.Bridge,
 		}
 		switch {
 		case rc.Bridge != "":
@@ -46,6 +53,7 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 				return nil, fmt.Errorf("routes[%d].bridge: no bridge %q", i, rc.Bridge)
 			}
 			r.handler = h
+			r.broker = withoutUserinfo(d.cfg.Bridges[rc.Bridge].Upstream.URL)
 		case rc.Proxy != nil:
 			rp, err := newRouteProxy(r.name, rc, d)
 			if err != nil {
@@ -153,7 +161,12 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 }
 
 func (r *route) serve(w http.ResponseWriter, req *http.Request) {
-	setRouteName(req, r.name)
+	setRouteName(req, r.name, r.noLog)
+	if r.bridge != "" {
+		if rec := accesslog.FromContext(req.Context()); rec != nil {
+			rec.Bridge, rec.Upstream = r.bridge, r.broker
+		}
+	}
 	if req.TLS != nil && !req.TLS.HandshakeComplete && (!r.early || req.Method != http.MethodGet) {
 		// HTTP/3 0-RTT data can be replayed: only GETs on routes that
 		// allow it are served before the handshake completes (RFC 8470).
@@ -161,4 +174,14 @@ func (r *route) serve(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.handler.ServeHTTP(w, req)
+}
+
+// withoutUserinfo is u without its user and password (for logs).
+func withoutUserinfo(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return ""
+	}
+	p.User = nil
+	return p.String()
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
@@ -48,6 +49,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock for backend ejection. Default: time.Now.
 	Now func() time.Time
+	// AccessLog writes the access log. Default: nil, none.
+	AccessLog *accesslog.Logger
 }
 
 // Server is edgeshim's HTTP front.
@@ -62,6 +65,8 @@ type Server struct {
 	fast   *fastServer
 	h3     *http3.Server
 	m      *metrics
+	alog   *accesslog.Logger
+	noLog  map[string]bool // routes with access_log: false
 
 	// base is the parent of every request context; cancelling it ends
 	// hijacked (upgraded) connections, which http.Server.Shutdown does not
@@ -90,7 +95,13 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{}}
+	s := &Server{opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), addrs: map[string]net.Addr{},
+		alog: opts.AccessLog, noLog: map[string]bool{}}
+	for _, rc := range opts.Config.Routes {
+		if rc.AccessLog != nil && !*rc.AccessLog {
+			s.noLog[rc.Name] = true
+		}
+	}
 	s.logs = newRefusalLogs(opts.Logger)
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.drain.init(s.base)
@@ -120,7 +131,7 @@ func New(opts Options) (*Server, error) {
 	wrap := func(h http.Handler) http.Handler {
 		h = heap.Wrap(limits.HeaderCount(lim.MaxHeaders, limits.HeaderSize(int64(lim.MaxHeaderBytes), limits.BodyFunc(s.maxBody, h))))
 		h = limits.OverflowGuard(limits.RetryAfter{Min: lim.RetryAfter.Min.D(), Max: lim.RetryAfter.Max.D()}, overflowed, s.ov.answered.Inc, h)
-		return s.m.instrument(rt.routeName, s.framingGuard(h))
+		return s.m.instrument(s.alog, s.noLog, rt.routeName, s.framingGuard(h))
 	}
 	handler := wrap(s.router)
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{

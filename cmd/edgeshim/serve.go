@@ -57,8 +57,13 @@ func serve(ctx context.Context, cfg *config.Config, file string, logw io.Writer)
 		return err
 	}
 
+	alog, err := openAccessLog(cfg.AccessLog, logw)
+	if err != nil {
+		return err
+	}
+	defer alog.Close()
 	srv, err := proxy.New(proxy.Options{Config: cfg, TLS: term.TLSConfig(), HandshakeFailed: term.HandshakeFailedFor,
-		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg})
+		HTTPChallenge: term.HTTPChallenge, Bridges: handlers, Logger: log, Registerer: reg, AccessLog: alog})
 	if err != nil {
 		return err
 	}
@@ -84,6 +89,9 @@ loop:
 			break loop
 		case <-hup:
 			_ = rl.reload() // logged; the previous configuration stays on error
+			if err := alog.Reopen(); err != nil { // after logrotate moved it
+				log.Error("access log not reopened; it goes on to the old file", "err", err)
+			}
 		}
 	}
 
