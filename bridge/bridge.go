@@ -75,6 +75,7 @@ type Bridge struct {
 	park     *park.Parker // idle device WebSockets wait here; nil without websocket
 	retry    limits.RetryAfter
 	flap     *limits.Flapping
+	rr       *requests // request/response (reqresp.go)
 
 	pacer             *pacer   // session connects
 	unlinkedEvictions eventLog // sessions evicted before they connected
@@ -106,6 +107,7 @@ func New(o Options) (*Bridge, error) {
 		closing: make(chan struct{}),
 		wsPool:  &sync.Pool{},
 	}
+	b.rr = newRequests(b, o.Registerer)
 	if f := o.Limits.Flapping; f.Max > 0 {
 		b.flap = limits.NewFlapping(limits.FlappingOptions{Max: f.Max, Window: f.Window.D(), Ban: f.Ban.D(), Tracked: c.Session.Max, Now: o.Now})
 	}
@@ -287,6 +289,10 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.serveAck(w, r, dev, id)
 		return
 	}
+	if dev, id, ok := b.poll.matchResponse(p); ok && b.rr.enabled() {
+		b.serveResponse(w, r, dev, id)
+		return
+	}
 	b.fail(w, r, http.StatusNotFound, "no such device endpoint")
 }
 
@@ -424,6 +430,7 @@ type jsonCommand struct {
 	Topic    string `json:"topic"`
 	Payload  string `json:"payload"`
 	Encoding string `json:"encoding,omitempty"`
+	requestInfo
 }
 
 // writeCommands writes the response and, only if it was fully written and
@@ -436,6 +443,7 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 		for i, c := range cmds {
 			out[i] = jsonCommand{ID: c.id, Topic: c.topic}
 			out[i].Payload, out[i].Encoding = encodePayload(c.payload)
+			out[i].requestInfo = c.requestInfo()
 		}
 		body, _ = json.Marshal(out)
 		w.Header().Set("Content-Type", "application/json")
@@ -445,6 +453,7 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("X-Command-Id", c.id)
 		w.Header().Set("X-Command-Topic", c.topic)
+		setRequestHeaders(w.Header(), c)
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.Header().Set("Cache-Control", "no-store")

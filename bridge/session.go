@@ -40,6 +40,7 @@ type command struct {
 	arrived time.Time
 	offered time.Time // explicit ack: when it was last written
 	dup     bool
+	req     *request // it asks for an answer (reqresp.go)
 }
 
 // session is one device's live MQTT session on the broker. It has no
@@ -332,6 +333,7 @@ func (s *session) stop() {
 	}
 	dialing := s.dialing
 	s.mu.Unlock()
+	s.b.rr.ended(s, l) // open requests are answered 503 before the link closes
 	if dialing {
 		return
 	}

@@ -135,6 +135,17 @@ type Commands struct {
 	Topic string `yaml:"topic"`
 	// QoS of the subscription: 1 (at least once). Default: 1.
 	QoS int `yaml:"qos"`
+	// ResponseTopics are the MQTT topic filters ("replies/#") a command's
+	// MQTT 5 Response Topic must match for request/response: the device
+	// answers, edgeshim publishes the answer there. A command whose
+	// Response Topic matches none is acknowledged, not delivered and
+	// counted; nothing is published to its topic. Default: none (every
+	// command with a Response Topic is refused so).
+	ResponseTopics []string `yaml:"response_topics"`
+	// ResponseTimeout is how long a request waits for the device's answer
+	// (counted from its arrival at edgeshim; a shorter Message Expiry
+	// wins) before edgeshim answers 504 itself. Default: 30s.
+	ResponseTimeout Duration `yaml:"response_timeout"`
 }
 
 // Presence configures the retained presence topic.
@@ -203,6 +214,7 @@ func (b Bridge) withDefaults() Bridge {
 		out.Telemetry.QoS = &one
 	}
 	def(&out.Commands.QoS, 1)
+	def(&out.Commands.ResponseTimeout, Duration(30e9))
 	def(&out.Presence.Online, "online")
 	def(&out.Presence.Offline, "offline")
 	if out.Presence.WillDelay == nil {
@@ -327,6 +339,7 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 	if b.Commands.QoS != 1 {
 		e.add(p+".commands.qos", "must be 1 (commands are delivered at least once)")
 	}
+	validResponseTopics(e, p+".commands", b.Commands)
 	if b.Presence.Topic != "" {
 		validTemplate(e, p+".presence.topic", b.Presence.Topic, true)
 	}
