@@ -297,3 +297,88 @@ func TestRequestResponseSurvivesKill(t *testing.T) {
 		t.Errorf("after the answer: %+v, want 204", p)
 	}
 }
+
+// TestRequestResponseSessionEnded: a request open when edgeshim shuts
+// down (SIGTERM ends every session) is answered 503 session_ended, so the
+// requester is not left waiting.
+func TestRequestResponseSessionEnded(t *testing.T) {
+	m := startMosquitto(t, "")
+	app := newMQTTPeer(t, m.Addr(), "app", true)
+	status := app.subscribe("devices/s1/status")
+	replies := app.subscribe("replies/#")
+	e := startEdgeshim(t, reqrespConfig(m.URL(), "1h", ""))
+	res := make(chan pollResult, 1)
+	go func() { res <- poll(e.Client(), e.URL("/devices/s1/commands?wait=20")) }()
+	await(t, status, "online", 10*time.Second)
+	app.request("devices/s1/commands", []byte("reboot?"), "replies/s1", []byte("corr-s1"), 0)
+	if p := <-res; p.code != 200 || p.body != "reboot?" {
+		t.Fatalf("poll = %+v", p)
+	}
+	if err := e.Stop(30 * time.Second); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	r := next(t, replies, 10*time.Second)
+	if statusProp(r) != "503" || string(r.Properties.CorrelationData) != "corr-s1" || !strings.Contains(string(r.Payload), "session_ended") {
+		t.Fatalf("answer on shutdown = %q %+v", r.Payload, r.Properties)
+	}
+}
+
+// TestRequestResponseWebSocketUpstream: with upstream.driver websocket a
+// backend command frame with response_required is a request; the device's
+// answer goes back to the backend as {"response_to", "status", "payload"};
+// an unanswered one gets a timeout answer.
+func TestRequestResponseWebSocketUpstream(t *testing.T) {
+	be := newWSBackend(t, false)
+	cfg := strings.Replace(wsUpstreamConfig(be, "", "", ""), `commands: {topic: "devices/{device}/commands"}`, `commands: {topic: "devices/{device}/commands", response_timeout: 2s}`, 1)
+	e := startEdgeshim(t, cfg)
+	c := e.Client()
+	res := make(chan *http.Response, 1)
+	go func() {
+		resp, err := c.Get(e.URL("/devices/u1/commands?wait=20"))
+		if err != nil {
+			t.Error(err)
+		}
+		res <- resp
+	}()
+	bc := be.accept(t)
+	bc.send(t, `{"id":"q1","payload":"temp?","response_required":true}`)
+	resp := <-res
+	if resp == nil {
+		t.FailNow()
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "temp?" || resp.Header.Get("X-Command-Id") != "q1" || resp.Header.Get("X-Response-Required") != "true" {
+		t.Fatalf("poll = %q %v", body, resp.Header)
+	}
+	if code := answer(t, c, e.URL("/devices/u1/commands/q1/response"), "", []byte("21C")); code != 204 {
+		t.Fatalf("answer: %d", code)
+	}
+	for {
+		f := bc.next(t)
+		if f["ack"] != "" {
+			continue // the delivery ack (ack: write)
+		}
+		if f["response_to"] != "q1" || f["payload"] != "21C" {
+			t.Fatalf("backend frame = %v, want the answer to q1", f)
+		}
+		break
+	}
+	go func() {
+		resp, err := c.Get(e.URL("/devices/u1/commands?wait=20"))
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	bc.send(t, `{"id":"q2","payload":"slow?","response_required":true}`)
+	for {
+		f := bc.next(t)
+		if f["ack"] != "" {
+			continue
+		}
+		if f["response_to"] != "q2" || !strings.Contains(f["payload"], "timeout") {
+			t.Fatalf("backend frame = %v, want the timeout answer to q2", f)
+		}
+		break
+	}
+}
