@@ -369,6 +369,17 @@ func (q *requests) addLocked(r *request) {
 
 // removeLocked unregisters r and stops its timer; true if r was held.
 func (q *requests) removeLocked(r *request) bool {
+	if !q.unlinkLocked(r) {
+		return false
+	}
+	if r.timer.Stop() {
+		q.b.wg.Done()
+	}
+	return true
+}
+
+// unlinkLocked unregisters r; true if r was held.
+func (q *requests) unlinkLocked(r *request) bool {
 	if q.byID[r.id] != r {
 		return false
 	}
@@ -379,25 +390,13 @@ func (q *requests) removeLocked(r *request) bool {
 			delete(q.bySession, r.s)
 		}
 	}
-	if r.timer.Stop() {
-		q.b.wg.Done()
-	}
 	return true
 }
 
 // expire answers a request the device did not answer in time.
 func (q *requests) expire(r *request) {
 	q.mu.Lock()
-	held := q.byID[r.id] == r
-	if held {
-		delete(q.byID, r.id)
-		if m := q.bySession[r.s]; m != nil {
-			delete(m, r.id)
-			if len(m) == 0 {
-				delete(q.bySession, r.s)
-			}
-		}
-	}
+	held := q.unlinkLocked(r) // the timer has fired: nothing to stop
 	q.mu.Unlock()
 	if !held {
 		return
