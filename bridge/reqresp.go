@@ -179,8 +179,9 @@ func validTopicName(t string) bool {
 
 // requests holds a bridge's outstanding requests.
 type requests struct {
-	b       *Bridge
-	filters []string
+	b          *Bridge
+	filters    []string
+	refusedLog eventLog // commands refused for their response topic
 
 	mu        sync.Mutex
 	byID      map[string]*request
@@ -257,8 +258,10 @@ func (q *requests) admitMQTT(s *session, l *mqttConn, p *packets.Publish, c *com
 		if len(t) > maxTopicLog {
 			t = t[:maxTopicLog] + "..."
 		}
-		q.b.log.Warn("command refused: its response topic is outside commands.response_topics; acknowledged, not delivered",
-			"device", s.device, "topic", p.Topic, "response_topic", t)
+		q.refusedLog.note(q.b.now(), func(n int, since time.Duration) { // a flood logs one line per period
+			q.b.log.Warn("commands refused: response topic outside commands.response_topics; acknowledged, not delivered",
+				"count", n, "in", since.Round(time.Second).String(), "last_device", s.device, "last_topic", p.Topic, "last_response_topic", t)
+		})
 		if p.QoS == 1 {
 			if err := l.ackID(p.PacketID); err != nil {
 				q.b.log.Debug("ack of a refused command not sent", "device", s.device, "err", err)
