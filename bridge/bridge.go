@@ -87,6 +87,7 @@ type Bridge struct {
 	retry    limits.RetryAfter
 	flap     atomic.Pointer[limits.Flapping] // nil: off; swapped by a reload
 	liveMax  atomic.Int64                    // limits.max_body, reloadable
+	rr       *requests // request/response (reqresp.go)
 
 	pacer             *pacer   // session connects
 	unlinkedEvictions eventLog // sessions evicted before they connected
@@ -121,6 +122,7 @@ func New(o Options) (*Bridge, error) {
 		wsPool:  &sync.Pool{},
 		upLog:   newUpstreamLog(o.Logger),
 	}
+	b.rr = newRequests(b, o.Registerer)
 	b.flap.Store(newFlapping(o.Limits.Flapping, c.Session.Max, o.Now, o.Logger))
 	b.liveMax.Store(int64(o.Limits.MaxBody))
 	var err error
@@ -308,6 +310,10 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.serveAck(w, r, dev, id)
 		return
 	}
+	if dev, id, ok := b.poll.matchResponse(p); ok && b.rr.enabled() {
+		b.serveResponse(w, r, dev, id)
+		return
+	}
 	b.fail(w, r, http.StatusNotFound, "no such device endpoint")
 }
 
@@ -472,6 +478,7 @@ type jsonCommand struct {
 	// ExpiresIn is the whole seconds left before the command expires
 	// (rounded up); absent when it has no expiry.
 	ExpiresIn *int64 `json:"expires_in,omitempty"`
+	requestInfo
 }
 
 // writeCommands writes the response and, only if it was fully written and
@@ -499,6 +506,7 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 			if left := c.expiresIn(now); left >= 0 {
 				out[i].ExpiresIn = &left
 			}
+			out[i].requestInfo = c.requestInfo()
 		}
 		body, _ = json.Marshal(out)
 		w.Header().Set("Content-Type", "application/json")
@@ -511,6 +519,7 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 		if left := c.expiresIn(now); left >= 0 {
 			w.Header().Set("X-Command-Expires-In", strconv.FormatInt(left, 10))
 		}
+		setRequestHeaders(w.Header(), c)
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.Header().Set("Cache-Control", "no-store")

@@ -97,7 +97,9 @@ func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
 			if p.Duplicate {
 				b.m.redelivered.Inc()
 			}
-			s.add(b.mqttCommand(l, p))
+			if c := b.mqttCommand(l, p); b.rr.admitMQTT(s, l, p, c) {
+				s.add(c)
+			}
 		},
 		onDisconnect: func(d *packets.Disconnect) {
 			b.log.Info("broker disconnected session", "device", s.device, "reason_code", d.ReasonCode)

@@ -41,6 +41,7 @@ type command struct {
 	offered time.Time // explicit ack: when it was last written
 	dup     bool
 	expires time.Time // zero: none (MQTT 5 message expiry, commands.max_age)
+	req     *request // it asks for an answer (reqresp.go)
 }
 
 // session is one device's live MQTT session on the broker. It has no
@@ -334,6 +335,7 @@ func (s *session) stop() {
 	}
 	dialing := s.dialing
 	s.mu.Unlock()
+	s.b.rr.ended(s, l) // open requests are answered 503 before the link closes
 	if dialing {
 		return
 	}

@@ -27,6 +27,13 @@ type wsFrame struct {
 	Ack      string `json:"ack,omitempty"`
 	// ExpiresIn: a command's remaining expiry in whole seconds, if any.
 	ExpiresIn *int64 `json:"expires_in,omitempty"`
+	// Request/response (reqresp.go): the device's answer {id, response,
+	// status}; edgeshim's answer to a WebSocket backend {response_to,
+	// status, payload}.
+	Response   *string `json:"response,omitempty"`
+	Status     int     `json:"status,omitempty"`
+	ResponseTo string  `json:"response_to,omitempty"`
+	requestInfo
 }
 
 // encodePayload carries a payload in JSON: valid UTF-8 as a string, any
@@ -200,6 +207,9 @@ func (b *Bridge) wsMessage(s *session, mt int, data []byte) (int, string) {
 		if mt != websocket.TextMessage || json.Unmarshal(data, &f) != nil {
 			return websocket.ClosePolicyViolation, "bad_frame"
 		}
+		if f.Response != nil {
+			return b.wsResponse(s, f)
+		}
 		if f.Ack != "" {
 			if b.cfg.WebSocket.Ack == "explicit" {
 				s.ack(f.Ack)
@@ -337,7 +347,7 @@ func (b *Bridge) writeFrame(c *websocket.Conn, cmd *command) error {
 	if b.cfg.WebSocket.Format == "raw" {
 		return c.WriteMessage(websocket.BinaryMessage, cmd.payload)
 	}
-	f := wsFrame{ID: cmd.id, Topic: cmd.topic}
+	f := wsFrame{ID: cmd.id, Topic: cmd.topic, requestInfo: cmd.requestInfo()}
 	f.Payload, f.Encoding = encodePayload(cmd.payload)
 	if left := cmd.expiresIn(b.now()); left >= 0 {
 		f.ExpiresIn = &left

@@ -131,6 +131,9 @@ func (l *wsLink) read() int {
 			continue
 		}
 		cmd.via = l
+		if !b.rr.admitBackend(l.s, cmd) {
+			continue
+		}
 		if cmd.topic == "" && b.cfg.Commands.Topic != "" {
 			cmd.topic = topic(b.cfg.Commands.Topic, l.s.device)
 		}
@@ -177,7 +180,7 @@ func parseBackendFrame(mt int, data []byte) (*command, error) {
 	default:
 		return nil, fmt.Errorf("%w: encoding %q, want base64 or none", errBadFrame, f.Encoding)
 	}
-	return &command{id: f.ID, topic: f.Topic, payload: payload}, nil
+	return &command{id: f.ID, topic: f.Topic, payload: payload, req: backendRequest(f.ResponseRequired)}, nil
 }
 
 func printable(s string) bool {

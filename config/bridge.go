@@ -176,6 +176,19 @@ type Commands struct {
 	// set no MQTT 5 message expiry; a command's own expiry applies when
 	// it is shorter. Default: 0 (off).
 	MaxAge Duration `yaml:"max_age"`
+	// ResponseTopics are the MQTT topic filters ("replies/#") a command's
+	// MQTT 5 Response Topic must match for request/response: the device
+	// answers, edgeshim publishes the answer there. A command whose
+	// Response Topic matches none is acknowledged, not delivered and
+	// counted; nothing is published to its topic (an error answer there
+	// would let a publisher make edgeshim write to any topic, another
+	// device's commands included). Default: none: request/response is off
+	// and a command with a Response Topic is delivered as a plain one.
+	ResponseTopics []string `yaml:"response_topics"`
+	// ResponseTimeout is how long a request waits for the device's answer
+	// (counted from its arrival at edgeshim; a shorter Message Expiry
+	// wins) before edgeshim answers 504 itself. Default: 30s.
+	ResponseTimeout Duration `yaml:"response_timeout"`
 }
 
 // Presence configures the retained presence topic.
@@ -255,6 +268,7 @@ func (b Bridge) withDefaults() Bridge {
 		out.Telemetry.QoS = &one
 	}
 	def(&out.Commands.QoS, 1)
+	def(&out.Commands.ResponseTimeout, Duration(30e9))
 	def(&out.Presence.Online, "online")
 	def(&out.Presence.Offline, "offline")
 	if out.Presence.WillDelay == nil {
@@ -389,6 +403,7 @@ func (b Bridge) validate(e *errs, p string, c *Config) {
 	if b.Commands.QoS != 1 {
 		e.add(p+".commands.qos", "must be 1 (commands are delivered at least once)")
 	}
+	validResponseTopics(e, p+".commands", b.Commands)
 	if b.Presence.Topic != "" {
 		validTemplate(e, p+".presence.topic", b.Presence.Topic, true)
 	}

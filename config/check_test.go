@@ -444,3 +444,19 @@ func TestLoadCheckedRefusesFIFO(t *testing.T) {
 		t.Errorf("LoadChecked(/dev/stdin) = %v, want ErrNotRegular", err)
 	}
 }
+
+func FuzzValidTopicFilter(f *testing.F) {
+	for _, s := range []string{"replies/#", "a/+/b", "a#", "#/a", "+a", "", "a//b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if ValidTopicFilter(s) != nil {
+			return
+		}
+		for i, l := range strings.Split(s, "/") {
+			if (strings.Contains(l, "#") && (l != "#" || i != strings.Count(s, "/"))) || (strings.Contains(l, "+") && l != "+") {
+				t.Fatalf("accepted bad filter %q", s)
+			}
+		}
+	})
+}
