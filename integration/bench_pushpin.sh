@@ -7,12 +7,16 @@
 #   PARTS=a bash integration/bench_pushpin.sh    # only the long-poll fleet
 #   OUT=DIR keeps every run's report (text and -json) in DIR
 # (a) held long-polls (wait=55, integration/scenarios/longpoll-55.yaml with
-#     LP_DEVICES devices for LP_DURATION, commands at 100/s): KiB per held
+#     LP_DEVICES devices for LP_DURATION, started at LP_RAMP per second,
+#     commands at 100/s): KiB per held
 #     device, CPU per poll and per device, publish→device p50/p99;
 # (b) new polls at each of RATES per second for 20 s: a new resumed TLS 1.2
 #     connection per poll, each held up to B_WAIT s (so RATE*B_WAIT
-#     devices), one command per device at RATE/s once all were online:
-#     share delivered, refusals, handshake and publish→device p99.
+#     devices, started at RATE/s), and over the 20 s after the ramp as
+#     many commands as devices, each to a random device that has been
+#     online (not one to every device: a device that never came online
+#     would stop that): share delivered, refusals, handshake and
+#     publish→device p99.
 # Pushpin has no at-least-once: a command published while its device is
 # between two polls is lost, and the report counts it as lost.
 # edgeshim: ports 21883 (mosquitto), 28443, admin 29090; Pushpin: 27999,
@@ -23,6 +27,7 @@ RUNS=${RUNS:-2}
 PARTS=${PARTS:-ab}
 LP_DEVICES=${LP_DEVICES:-4000}
 LP_DURATION=${LP_DURATION:-50s}
+LP_RAMP=${LP_RAMP:-}          # devices started per second; empty: the scenario's 500
 RATES=${RATES:-500 1000 2000}
 B_WAIT=${B_WAIT:-4}
 W=$(mktemp -d)
@@ -146,19 +151,23 @@ one() {
   echo "$(date -u +%T) done $name" >&2
 }
 
+# Alternately: each scenario against edgeshim, then Pushpin, RUNS times.
 for i in $(seq "$RUNS"); do
-  for t in edgeshim pushpin; do
-    if [[ $PARTS == *a* ]]; then
-      one "a-$t-$i" $t -scenario integration/scenarios/longpoll-55.yaml -devices "$LP_DEVICES" -duration "$LP_DURATION"
-    fi
-    if [[ $PARTS == *b* ]]; then
-      for r in $RATES; do
-        b=(-model newconn -wait "$B_WAIT" -tls 1.2 -devices $((r * B_WAIT)) -ramp "$r" -duration $((20 + B_WAIT))s -sources 8 -per-device -rate "$r" -late 5s)
+  if [[ $PARTS == *a* ]]; then
+    for t in edgeshim pushpin; do
+      one "a-$t-$i" $t -scenario integration/scenarios/longpoll-55.yaml -devices "$LP_DEVICES" -duration "$LP_DURATION" ${LP_RAMP:+-ramp "$LP_RAMP"}
+    done
+  fi
+  if [[ $PARTS == *b* ]]; then
+    for r in $RATES; do
+      for t in edgeshim pushpin; do
+        b=(-model newconn -wait "$B_WAIT" -tls 1.2 -devices $((r * B_WAIT)) -ramp "$r" -duration $((20 + B_WAIT))s -sources 8
+           -rate $((r * B_WAIT / 20)) -commands-start "${B_WAIT}s" -late 5s)
         [ $t = edgeshim ] && b+=(-broker mqtt://127.0.0.1:21883)
         one "b$r-$t-$i" $t "${b[@]}"
       done
-    fi
-  done
+    done
+  fi
 done
 
 python3 - "$W" <<'PY'
