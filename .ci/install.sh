@@ -11,6 +11,7 @@ need curl curl
 need promtool prometheus
 need docker-compose docker-compose   # `config` only: no engine needed
 need systemd-analyze systemd
+need pushpin pushpin                 # its runner starts condure, zurl, pushpin-proxy, pushpin-handler
 if [ ${#pkgs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -5,7 +5,8 @@
 #   bash integration/bench_sim.sh integration/scenarios/FILE.yaml [edgeshim-sim flags...]
 # A scenario's restart event may run 'eval "$EDGESHIM_RESTART"': it kills
 # edgeshim with SIGKILL and starts it again with the same config.
-# Other targets (nginx, Pushpin): run the sim directly with -url.
+# Other targets: nginx, run the sim directly with -url; Pushpin beside
+# edgeshim: integration/bench_pushpin.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 SCENARIO.yaml [flags]"; exit 2; }

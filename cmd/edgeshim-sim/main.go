@@ -37,6 +37,7 @@ type prog struct {
 	genTokens    string
 	genCA        string
 	progress     string
+	target       pushpinTarget
 }
 
 // ptrValue sets a pointer field of the scenario from a flag.
@@ -124,6 +125,9 @@ Flags:
 	fs.StringVar(&p.scenarioFile, "scenario", "", "YAML scenario file")
 	fs.StringVar(&p.jsonOut, "json", "", "write the report as JSON to this file (- for stdout, replacing the text report)")
 	fs.BoolVar(&p.brief, "brief", false, "print one line instead of the report: 'REQ req/s  p99 D  resumed P%  errors N' (integration/bench_proxy.sh parses it)")
+	fs.StringVar(&p.target.kind, "target", "edgeshim", "what -url points at: edgeshim (commands over MQTT to -broker), or pushpin (the sim runs a GRIP origin on -grip-origin and publishes commands to -pushpin-publish; -topic names the channel, default d-{device})")
+	fs.StringVar(&p.target.origin, "grip-origin", "127.0.0.1:28080", "-target pushpin: address of the sim's GRIP origin (Pushpin's route must point here)")
+	fs.StringVar(&p.target.publish, "pushpin-publish", "http://127.0.0.1:5561/publish/", "-target pushpin: Pushpin's HTTP publish endpoint")
 	fs.StringVar(&p.progress, "progress", "auto", "live progress line on stderr: auto (when stderr is a terminal), on, off")
 	fs.StringVar(&p.genTokens, "gen-tokens", "", "write the bridge's tokens file (device: hex sha256(token)) for -devices, -prefix, -secret to FILE and exit")
 	fs.StringVar(&p.genCA, "gen-ca", "", "write a device CA (ca.pem, ca-key.pem) into DIR and exit; use with -cert-ca DIR and the server's client_auth.ca")
@@ -170,7 +174,7 @@ Flags:
 	fs.Func("restart", "event `AT:COMMAND`: run COMMAND with sh -c at AT into the run (e.g. '20s:kill -9 $(cat edge.pid); ./restart-edge.sh'); repeatable", eventFlag(s, false))
 	fs.Func("storm", "event `AT[:obey|ignore]`: every device drops its connection at AT and reconnects at once, obeying or ignoring Retry-After (default: -obey-retry-after); repeatable", eventFlag(s, true))
 
-	fs.IntVar(&s.Server.PID, "pid", s.Server.PID, "server process id: read its CPU and RSS from /proc/PID/stat and status")
+	fs.IntVar(&s.Server.PID, "pid", s.Server.PID, "server process id: read its CPU and RSS, and its child processes' (summed: Pushpin's runner and its condure, pushpin-proxy, pushpin-handler), from /proc/PID/stat and status")
 	fs.StringVar(&s.Server.Metrics, "metrics", s.Server.Metrics, "server's Prometheus /metrics URL: read process_cpu_seconds_total and process_resident_memory_bytes (survives restarts)")
 	fs.IntVar(&s.Project.Devices, "project-devices", s.Project.Devices, "fleet size for the capacity projection (default 250000)")
 	fs.IntVar(&s.Project.BoxMemoryMiB, "box-memory-mib", s.Project.BoxMemoryMiB, "memory of one box for the projection, MiB (default 8192)")
@@ -206,6 +210,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := flags(s, &p, stderr).Parse(args); err != nil {
 		return 2
 	}
+	if err := p.target.defaults(s); err != nil {
+		fmt.Fprintln(stderr, "edgeshim-sim:", err)
+		return 2
+	}
 	s.WithDefaults()
 	if err := s.Validate(); err != nil {
 		fmt.Fprintln(stderr, "edgeshim-sim:", err)
@@ -239,7 +247,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if p.progress == "on" || (p.progress == "auto" && isTerminal(os.Stderr)) {
 		o.Progress = stderr
 	}
+	stopTarget, err := p.target.start(s, &o)
+	if err != nil {
+		fmt.Fprintln(stderr, "edgeshim-sim:", err)
+		return 1
+	}
 	rep, err := sim.Run(ctx, s, o)
+	stopTarget()
 	if rep == nil {
 		fmt.Fprintln(stderr, "edgeshim-sim:", err)
 		return 1

@@ -55,9 +55,26 @@ func TestHelpDocumentsEveryOption(t *testing.T) {
 		t.Fatalf("-h exit %d", code)
 	}
 	for _, f := range []string{"-model", "-interval", "-wait", "-tls", "-resumption", "-pq", "-tokens", "-cert-ca", "-telemetry-interval",
-		"-ramp", "-sources", "-broker", "-rate", "-per-device", "-late", "-expiry", "-restart", "-storm", "-pid", "-metrics", "-json", "-url"} {
+		"-ramp", "-sources", "-broker", "-rate", "-per-device", "-late", "-expiry", "-restart", "-storm", "-pid", "-metrics", "-json", "-url", "-target", "-grip-origin", "-pushpin-publish"} {
 		if !strings.Contains(errb.String(), "  "+f+" ") && !strings.Contains(errb.String(), "  "+f+"\n") {
 			t.Errorf("-h does not document %s", f)
+		}
+	}
+}
+
+// TestTargetFlags: -target takes edgeshim or pushpin; Pushpin takes its
+// commands on its publish endpoint, not from a broker.
+func TestTargetFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-target", "nginx"}, "-target"},
+		{[]string{"-target", "pushpin", "-broker", "mqtt://127.0.0.1:1883", "-rate", "1"}, "-broker"},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(c.args, &out, &errb); code != 2 || !strings.Contains(errb.String(), c.want) {
+			t.Errorf("%v: exit %d, %q; want 2 naming %s", c.args, code, errb.String(), c.want)
 		}
 	}
 }

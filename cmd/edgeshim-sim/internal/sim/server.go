@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,32 +49,21 @@ func newSampler(pid int, metricsURL string) *sampler {
 // read returns the raw cumulative CPU seconds and RSS bytes.
 func (s *sampler) read(ctx context.Context) (cpu, rss float64, source string, err error) {
 	if s.pid > 0 {
+		// The process and its descendants, summed: Pushpin's runner
+		// starts condure, pushpin-proxy and pushpin-handler.
 		source = fmt.Sprintf("/proc/%d", s.pid)
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.pid))
-		if err != nil {
-			return 0, 0, source, err
-		}
-		// Fields after the command name, which is in parentheses.
-		i := strings.LastIndexByte(string(stat), ')')
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 13 {
-			return 0, 0, source, fmt.Errorf("short /proc stat")
-		}
-		ut, _ := strconv.ParseFloat(f[11], 64)
-		st, _ := strconv.ParseFloat(f[12], 64)
-		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.pid))
-		if err != nil {
-			return 0, 0, source, err
-		}
-		for _, line := range strings.Split(string(status), "\n") {
-			if strings.HasPrefix(line, "VmRSS:") {
-				if ff := strings.Fields(line); len(ff) >= 2 {
-					kb, _ := strconv.ParseFloat(ff[1], 64)
-					rss = kb * 1024
+		for _, pid := range processTree(s.pid) {
+			c, r, err := s.readProc(pid)
+			if err != nil {
+				if pid == s.pid {
+					return 0, 0, source, err
 				}
+				continue // a child that just exited
 			}
+			cpu += c
+			rss += r
 		}
-		return (ut + st) / s.clkTck, rss, source, nil
+		return cpu, rss, source, nil
 	}
 	source = s.metrics
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.metrics, nil)
@@ -87,6 +77,56 @@ func (s *sampler) read(ctx context.Context) (cpu, rss float64, source string, er
 	defer resp.Body.Close()
 	vals := scrape(io.LimitReader(resp.Body, 16<<20), "process_cpu_seconds_total", "process_resident_memory_bytes")
 	return vals[0], vals[1], source, nil
+}
+
+// readProc returns one process's CPU seconds and RSS bytes.
+func (s *sampler) readProc(pid int) (cpu, rss float64, err error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	// Fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(stat), ')')
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("short /proc stat")
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			if ff := strings.Fields(line); len(ff) >= 2 {
+				kb, _ := strconv.ParseFloat(ff[1], 64)
+				rss = kb * 1024
+			}
+		}
+	}
+	return (ut + st) / s.clkTck, rss, nil
+}
+
+// processTree is pid and its descendants, from /proc/PID/task/*/children
+// (bounded: at most 256 processes).
+func processTree(pid int) []int {
+	out := []int{pid}
+	for i := 0; i < len(out) && len(out) < 256; i++ {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", out[i]))
+		for _, t := range tasks {
+			data, err := os.ReadFile(t)
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(data)) {
+				if c, err := strconv.Atoi(f); err == nil && c > 0 {
+					out = append(out, c)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // scrape returns the value of each unlabelled metric in Prometheus text.
