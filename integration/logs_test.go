@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -160,6 +162,32 @@ func TestBrokerOutageLogsBounded(t *testing.T) {
 		}
 	}
 	e.WaitMetric("edgeshim_bridge_session_connects_total", n, 20*time.Second, `result="ok"`)
+	// Devices keep long-polling through the outage: a session that a
+	// device waits on reconnects with backoff (one nobody waits on stays
+	// dormant until its device's next request).
+	ctx, cancel := context.WithCancel(context.Background())
+	var pollers sync.WaitGroup
+	defer pollers.Wait()
+	defer cancel()
+	for i := range n {
+		pollers.Add(1)
+		go func() {
+			defer pollers.Done()
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, "GET", e.URL(fmt.Sprintf("/devices/out%d/commands?wait=20", i)), nil)
+				if resp, err := c.Do(req); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				} else if ctx.Err() == nil {
+					select { // the edge answered nothing: a device's pause before it retries
+					case <-ctx.Done():
+					case <-time.After(200 * time.Millisecond):
+					}
+				}
+			}
+		}()
+	}
+	e.WaitMetric("edgeshim_bridge_polls_held", n, 20*time.Second)
 	m.Stop()
 	// backoff 100ms..1s: each session fails several times a second.
 	if got := e.WaitMetric("edgeshim_bridge_session_connects_total", 5*n, 60*time.Second, `result="error"`); got < 5*n {

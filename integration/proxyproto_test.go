@@ -108,7 +108,9 @@ routes: [{path: /, proxy: {backends: [%q]}}]
 	if got, err := get(device("127.0.0.2")); err == nil {
 		t.Errorf("device 2's second connection: %q, want refused (per-IP max 1 by its own address)", got)
 	}
-	if n := e.WaitMetric("edgeshim_conns_refused_total", 1, 10*time.Second, `reason="per_ip_max_conns"`); n != 1 {
+	// At least 1: the refused device's connection (HAProxy or the client
+	// may try once more on a loaded machine; each is refused the same).
+	if n := e.WaitMetric("edgeshim_conns_refused_total", 1, 10*time.Second, `reason="per_ip_max_conns"`); n < 1 {
 		t.Errorf("per_ip_max_conns refusals %v, want 1", n)
 	}
 
