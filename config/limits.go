@@ -70,6 +70,14 @@ type Handshake struct {
 	QueueTimeout Duration `yaml:"queue_timeout"`
 	// MaxQueue bounds the handshakes waiting. Default: 10000.
 	MaxQueue int `yaml:"max_queue"`
+	// AnswerRefused completes a handshake that admission refuses (queue
+	// full or past queue_timeout), up to the same rate and burst again,
+	// and answers its requests 503 with a jittered Retry-After (and
+	// Connection: close), so that an obedient device backs off instead
+	// of retrying at once after a closed connection; past that second
+	// budget, or with false, it is closed at the ClientHello. Default:
+	// true.
+	AnswerRefused *bool `yaml:"answer_refused"`
 }
 
 // Timeouts are server timeouts.
@@ -142,6 +150,7 @@ func (l Limits) withDefaults() Limits {
 	defPtr(&out.Handshake.Burst, 4000)
 	def(&out.Handshake.QueueTimeout, Duration(2e9))
 	def(&out.Handshake.MaxQueue, 10000)
+	defPtr(&out.Handshake.AnswerRefused, true)
 	def(&out.MaxHeaderBytes, 16<<10)
 	def(&out.MaxHeaders, 100)
 	def(&out.MaxBody, 1<<20)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -175,28 +176,38 @@ listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0"}
 // jittered pause, served in the end. Admitted handshakes' latency is
 // reported (not asserted: this machine is shared).
 func TestHandshakeStorm(t *testing.T) {
-	e := startEdgeshim(t, `
+	for _, answer := range []bool{true, false} {
+		t.Run(fmt.Sprintf("answer_refused=%v", answer), func(t *testing.T) { handshakeStorm(t, answer) })
+	}
+}
+
+// handshakeStorm: 2,000 clients at once against admission of 400/s. With
+// answer_refused (the default) a refused handshake is completed, up to
+// the same rate again, and its request answered 503 with Retry-After: the
+// refusals the clients see are HTTP answers; without it, or past that
+// budget, they are closed connections. Every client is served in the end.
+func handshakeStorm(t *testing.T, answer bool) {
+	e := startEdgeshim(t, fmt.Sprintf(`
 listen: {https: "127.0.0.1:0", admin: "127.0.0.1:0"}
 limits:
   per_ip: {max_conns: 5000, rate: 100000, burst: 100000}
-  handshake: {rate: 400, burst: 100, max_queue: 200, queue_timeout: 500ms}
-`)
+  handshake: {rate: 400, burst: 100, max_queue: 200, queue_timeout: 500ms, answer_refused: %v}
+  retry_after: {min: 1s, max: 2s}
+`, answer))
 	const n = 2000
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var lat []time.Duration
-	var firstRefused, failed atomic.Int32
+	var firstRefused, answered503, failed atomic.Int32
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for attempt := 0; attempt < 40; attempt++ {
 				start := time.Now()
-				c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", e.Addr("https"),
-					&tls.Config{InsecureSkipVerify: true})
-				if err == nil {
+				code, retryAfter, err := tlsRequest(e.Addr("https"))
+				if err == nil && code != http.StatusServiceUnavailable {
 					d := time.Since(start)
-					c.Close()
 					mu.Lock()
 					lat = append(lat, d)
 					mu.Unlock()
@@ -204,6 +215,12 @@ limits:
 				}
 				if attempt == 0 {
 					firstRefused.Add(1)
+				}
+				if err == nil {
+					if retryAfter == "" {
+						t.Errorf("503 without Retry-After")
+					}
+					answered503.Add(1)
 				}
 				// The client's own jittered backoff, as a device would.
 				time.Sleep(time.Duration(100+(i*37+attempt*53)%400) * time.Millisecond)
@@ -213,8 +230,8 @@ limits:
 	}
 	wg.Wait()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	t.Logf("storm: %d served, %d refused at first, %d never served; admitted handshake p50 %s p99 %s",
-		len(lat), firstRefused.Load(), failed.Load(), lat[len(lat)/2], lat[len(lat)*99/100])
+	t.Logf("storm: %d served, %d refused at first (%d answers 503 + Retry-After), %d never served; served handshake+request p50 %s p99 %s",
+		len(lat), firstRefused.Load(), answered503.Load(), failed.Load(), lat[len(lat)/2], lat[len(lat)*99/100])
 	if len(lat) != n || failed.Load() != 0 {
 		t.Errorf("%d of %d clients served", len(lat), n)
 	}
@@ -224,4 +241,30 @@ limits:
 	if got := e.Metric("edgeshim_tls_handshakes_refused_total"); got < float64(firstRefused.Load()) {
 		t.Errorf("refused handshakes counted %v, want at least %d", got, firstRefused.Load())
 	}
+	if answer && answered503.Load() == 0 {
+		t.Error("answer_refused: no refused handshake was answered 503")
+	}
+	if !answer && answered503.Load() != 0 {
+		t.Errorf("answer_refused false: %d refusals answered 503, want closed connections", answered503.Load())
+	}
+}
+
+// tlsRequest makes one request on a new TLS connection: its status and
+// Retry-After, or the error of a connection closed before an answer.
+func tlsRequest(addr string) (int, string, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return 0, "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /storm HTTP/1.1\r\nHost: storm\r\nConnection: close\r\n\r\n"); err != nil {
+		return 0, "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("Retry-After"), nil
 }

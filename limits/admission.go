@@ -29,6 +29,12 @@ type AdmissionOptions struct {
 	// Log writes refused handshakes (reasons "handshake_queue_full",
 	// "handshake_queue_timeout"), rate-limited. Optional.
 	Log *RefusalLog
+	// AnswerRefused completes refused handshakes anyway, at most Rate
+	// more per second (Burst), with their connection marked
+	// (MarkOverflow) so that its requests are answered 503 with
+	// Retry-After; past that, or false, a refused handshake fails at the
+	// ClientHello. Only connections of a limits Listener can be marked.
+	AnswerRefused bool
 }
 
 // Admission paces TLS handshakes: in a reconnection storm the server keeps
@@ -36,9 +42,10 @@ type AdmissionOptions struct {
 // of them and finishing none. It hooks in at the ClientHello, before the
 // expensive key exchange and signature.
 type Admission struct {
-	o     AdmissionOptions
-	lim   *rate.Limiter
-	queue chan struct{}
+	o      AdmissionOptions
+	lim    *rate.Limiter
+	answer *rate.Limiter // refused handshakes completed to answer 503; nil: none
+	queue  chan struct{}
 }
 
 // NewAdmission returns an Admission.
@@ -46,7 +53,11 @@ func NewAdmission(o AdmissionOptions) *Admission {
 	if o.MaxQueue < 1 {
 		o.MaxQueue = 1
 	}
-	return &Admission{o: o, lim: rate.NewLimiter(admissionLimit(o.Rate), o.Burst), queue: make(chan struct{}, o.MaxQueue)}
+	a := &Admission{o: o, lim: rate.NewLimiter(admissionLimit(o.Rate), o.Burst), queue: make(chan struct{}, o.MaxQueue)}
+	if o.AnswerRefused {
+		a.answer = rate.NewLimiter(admissionLimit(o.Rate), o.Burst)
+	}
+	return a
 }
 
 // Wait blocks until the handshake is admitted, or returns ErrAdmission
@@ -104,7 +115,12 @@ func (a *Admission) refuse(reason, addr string) error {
 func (a *Admission) GetConfigForClient(live func(*tls.ClientHelloInfo) (*tls.Config, error)) func(*tls.ClientHelloInfo) (*tls.Config, error) {
 	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		if err := a.wait(hello.Context(), addrIP(hello.Conn)); err != nil {
-			return nil, err
+			// Refused: a device told 503 + Retry-After backs off; one
+			// whose connection is closed retries at once.
+			if a.answer == nil || hello.Conn == nil || overflowFlag(hello.Conn) == nil || !a.answer.Allow() {
+				return nil, err
+			}
+			MarkOverflow(hello.Conn)
 		}
 		return live(hello)
 	}

@@ -104,7 +104,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		overflow := l.o.SoftConns > 0 && l.open.Load() > int64(l.o.SoftConns)
 		if l.o.Proxy != nil && l.o.Proxy.trusts(ip) {
-			return &ppConn{Conn: c, l: l, trusted: true, overflow: overflow}, nil
+			pc := &ppConn{Conn: c, l: l, trusted: true}
+			pc.overflow.Store(overflow)
+			return pc, nil
 		}
 		if reason := l.admitIP(ip); reason != "" {
 			l.releaseTotal()
@@ -112,9 +114,13 @@ func (l *Listener) Accept() (net.Conn, error) {
 			continue
 		}
 		if l.o.Proxy != nil {
-			return &ppConn{Conn: c, l: l, ip: ip, perIP: true, overflow: overflow}, nil
+			pc := &ppConn{Conn: c, l: l, ip: ip, perIP: true}
+			pc.overflow.Store(overflow)
+			return pc, nil
 		}
-		return &limitedConn{Conn: c, l: l, ip: ip, overflow: overflow}, nil
+		lc := &limitedConn{Conn: c, l: l, ip: ip}
+		lc.overflow.Store(overflow)
+		return lc, nil
 	}
 }
 
@@ -137,8 +143,9 @@ type limitedConn struct {
 	l    *Listener
 	ip   netip.Addr
 	once sync.Once
-	// overflow: admitted above the soft cap (see Overflowed).
-	overflow bool
+	// overflow: admitted above the soft cap, or its handshake over the
+	// admission rate (see Overflowed, MarkOverflow).
+	overflow atomic.Bool
 }
 
 // NetConn returns the accepted connection, as tls.Conn's does: beneath

@@ -37,6 +37,10 @@ func retune(lim *rate.Limiter, p *PerIP, now time.Time) {
 // their reservations.
 func (a *Admission) SetRate(r float64, burst int) {
 	a.lim.SetLimit(admissionLimit(r))
+	if a.answer != nil {
+		a.answer.SetLimit(admissionLimit(r))
+		a.answer.SetBurst(burst)
+	}
 	a.lim.SetBurst(burst)
 }
 

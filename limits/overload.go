@@ -8,6 +8,7 @@ import (
 	"runtime/metrics"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -155,21 +156,38 @@ func SoftConns(overload, maxConns int) int {
 }
 
 // Overflowed reports whether c (or a connection it wraps, found through
-// NetConn) was admitted above the soft cap.
+// NetConn) was admitted above the soft cap, or its handshake above the
+// admission rate (MarkOverflow).
 func Overflowed(c net.Conn) bool {
+	f := overflowFlag(c)
+	return f != nil && f.Load()
+}
+
+// MarkOverflow marks c (or the accepted connection it wraps) so that its
+// requests are answered 503 with Retry-After (OverflowGuard); false when
+// c is not one of the limits listener's.
+func MarkOverflow(c net.Conn) bool {
+	f := overflowFlag(c)
+	if f != nil {
+		f.Store(true)
+	}
+	return f != nil
+}
+
+func overflowFlag(c net.Conn) *atomic.Bool {
 	for range 8 {
 		switch x := c.(type) {
 		case *limitedConn:
-			return x.overflow
+			return &x.overflow
 		case *ppConn:
-			return x.overflow
+			return &x.overflow
 		case interface{ NetConn() net.Conn }:
 			c = x.NetConn()
 		default:
-			return false
+			return nil
 		}
 	}
-	return false
+	return nil
 }
 
 // OverflowGuard answers every request on an overflowed connection 503

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits/proxyproto"
@@ -85,7 +86,7 @@ type ppConn struct {
 	ip     netip.Addr // whose per-IP slot is held, if perIP
 	perIP  bool
 
-	overflow bool // admitted above the soft cap (see Overflowed)
+	overflow atomic.Bool // admitted above the soft cap (see Overflowed, MarkOverflow)
 }
 
 var _ net.Conn = (*ppConn)(nil)

@@ -137,7 +137,7 @@ func New(opts Options) (*Server, error) {
 	s.admission = limits.NewAdmission(limits.AdmissionOptions{
 		Rate: *lim.Handshake.Rate, Burst: *lim.Handshake.Burst, MaxQueue: lim.Handshake.MaxQueue,
 		QueueTimeout: lim.Handshake.QueueTimeout.D(), Refused: s.m.handshakesRefused, Waiting: s.m.handshakesWaiting,
-		Log: s.logs.conn,
+		Log: s.logs.conn, AnswerRefused: *lim.Handshake.AnswerRefused,
 	})
 	// The listeners serve from a shell whose GetConfigForClient admits the
 	// handshake and then hands over the live configuration: certificates
