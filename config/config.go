@@ -48,6 +48,9 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// AdminAPI serves the fleet admin API on listen.admin. Default: off.
 	AdminAPI AdminAPI `yaml:"admin_api"`
+	// Runtime tunes the Go garbage collector. Default: gc_percent 400, no
+	// memory limit.
+	Runtime Runtime `yaml:"runtime"`
 }
 
 // Listen holds listener addresses. An empty address disables a listener.
@@ -226,6 +229,7 @@ func (c *Config) WithDefaults() *Config {
 	}
 	out.TLS = c.TLS.withDefaults()
 	out.Limits = c.Limits.withDefaults()
+	out.Runtime = c.Runtime.withDefaults()
 	out.Routes = make([]Route, len(c.Routes))
 	for i, r := range c.Routes {
 		out.Routes[i] = r.withDefaults()
@@ -272,6 +276,7 @@ func (c *Config) Validate() error {
 	}
 	c.TLS.validate(&e, c)
 	c.Limits.validate(&e)
+	c.Runtime.validate(&e)
 	for i, r := range c.Routes {
 		r.validate(&e, fmt.Sprintf("routes[%d]", i), c)
 	}

@@ -34,6 +34,7 @@ func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
 // the configured grace period.
 func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 	log := newLogger(cfg.Log, logw)
+	defer applyRuntime(cfg.Runtime, os.Getenv, log)()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(reg)
