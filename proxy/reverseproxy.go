@@ -414,7 +414,12 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		start := time.Now()
 		b.inflight.Add(1)
 		b.mInflight.Inc()
-		resp, err := t.roundTrip(rt, req)
+		var resp *http.Response
+		if b.fast != nil && syncOK(req) {
+			resp, err = syncExchange(b.fast, req, t.timeoutHdr) // see syncbackend.go
+		} else {
+			resp, err = t.roundTrip(rt, req)
+		}
 		if err != nil {
 			t.done(b)
 			if req.Context().Err() != nil {
