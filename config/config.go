@@ -48,7 +48,7 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// AdminAPI serves the fleet admin API on listen.admin. Default: off.
 	AdminAPI AdminAPI `yaml:"admin_api"`
-	// Runtime tunes the Go garbage collector. Default: gc_percent 400, no
+	// Runtime tunes the Go garbage collector. Default: gc_percent 200, no
 	// memory limit.
 	Runtime Runtime `yaml:"runtime"`
 }

@@ -25,6 +25,7 @@ export PATH=$PATH:/usr/sbin
 
 go build -o "$W/edgeshim" ./cmd/edgeshim
 go build -o "$W/tlsload" ./integration/tlsload
+go build -o "$W/h3load" ./integration/h3load
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
 cat "$W/cert.pem" "$W/key.pem" > "$W/both.pem"
@@ -51,6 +52,11 @@ routes: [{path: /, proxy: {backends: ["http://127.0.0.1:18080"], max_idle_conns:
 CONF
 "$W/edgeshim" run -c "$W/edgeshim.yaml" 2>"$W/edgeshim.log" &
 PID_edgeshim=$!
+# A second edgeshim with HTTP/3 on (its Alt-Svc header would tax the rows
+# above) for the HTTP/3 row, beside HTTP/2 on the same instance.
+sed -e 's/18443", admin/18446", http3: true, admin/' -e "s|data_dir: .*|data_dir: $W/data3|" "$W/edgeshim.yaml" > "$W/edgeshim3.yaml"
+"$W/edgeshim" run -c "$W/edgeshim3.yaml" 2>"$W/edgeshim3.log" &
+PID_edgeshim3=$!
 
 # nginx as TLS proxy, one worker per core, tickets and a session cache
 cat > "$W/nginx.conf" <<CONF
@@ -92,7 +98,7 @@ CONF
 haproxy -f "$W/haproxy.cfg" -db 2>"$W/haproxy.err" &
 PID_haproxy=$!
 
-for p in 18080 18443 18444 18445; do
+for p in 18080 18443 18444 18445 18446; do
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -189,6 +195,19 @@ for n in edgeshim nginx haproxy; do
     "$(med $n n13 rps)" "$(med $n n13 us)" "$(med $n n12 rps)" "$(med $n n12 us)"
 done
 echo "edgeshim new TLS 1.3 with X25519MLKEM768 (PQ hybrid, edgeshim only): $(med edgeshim pq rps) r/s, $(med edgeshim pq us) us/req"
+# HTTP/3 (no anchor in Debian: edgeshim only, quic-go client) beside
+# HTTP/2 on the same HTTP/3-enabled instance.
+for r in $(seq $ROUNDS); do
+  t0=$(cpu_ticks $PID_edgeshim3)
+  out=$(h2load -c 64 -m 10 -t 2 -D ${D} "https://127.0.0.1:18446/" 2>&1)
+  t1=$(cpu_ticks $PID_edgeshim3)
+  R[e3,h2,us,$r]=$(us_per_req $((t1 - t0)) "$(echo "$out" | awk '/^requests:/ {print $8}')")
+  out=$("$W/h3load" -addr 127.0.0.1:18446 -c 64 -m 10 -d ${D}s)
+  t2=$(cpu_ticks $PID_edgeshim3)
+  R[e3,h3,rps,$r]=$(echo "$out" | awk '{print $1}')
+  R[e3,h3,us,$r]=$(us_per_req $((t2 - t1)) "$(echo "$out" | awk '{print $4}')")
+done
+echo "edgeshim with http3 on: HTTP/3 (64 conns x 10 streams) $(med e3 h3 rps) r/s, $(med e3 h3 us) us/req; HTTP/2 on the same instance $(med e3 h2 us) us/req"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "n/a") printf "%.2f", a / b; else print "n/a" }'; }
 echo
 for o in nginx haproxy; do
