@@ -23,3 +23,6 @@ gobin="$(go env GOPATH)/bin"
 if ! command -v h2spec >/dev/null 2>&1 && [ ! -x "$gobin/h2spec" ]; then
   go install github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible
 fi
+if ! command -v staticcheck >/dev/null 2>&1 && [ ! -x "$gobin/staticcheck" ]; then
+  go install honnef.co/go/tools/cmd/staticcheck@v0.7.0   # 2026.1: Go 1.26
+fi

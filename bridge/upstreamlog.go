@@ -11,9 +11,11 @@ import (
 // upstreamKey is the bridge's upstream in its failure log.
 const upstreamKey = "upstream"
 
-// upstreamLog logs a bridge's upstream connect failures and lost
-// connections aggregated over all its sessions: a broker outage with N
-// sessions is the first failure, a summary per interval, and one
+// upstreamLog logs a bridge's upstream connect failures aggregated over
+// all its sessions (lost links go to the bridge's lostLinks, at info:
+// with brokers that close a taken-over session, a move between replicas
+// is a lost link, not an outage). A broker outage with N sessions is the
+// first failure, a summary per interval, and one
 // "upstream reconnected" line with how long it was down and how many
 // sessions failed to connect meanwhile, whatever N.
 type upstreamLog struct {
@@ -36,11 +38,6 @@ func (u *upstreamLog) connectFailed(device string, attempts int, err error, retr
 		u.mu.Unlock()
 	}
 	u.fails.Fail(upstreamKey, "upstream connect failed", "device", device, "err", err, "retry_in", retry.Round(time.Millisecond).String())
-}
-
-// lost records a session's connection lost.
-func (u *upstreamLog) lost(device string) {
-	u.fails.Fail(upstreamKey, "upstream connection lost", "device", device)
 }
 
 // connected records a session's successful connect.

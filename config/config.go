@@ -52,6 +52,9 @@ type Config struct {
 	// AccessLog writes a line per request (and per WebSocket when it
 	// ends). Default: on, to standard error, in log.format, sampled.
 	AccessLog AccessLog `yaml:"access_log"`
+	// Runtime tunes the Go garbage collector. Default: gc_percent 200, no
+	// memory limit.
+	Runtime Runtime `yaml:"runtime"`
 }
 
 // Listen holds listener addresses. An empty address disables a listener.
@@ -242,6 +245,7 @@ func (c *Config) WithDefaults() *Config {
 	out.TLS = c.TLS.withDefaults()
 	out.AccessLog = c.AccessLog.withDefaults(out.Log)
 	out.Limits = c.Limits.withDefaults()
+	out.Runtime = c.Runtime.withDefaults()
 	out.Routes = make([]Route, len(c.Routes))
 	for i, r := range c.Routes {
 		out.Routes[i] = r.withDefaults()
@@ -289,6 +293,7 @@ func (c *Config) Validate() error {
 	c.Listen.ProxyProtocol.validate(&e)
 	c.TLS.validate(&e, c)
 	c.Limits.validate(&e)
+	c.Runtime.validate(&e)
 	for i, r := range c.Routes {
 		r.validate(&e, fmt.Sprintf("routes[%d]", i), c)
 	}

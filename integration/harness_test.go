@@ -177,8 +177,6 @@ type Edge struct {
 	exitErr error
 }
 
-var listeningRe = regexp.MustCompile(`(?:msg=listening name=(\S+) addr=(\S+))|(?:"msg":"listening","name":"([^"]+)","addr":"([^"]+)")`)
-
 // EdgeOptions tune startEdgeshim.
 type EdgeOptions struct {
 	// Dir is the working directory (config, data dir). Default: a new

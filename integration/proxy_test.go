@@ -74,7 +74,7 @@ routes: [{path: /, proxy: {backends: [%q]}}]
 }
 
 // h2specAllowed are the h2spec cases that fail because of Go's own HTTP/2
-// server (golang.org/x/net/http2), not edgeshim:
+// server (net/http's bundled HTTP/2, formerly x/net/http2), not edgeshim:
 //   - 4.2/3: a HEADERS frame over SETTINGS_MAX_FRAME_SIZE is answered by
 //     closing, not with GOAWAY FRAME_SIZE_ERROR;
 //   - 6.5.3/1: several SETTINGS_INITIAL_WINDOW_SIZE values in one frame;

@@ -329,8 +329,8 @@ func hostForMatch(dst, host []byte) []byte {
 				bytes.IndexByte(host[end+1:], ']') < 0 && bytes.IndexByte(host[1:end], '[') < 0 {
 				h = host[1:end]
 			}
-		} else if bytes.IndexByte(host[:last], ':') < 0 && bytes.IndexAny(host[:last], "[]") < 0 &&
-			bytes.IndexAny(host[last:], "[]") < 0 {
+		} else if bytes.IndexByte(host[:last], ':') < 0 && !bytes.ContainsAny(host[:last], "[]") &&
+			!bytes.ContainsAny(host[last:], "[]") {
 			h = host[:last]
 		}
 	}

@@ -58,7 +58,7 @@ func TestHandshakeFailuresCounted(t *testing.T) {
 
 // TestRequestTLSOnBothProtocols: requests carry their TLS state over
 // HTTP/1.1 (served from the scanning connection) and HTTP/2 (served by
-// http2.Server.ServeConn): the backend is told the client used https.
+// net/http's HTTP/2 server): the backend is told the client used https.
 func TestRequestTLSOnBothProtocols(t *testing.T) {
 	a := echoBackend(t, "a")
 	s, cl := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: [%q]}}]`, a.URL))

@@ -25,8 +25,6 @@ import (
 	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
 )
 
 // startProxy runs a Server for the YAML config (listen.https forced to
@@ -205,7 +203,10 @@ func TestForwardedHeaders(t *testing.T) {
 }
 
 func TestHTTP2Backends(t *testing.T) {
-	h2cSrv := httptest.NewServer(h2c.NewHandler(echoHandler("h2c"), &http2.Server{}))
+	h2cSrv := httptest.NewUnstartedServer(echoHandler("h2c"))
+	h2cSrv.Config.Protocols = new(http.Protocols)
+	h2cSrv.Config.Protocols.SetUnencryptedHTTP2(true)
+	h2cSrv.Start()
 	t.Cleanup(h2cSrv.Close)
 	tlsSrv := httptest.NewUnstartedServer(echoHandler("tls"))
 	tlsSrv.EnableHTTP2 = true

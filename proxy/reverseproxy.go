@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -24,7 +23,6 @@ import (
 	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/http2"
 )
 
 // statusClientClosed is logged and counted when the client went away before
@@ -47,9 +45,9 @@ type routeProxy struct {
 	hc       *config.HealthCheck
 	client   *http.Client // active health checks
 	h1       *http.Transport
-	h2c      *http2.Transport
-	fast     *fastRoute   // nil unless every backend is plain http://
-	fails    *faillog.Log // backend errors, aggregated
+	h2c      *http.Transport // h2c:// backends: HTTP/2 with prior knowledge
+	fast     *fastRoute      // nil unless every backend is plain http://
+	fails    *faillog.Log    // backend errors, aggregated
 }
 
 // closeIdle closes the idle upstream connections of the route's pools.
@@ -207,13 +205,15 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 1 << 20,
 	}
-	h2c := &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dial(ctx, network, addr)
-		},
-		ReadIdleTimeout: 30 * time.Second,
+	// net/http's own unencrypted HTTP/2 (x/net's http2.Transport is
+	// deprecated); its header wait is bounded by poolTransport.roundTrip.
+	h2c := &http.Transport{
+		Proxy:       nil,
+		DialContext: dial,
+		HTTP2:       &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
 	}
+	h2c.Protocols = new(http.Protocols)
+	h2c.Protocols.SetUnencryptedHTTP2(true)
 	rp.h1, rp.h2c = h1, h2c
 	if allPlainHTTP(urls) {
 		rp.fast = newFastRoute(rp, d.m, dial, pc.MaxIdleConns)
@@ -385,7 +385,7 @@ func isTimeout(err error) bool {
 type poolTransport struct {
 	rp         *routeProxy
 	h1         *http.Transport
-	h2c        *http2.Transport
+	h2c        *http.Transport
 	retries    int
 	timeoutHdr time.Duration
 }
@@ -423,7 +423,12 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		start := time.Now()
 		b.inflight.Add(1)
 		b.mInflight.Inc()
-		resp, err := t.roundTrip(rt, req)
+		var resp *http.Response
+		if b.fast != nil && syncOK(req) {
+			resp, err = syncExchange(b.fast, req, t.timeoutHdr) // see syncbackend.go
+		} else {
+			resp, err = t.roundTrip(rt, req)
+		}
 		if err != nil {
 			t.done(b)
 			if req.Context().Err() != nil {

@@ -24,7 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
-	"golang.org/x/net/http2"
 )
 
 // Options configure a Server.
@@ -60,7 +59,7 @@ type Server struct {
 	router *router
 	https  *http.Server
 	plain  *http.Server // listen.http; nil if not configured
-	h2     *http2.Server
+	h2in   *h2Handoff   // HTTP/2 connections to https; nil until Start
 	tln    *tlsListener // nil until Start
 	fast   *fastServer
 	h3     *http3.Server
@@ -202,29 +201,7 @@ func New(opts Options) (*Server, error) {
 		}
 		s.plain = newHTTPServer(ph)
 	}
-	h2 := &http2.Server{
-		MaxConcurrentStreams:         100,
-		MaxReadFrameSize:             1 << 16,
-		IdleTimeout:                  lim.Timeouts.Idle.D(),
-		MaxUploadBufferPerConnection: 1 << 20,
-		MaxUploadBufferPerStream:     1 << 18,
-		MaxDecoderHeaderTableSize:    4096,
-		MaxEncoderHeaderTableSize:    4096,
-		ReadIdleTimeout:              lim.Timeouts.Idle.D() / 2,
-		PingTimeout:                  15 * time.Second,
-		WriteByteTimeout:             lim.Timeouts.Write.D(),
-		CountError: func(errType string) {
-			s.log.Debug("http2 protocol error", "type", errType)
-		},
-	}
-	// ConfigureServer adds h2 to the ALPN protocols and registers the
-	// GOAWAY of graceful shutdown; the connections that negotiate it are
-	// handed to h2.ServeConn by the TLS listener (see Start).
-	if err := http2.ConfigureServer(s.https, h2); err != nil {
-		s.cancel()
-		return nil, fmt.Errorf("http2: %w", err)
-	}
-	s.h2 = h2
+	enableHTTP2(s.https, http2Config(lim.Timeouts.Idle.D(), lim.Timeouts.Write.D(), s.log))
 	s.fast = &fastServer{
 		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
 		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, maxHeadBytes: int(lim.MaxHeaderBytes), heap: heap, bufs: bufs,
@@ -299,10 +276,7 @@ func (s *Server) Start() error {
 	tln := newTLSListener(ln, tlsListenerOptions{
 		Config: s.https.TLSConfig, HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
 		HandshakeFailed: s.opts.HandshakeFailed, FailLog: s.logs.handshake, Logger: s.log, Base: s.base,
-		ServeH2: func(c *tls.Conn) {
-			s.h2.ServeConn(c, &http2.ServeConnOpts{Context: connContext(s.base, c), BaseConfig: s.https, Handler: s.https.Handler})
-		},
-		Fast: s.fast,
+		ServeH2: s.startH2(ln.Addr()), Fast: s.fast,
 	})
 	s.tln = tln
 	s.serveWG.Add(1)

@@ -23,6 +23,7 @@ import (
 func serve(ctx context.Context, cfg *config.Config, file string, logw io.Writer) error {
 	log, level := newLeveledLogger(cfg.Log, logw)
 	cfg = fitDescriptors(cfg, log)
+	defer applyRuntime(cfg.Runtime, os.Getenv, log)()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(reg)

@@ -77,9 +77,8 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // the next Read.
 type probeConn struct {
 	net.Conn
-	peek    [1]byte
-	peeked  bool
-	probeTo time.Time
+	peek   [1]byte
+	peeked bool
 }
 
 // NetConn returns the wrapped connection (the socket is found beneath it).

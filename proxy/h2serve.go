@@ -1,0 +1,144 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+)
+
+// HTTP/2 is net/http's own server (http.Server.Protocols and HTTP2), not
+// x/net/http2's deprecated ConfigureServer/ServeConn: tlsListener does the
+// handshake, and a connection that negotiated "h2" is handed, still a
+// *tls.Conn, to the same http.Server through h2Handoff, a second listener
+// it serves. net/http sees NegotiatedProtocol "h2" and runs its HTTP/2
+// server on it; Shutdown sends it GOAWAY and waits for its streams, as it
+// did with ConfigureServer.
+//
+// What x/net's http2.Server had that net/http's HTTP2Config does not: a
+// separate IdleTimeout (net/http's HTTP/2 takes http.Server.IdleTimeout,
+// the same value) — nothing else is lost.
+
+// http2Config is the HTTP/2 server's configuration: the settings edgeshim
+// had on x/net's http2.Server, field for field.
+func http2Config(idle, write time.Duration, log *slog.Logger) *http.HTTP2Config {
+	return &http.HTTP2Config{
+		MaxConcurrentStreams:          100,
+		MaxReadFrameSize:              1 << 16,
+		MaxReceiveBufferPerConnection: 1 << 20,
+		MaxReceiveBufferPerStream:     1 << 18,
+		MaxDecoderHeaderTableSize:     4096,
+		MaxEncoderHeaderTableSize:     4096,
+		SendPingTimeout:               idle / 2,
+		PingTimeout:                   15 * time.Second,
+		WriteByteTimeout:              write,
+		CountError: func(errType string) {
+			log.Debug("http2 protocol error", "type", errType)
+		},
+	}
+}
+
+// enableHTTP2 turns on net/http's HTTP/2 on hs, which serves TLS
+// connections handed to it (see h2Handoff): net/http's Serve configures
+// HTTP/2 only when the TLS configuration offers "h2".
+func enableHTTP2(hs *http.Server, conf *http.HTTP2Config) {
+	hs.Protocols = new(http.Protocols)
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetHTTP2(true)
+	hs.HTTP2 = conf
+	for _, p := range []string{"h2", "http/1.1"} {
+		if !slices.Contains(hs.TLSConfig.NextProtos, p) {
+			hs.TLSConfig.NextProtos = append(hs.TLSConfig.NextProtos, p)
+		}
+	}
+}
+
+// h2Handoff is the listener through which tlsListener hands HTTP/2
+// connections to http.Server. serve blocks until net/http has closed the
+// connection (ConnState StateClosed), so that tlsListener keeps owning it
+// as before (closeConns, wait).
+type h2Handoff struct {
+	addr  net.Addr
+	ready chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+
+	mu    sync.Mutex
+	ended map[net.Conn]chan struct{} // handed over, not yet closed
+}
+
+var _ net.Listener = (*h2Handoff)(nil)
+
+func newH2Handoff(addr net.Addr) *h2Handoff {
+	return &h2Handoff{addr: addr, ready: make(chan net.Conn), done: make(chan struct{}), ended: map[net.Conn]chan struct{}{}}
+}
+
+func (h *h2Handoff) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.ready:
+		return c, nil
+	case <-h.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops handing over: connections waiting in serve are closed.
+func (h *h2Handoff) Close() error {
+	h.once.Do(func() { close(h.done) })
+	return nil
+}
+
+func (h *h2Handoff) Addr() net.Addr { return h.addr }
+
+// serve hands c to http.Server and returns when net/http has closed it.
+func (h *h2Handoff) serve(c *tls.Conn) {
+	end := make(chan struct{})
+	h.mu.Lock()
+	h.ended[c] = end
+	h.mu.Unlock()
+	select {
+	case h.ready <- c:
+		<-end
+	case <-h.done:
+		h.mu.Lock()
+		delete(h.ended, c)
+		h.mu.Unlock()
+		c.Close()
+	}
+}
+
+// connState is http.Server.ConnState: it ends serve of a handed-over
+// connection when net/http is done with it.
+func (h *h2Handoff) connState(c net.Conn, st http.ConnState) {
+	if st != http.StateClosed && st != http.StateHijacked {
+		return
+	}
+	h.mu.Lock()
+	end, ok := h.ended[c]
+	delete(h.ended, c)
+	h.mu.Unlock()
+	if ok {
+		close(end)
+	}
+}
+
+// startH2 serves the HTTP/2 handoff on s.https and returns what
+// tlsListener calls for each "h2" connection.
+func (s *Server) startH2(addr net.Addr) func(*tls.Conn) {
+	h := newH2Handoff(addr)
+	s.h2in = h
+	s.https.ConnState = h.connState
+	s.serveWG.Add(1)
+	go func() {
+		defer s.serveWG.Done()
+		defer h.Close()
+		if err := s.https.Serve(h); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("https (HTTP/2) server stopped", "err", err)
+		}
+	}()
+	return h.serve
+}

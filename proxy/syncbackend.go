@@ -1,0 +1,168 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// The synchronous backend exchange of the net/http path (HTTP/2, HTTP/3
+// and HTTP/1 requests that left the fast path) for http:// backends.
+//
+// http.Transport runs two goroutines per backend connection (readLoop,
+// writeLoop) and hands every request and response between them and the
+// caller through channels: for HTTP/2 that was a quarter of edgeshim's
+// CPU per request. The stream's handler goroutine already exists, so the
+// exchange is done in it: a connection from the fast path's backend pool
+// (fastBackend), the request written with Request.Write, the response
+// head read with http.ReadResponse, the body relayed by ReverseProxy from
+// the connection, which goes back to the pool when the body has been read
+// to its end. Everything else — rewrite, hop-by-hop headers, retries on
+// another backend, ejection, timeouts, error answers, metrics — stays
+// ReverseProxy's and poolTransport's.
+//
+// Not taken (http.Transport serves them as before): upgrades, and request
+// bodies of unknown length or over syncMaxBody (a backend that answers
+// before reading a long body is served best by the Transport's concurrent
+// write and read).
+
+// syncMaxBody is the largest request body sent synchronously.
+const syncMaxBody = 64 << 10
+
+// syncOK reports whether req may take the synchronous exchange.
+func syncOK(req *http.Request) bool {
+	if req.ContentLength < 0 || req.ContentLength > syncMaxBody || isUpgrade(req) {
+		return false
+	}
+	return req.Header.Get("Expect") == ""
+}
+
+// bufWriters recycle the writers requests are written through.
+var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+
+// syncExchange sends req to fb and returns the response head; the body
+// reads from the backend connection. hdrTimeout bounds the wait for the
+// head (limits of the route: timeouts.response_header).
+func syncExchange(fb *fastBackend, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
+	ctx := req.Context()
+	replayable := req.Body == nil || req.Body == http.NoBody
+	fresh := false
+	for {
+		bc := (*bconn)(nil)
+		if !fresh {
+			bc = fb.getIdle()
+		}
+		if bc == nil {
+			var err error
+			if bc, err = fb.dialConn(ctx); err != nil {
+				return nil, err
+			}
+		}
+		resp, err := bc.exchange(ctx, fb, req, hdrTimeout)
+		if err == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		}
+		// A reused connection the backend had closed: again on a new one,
+		// as http.Transport does.
+		if !bc.reused || !replayable || isTimeout(err) {
+			return nil, err
+		}
+		fresh = true
+	}
+}
+
+// exchange writes req on bc and reads the response head. On error bc is
+// closed.
+func (bc *bconn) exchange(ctx context.Context, fb *fastBackend, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
+	dl, _ := ctx.Deadline()
+	bc.c.SetWriteDeadline(dl)
+	hdl := dl
+	if hdrTimeout > 0 {
+		if t := time.Now().Add(hdrTimeout); hdl.IsZero() || t.Before(hdl) {
+			hdl = t
+		}
+	}
+	bc.c.SetReadDeadline(hdl)
+	// The client going away or the request's timeout interrupts the
+	// backend connection's reads and writes.
+	stop := context.AfterFunc(ctx, func() { bc.c.SetDeadline(aLongTimeAgo) })
+	bw := bufWriters.Get().(*bufio.Writer)
+	bw.Reset(bc.c)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	bufWriters.Put(bw)
+	var resp *http.Response
+	for err == nil {
+		resp, err = http.ReadResponse(bc.br, req)
+		if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		// 1xx informational: the final answer follows.
+		io.Copy(io.Discard, resp.Body)
+	}
+	if err != nil {
+		stop()
+		bc.close()
+		var cbe *clientBodyError
+		if errors.As(err, &cbe) {
+			return nil, err
+		}
+		if isTimeout(err) && ctx.Err() == nil {
+			return nil, fmt.Errorf("timeout awaiting response headers: %w", err)
+		}
+		return nil, err
+	}
+	bc.c.SetReadDeadline(dl)
+	resp.Body = &syncBody{rc: resp.Body, bc: bc, fb: fb, stop: stop, keep: !resp.Close}
+	return resp, nil
+}
+
+// syncBody is a response body read from a pooled backend connection: read
+// to its end it puts the connection back, else closes it.
+type syncBody struct {
+	rc   io.ReadCloser
+	bc   *bconn
+	fb   *fastBackend
+	stop func() bool
+	keep bool
+	eof  bool
+	once sync.Once
+}
+
+func (b *syncBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof = true
+		b.release()
+	}
+	return n, err
+}
+
+func (b *syncBody) Close() error {
+	err := b.rc.Close()
+	b.release()
+	return err
+}
+
+func (b *syncBody) release() {
+	b.once.Do(func() {
+		// stop false: the request's context ended and poisoned the
+		// connection's deadlines.
+		if b.stop() && b.eof && b.keep && b.bc.br.Buffered() == 0 {
+			b.fb.put(b.bc)
+			return
+		}
+		b.bc.close()
+	})
+}
