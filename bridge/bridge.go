@@ -87,11 +87,11 @@ type Bridge struct {
 	retry    limits.RetryAfter
 	flap     atomic.Pointer[limits.Flapping] // nil: off; swapped by a reload
 	liveMax  atomic.Int64                    // limits.max_body, reloadable
-	rr       *requests // request/response (reqresp.go)
+	rr       *requests                       // request/response (reqresp.go)
 
-	pacer             *pacer   // session connects
-	unlinkedEvictions eventLog // sessions evicted before they connected
-	lostLinks         eventLog // upstream connections lost
+	pacer             *pacer       // session connects
+	unlinkedEvictions eventLog     // sessions evicted before they connected
+	lostLinks         eventLog     // upstream connections lost
 	upLog             *upstreamLog // connect failures, aggregated
 
 	mu       sync.Mutex

@@ -41,7 +41,7 @@ type command struct {
 	offered time.Time // explicit ack: when it was last written
 	dup     bool
 	expires time.Time // zero: none (MQTT 5 message expiry, commands.max_age)
-	req     *request // it asks for an answer (reqresp.go)
+	req     *request  // it asks for an answer (reqresp.go)
 }
 
 // session is one device's live MQTT session on the broker. It has no

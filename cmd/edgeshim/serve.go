@@ -89,7 +89,7 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case <-hup:
-			_ = rl.reload() // logged; the previous configuration stays on error
+			_ = rl.reload()                       // logged; the previous configuration stays on error
 			if err := alog.Reopen(); err != nil { // after logrotate moved it
 				log.Error("access log not reopened; it goes on to the old file", "err", err)
 			}
