@@ -3,8 +3,8 @@ package bridge
 import (
 	"context"
 	"errors"
+	"github.com/edgeshim/edgeshim/limits/park"
 	"net"
-	"syscall"
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits"
@@ -55,7 +55,7 @@ func awaitReceivedIf(ctx context.Context, check bool, c net.Conn, timeout time.D
 
 // awaitConnReceived is awaitReceived on c's socket.
 func awaitConnReceived(ctx context.Context, c net.Conn, timeout time.Duration) error {
-	rc := rawSocket(c)
+	rc := park.RawConn(c)
 	if rc == nil {
 		return errNoSocket
 	}
@@ -102,24 +102,4 @@ func abortConn(ctx context.Context) {
 		c = u.NetConn()
 	}
 	c.Close()
-}
-
-// rawSocket finds the socket beneath c's wrappers (NetConn, as tls.Conn
-// has), or nil.
-func rawSocket(c net.Conn) syscall.RawConn {
-	for range 16 {
-		if sc, ok := c.(syscall.Conn); ok {
-			rc, err := sc.SyscallConn()
-			if err != nil {
-				return nil
-			}
-			return rc
-		}
-		u, ok := c.(interface{ NetConn() net.Conn })
-		if !ok || u.NetConn() == nil {
-			return nil
-		}
-		c = u.NetConn()
-	}
-	return nil
 }

@@ -78,7 +78,7 @@ func NewFallback() *Parker { return &Parker{handles: map[uint64]*Handle{}} }
 func (p *Parker) Register(c net.Conn, fn func()) (*Handle, error) {
 	h := &Handle{p: p, conn: c, fn: fn}
 	if p.poll != nil {
-		h.rc = rawConn(c)
+		h.rc = RawConn(c)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -91,8 +91,9 @@ func (p *Parker) Register(c net.Conn, fn func()) (*Handle, error) {
 	return h, nil
 }
 
-// rawConn finds the socket beneath c's wrappers, or returns nil.
-func rawConn(c net.Conn) syscall.RawConn {
+// RawConn finds the socket beneath c's wrappers (NetConn, as tls.Conn
+// has), or returns nil.
+func RawConn(c net.Conn) syscall.RawConn {
 	for range 16 {
 		if sc, ok := c.(syscall.Conn); ok {
 			rc, err := sc.SyscallConn()
