@@ -17,26 +17,40 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// TestShutdownLeavesNothingRunning: sessions, held polls and the idle loop
-// all end with Shutdown (checked by goleak at exit), against a real
-// in-process broker.
-func TestShutdownLeavesNothingRunning(t *testing.T) {
+// newEmbeddedBridge is the embedded default's fleet bridge on a real
+// in-process broker, served by an httptest server; mod adjusts its config.
+// The broker and the server close with the test; ending the bridge is the
+// caller's.
+func newEmbeddedBridge(t *testing.T, mod func(*config.Bridge)) (*Bridge, *httptest.Server) {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	mb, err := embedded.Start("127.0.0.1:0", log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mb.Close()
+	t.Cleanup(func() { mb.Close() })
 	cfg := config.Default().WithDefaults()
 	bc := cfg.Bridges["fleet"]
 	bc.Upstream.URL = "mqtt://" + mb.Addr().String()
-	bc.Session.Idle = config.Duration(time.Hour)
+	if mod != nil {
+		mod(&bc)
+	}
 	b, err := New(Options{Name: "fleet", Config: bc, Limits: cfg.Limits, Logger: log, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(b)
-	defer srv.Close()
+	t.Cleanup(srv.Close)
+	return b, srv
+}
+
+// TestShutdownLeavesNothingRunning: sessions, held polls and the idle loop
+// all end with Shutdown (checked by goleak at exit), against a real
+// in-process broker.
+func TestShutdownLeavesNothingRunning(t *testing.T) {
+	b, srv := newEmbeddedBridge(t, func(bc *config.Bridge) {
+		bc.Session.Idle = config.Duration(time.Hour)
+	})
 	for _, d := range []string{"a", "b", "c"} {
 		resp, err := http.Get(srv.URL + "/devices/" + d + "/commands")
 		if err != nil || resp.StatusCode != 204 {

@@ -2,37 +2,16 @@ package bridge
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
-
-	"github.com/edgeshim/edgeshim/bridge/embedded"
-	"github.com/edgeshim/edgeshim/config"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestDrainAnswersHeldPollsKeepsSessions: Drain answers a held poll at
 // once with its empty answer and Connection: close, while the session
 // stays until Shutdown, which ends it; Stats count both.
 func TestDrainAnswersHeldPollsKeepsSessions(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	mb, err := embedded.Start("127.0.0.1:0", log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mb.Close()
-	cfg := config.Default().WithDefaults()
-	bc := cfg.Bridges["fleet"]
-	bc.Upstream.URL = "mqtt://" + mb.Addr().String()
-	b, err := New(Options{Name: "fleet", Config: bc, Limits: cfg.Limits, Logger: log, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(b)
-	defer srv.Close()
+	b, srv := newEmbeddedBridge(t, nil)
 	type answer struct {
 		code  int
 		close bool
