@@ -74,12 +74,13 @@ type fastConn struct {
 	tc   *tls.Conn
 	br   *bufio.Reader
 	peer netip.Addr
-	// Scratch, kept across requests: the peer as X-Forwarded-For shows
-	// it, the method, the request line.
-	peerStr, method, target, line []byte
-	h                             fastHead
-	rh                            respHead
-	host                          []byte // scratch: the Host to match
+	// Scratch, kept across requests: the method, the target, the request
+	// line, the client's X-Forwarded-For and Forwarded lines.
+	method, target, line []byte
+	xff, fwd             [][]byte
+	h                    fastHead
+	rh                   respHead
+	host                 []byte // scratch: the Host to match
 
 	// state: connIdle (between requests), connActive, connClosing.
 	state atomic.Int32
@@ -280,17 +281,15 @@ func (fc *fastConn) readHead(t0 time.Time) (int, headVerdict) {
 	}
 }
 
-// match routes the head as router.match does; nil unless the route is
-// fast.
+// match routes the head as router.match does (routeFor); nil unless the
+// route is fast.
 func (fs *fastServer) match(fc *fastConn) *fastRoute {
 	if !isCleanPath(string(fc.h.path)) || bytes.IndexByte(fc.h.path, '\\') >= 0 {
 		return nil // net/http's path normalises it, or refuses it
 	}
 	fc.host = hostForMatch(fc.host, fc.h.host)
-	for _, r := range fs.s.router.routes {
-		if hasPrefixBS(fc.h.path, r.prefix) && r.matchHost(string(fc.host)) {
-			return r.fast
-		}
+	if r := routeFor(fs.s.router, fc.host, fc.h.path); r != nil {
+		return r.fast
 	}
 	return nil
 }

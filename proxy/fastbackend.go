@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"net"
 	"slices"
 	"strconv"
@@ -22,7 +21,6 @@ type fastRoute struct {
 	rp       *routeProxy
 	requests codeCounters // edgeshim_http_requests_total{route}
 	duration prometheus.Observer
-	retries  prometheus.Counter
 	// maxPath is the longest backend URL path (the request line grows by
 	// it).
 	maxPath int
@@ -62,7 +60,6 @@ func newFastRoute(rp *routeProxy, m *metrics, dial func(context.Context, string,
 		rp:       rp,
 		requests: codeCounters{vec: m.requests, labels: []string{rp.name}},
 		duration: m.duration.WithLabelValues(rp.name),
-		retries:  m.retries.WithLabelValues(rp.name),
 	}
 	for _, b := range rp.pool.backends {
 		port := b.url.Port()
@@ -165,8 +162,6 @@ type respHead struct {
 	fields       []headField
 }
 
-var errBadResponse = errors.New("malformed HTTP response from backend")
-
 // maxRespHead bounds a backend response head, the size of a backend
 // connection's buffer (http.Transport's MaxResponseHeaderBytes is 1 MiB;
 // the fast path answers 502 to a head over 16 KiB).
@@ -185,7 +180,7 @@ func readRespHead(br *bufio.Reader, h *respHead) (int, error) {
 			return 0, errBadResponse
 		}
 		if br.Buffered() >= maxRespHead {
-			return 0, errBadResponse
+			return 0, errResponseHeadTooLarge
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			return 0, err

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"net/http"
-	"strings"
 	"testing"
 )
 
@@ -89,39 +88,6 @@ func BenchmarkParseHead(b *testing.B) {
 	for b.Loop() {
 		if _, v := parseHead(head, &h, 100); v != headOK {
 			b.Fatal(v)
-		}
-	}
-}
-
-// TestFastRequestLine: strip_prefix and the backend path make the same
-// request line as the slow path's rewrite and singleJoin.
-func TestFastRequestLine(t *testing.T) {
-	for _, route := range []string{"/", "/static/", "/api", "/a/b/"} {
-		for _, bpath := range []string{"", "/", "/base", "/base/"} {
-			for _, target := range []string{"/", "/static/x?q=1", "/static", "/api", "/apix/y", "/a/b/c?", "/x//y"} {
-				path, query, _ := strings.Cut(target, "?")
-				if strings.Contains(target, "?") {
-					query = "?" + query
-				}
-				if !strings.HasPrefix(path, route) {
-					continue
-				}
-				// The slow path.
-				p := path
-				if route != "/" {
-					p = strings.TrimPrefix(p, strings.TrimSuffix(route, "/"))
-					if !strings.HasPrefix(p, "/") {
-						p = "/" + p
-					}
-				}
-				want := "GET " + singleJoin(bpath, p) + query + " HTTP/1.1\r\n"
-				// The fast path.
-				req := fastReq{path: []byte(path), query: []byte(query)}
-				req.stripPrefix(route)
-				if got := string(appendRequestLine(nil, []byte("GET"), bpath, &req)); got != want {
-					t.Errorf("route %s backend path %q target %s: %q, want %q", route, bpath, target, got, want)
-				}
-			}
 		}
 	}
 }

@@ -3,12 +3,9 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits/accesslog"
@@ -21,13 +18,12 @@ type fastReq struct {
 	http10      bool
 	closeAfter  bool // the client asked for close (or HTTP/1.0 without keep-alive)
 	keepAlive10 bool // HTTP/1.0 with Connection: keep-alive
-	replayable  bool // may be sent again on a fresh connection (http.Transport's rule)
-	idempotent  bool // may be retried on another backend after a dial failure
+	replayable  bool // may be sent again on a fresh connection (replayableReq)
+	idempotent  bool // may go to another backend after a dial failure (idempotentReq)
 	body        int64
 	bodyLeft    int64 // body bytes not yet read from the client
 	method      []byte
-	path, query []byte // path after strip_prefix; query with its '?'
-	slash       bool   // path lost its leading '/' to strip_prefix
+	path, query []byte // the clean path routed on; the query with its '?'
 	deadline    time.Time
 }
 
@@ -41,12 +37,7 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 		closeAfter:  h.conn.close || (h.http10 && !h.conn.keepAlive),
 		keepAlive10: h.http10 && h.conn.keepAlive && !h.conn.close,
 	}
-	switch string(h.method) {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		req.replayable, req.idempotent = req.body == 0, req.body == 0
-	case http.MethodPut, http.MethodDelete:
-		req.idempotent = req.body == 0
-	}
+	req.replayable, req.idempotent = replayableReq(h.method, req.body > 0), idempotentReq(h.method, req.body > 0)
 	if d := rp.route.Proxy.Timeouts.Request.D(); d > 0 {
 		req.deadline = t0.Add(d)
 	}
@@ -62,9 +53,6 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 	// The target outlives the head's bytes, consumed below.
 	fc.target = append(fc.target[:0], h.target...)
 	req.path, req.query = fc.target[:len(h.path)], fc.target[len(h.path):]
-	if rp.route.StripPrefix {
-		req.stripPrefix(rp.route.Path)
-	}
 	fc.br.Discard(headLen)
 	if req.body > 0 {
 		// read bounds the whole request, body included (from the head's
@@ -82,15 +70,18 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 	}
 	// A body that fits goes in the same write as the head.
 	req.bodyLeft = req.body
+	var res fastResult
 	if req.body > 0 && req.body <= int64(cap(buf)-len(buf)) {
 		n := len(buf)
 		buf = buf[:n+int(req.body)]
-		if _, err := io.ReadFull(fc.br, buf[n:]); err != nil {
-			return false // the client went mid-body: nothing was sent
+		m, err := io.ReadFull(fc.br, buf[n:])
+		if req.bodyLeft -= int64(m); err != nil {
+			res = fc.fail(fr, &req, bodyError(err)) // nothing was sent
 		}
-		req.bodyLeft = 0
 	}
-	res := fc.roundTrip(fr, &req, buf, room)
+	if res.code == 0 {
+		res = fc.roundTrip(fr, &req, buf, room)
+	}
 	fr.requests.inc(res.code)
 	fr.duration.Observe(time.Since(t0).Seconds())
 	if al := fs.s.alog; al.Sampled(res.code) && !fs.s.noLog[rp.name] {
@@ -101,74 +92,34 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 
 // appendOutHead appends the outgoing header lines: Host, the client's
 // fields but the hop-by-hop ones, X-Forwarded-For/-Host/-Proto and
-// Forwarded (the client's values kept only from a trusted proxy),
+// Forwarded (the policy's forwarded, as routeProxy.rewrite sets them),
 // Content-Length, and Te: trailers if the client sent it; then the blank
-// line. It is routeProxy.rewrite and http.Request.Write on a fastHead.
+// line. It is rewrite and http.Request.Write on a fastHead.
 func (fc *fastConn) appendOutHead(b []byte, rp *routeProxy, h *fastHead) []byte {
-	trusted := rp.trustedAddr(fc.peer)
+	f := forwarded[[]byte]{peer: fc.peer, host: h.host, tls: true, trusted: rp.trusted.has(fc.peer), xff: fc.xff[:0], fwd: fc.fwd[:0]}
 	b = append(b, "Host: "...)
 	b = append(b, h.host...)
 	b = append(b, "\r\n"...)
-	var xfh, xfp []byte
-	nXFF, nFwd := 0, 0
 	for i := range h.fields {
-		f := &h.fields[i]
-		switch f.kind {
+		switch fl := &h.fields[i]; fl.kind {
 		case fieldPass:
-			b = appendField(b, f.name, f.value)
+			b = appendField(b, fl.name, fl.value)
 		case fieldXFF:
-			nXFF++
+			f.xff = append(f.xff, fl.value)
 		case fieldXFH:
-			if xfh == nil {
-				xfh = f.value
+			if f.xfh == nil {
+				f.xfh = fl.value
 			}
 		case fieldXFP:
-			if xfp == nil {
-				xfp = f.value
+			if f.xfp == nil {
+				f.xfp = fl.value
 			}
 		case fieldFwd:
-			nFwd++
+			f.fwd = append(f.fwd, fl.value)
 		}
 	}
-	b = append(b, "X-Forwarded-For: "...)
-	if trusted && nXFF > 0 {
-		for i := range h.fields {
-			if f := &h.fields[i]; f.kind == fieldXFF {
-				b = append(append(b, f.value...), ", "...)
-			}
-		}
-	}
-	b = append(b, fc.peerString()...)
-	b = append(b, "\r\nX-Forwarded-Host: "...)
-	if trusted && len(xfh) > 0 {
-		b = append(b, xfh...)
-	} else {
-		b = append(b, h.host...)
-	}
-	b = append(b, "\r\nX-Forwarded-Proto: "...)
-	if trusted && len(xfp) > 0 {
-		b = append(b, xfp...)
-	} else {
-		b = append(b, "https"...)
-	}
-	b = append(b, "\r\nForwarded: "...)
-	if trusted && nFwd > 0 {
-		for i := range h.fields {
-			if f := &h.fields[i]; f.kind == fieldFwd {
-				b = append(append(b, f.value...), ", "...)
-			}
-		}
-	}
-	b = append(b, "for="...)
-	if fc.peer.Is6() {
-		b = append(append(append(b, `"[`...), fc.peerString()...), `]"`...)
-	} else {
-		b = append(b, fc.peerString()...)
-	}
-	b = append(b, `;host="`...)
-	b = append(b, h.host...) // validFastHost: nothing to escape
-	b = append(b, `";proto=https`...)
-	b = append(b, "\r\n"...)
+	fc.xff, fc.fwd = f.xff[:0], f.fwd[:0] // scratch kept for the next request
+	b = f.appendLines(b)
 	switch m := string(h.method); {
 	case h.contentLength > 0, m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch:
 		b = append(b, "Content-Length: "...)
@@ -188,53 +139,12 @@ func appendField(b, name, value []byte) []byte {
 	return append(b, "\r\n"...)
 }
 
-// peerString is the client's address as X-Forwarded-For shows it.
-func (fc *fastConn) peerString() []byte {
-	if fc.peerStr == nil {
-		fc.peerStr = fc.peer.AppendTo(nil)
-	}
-	return fc.peerStr
-}
-
-// trustedAddr reports whether a is a trusted proxy (trustedPeer's test).
-func (rp *routeProxy) trustedAddr(a netip.Addr) bool {
-	for _, p := range rp.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// stripPrefix removes the route's path prefix from the path (rewrite's
-// strip_prefix).
-func (req *fastReq) stripPrefix(route string) {
-	if route == "/" {
-		return
-	}
-	if pre := strings.TrimSuffix(route, "/"); hasPrefixBS(req.path, pre) {
-		req.path = req.path[len(pre):]
-	}
-	req.slash = len(req.path) == 0 || req.path[0] != '/'
-}
-
-// appendRequestLine writes "METHOD path HTTP/1.1\r\n" for backend path
-// bpath (singleJoin of the slow path).
-func appendRequestLine(b, method []byte, bpath string, req *fastReq) []byte {
+// appendRequestLine writes "METHOD path HTTP/1.1\r\n" for a backend whose
+// URL path is base (appendOutPath, strip_prefix with strip).
+func appendRequestLine(b, method []byte, base, strip string, req *fastReq) []byte {
 	b = append(b, method...)
 	b = append(b, ' ')
-	// The path is "/"+req.path when slash, else req.path.
-	switch {
-	case bpath == "" || bpath == "/":
-		if req.slash {
-			b = append(b, '/')
-		}
-		b = append(b, req.path...)
-	case req.slash:
-		b = append(append(append(b, strings.TrimSuffix(bpath, "/")...), '/'), req.path...)
-	default:
-		b = append(append(append(b, strings.TrimSuffix(bpath, "/")...), '/'), req.path[1:]...)
-	}
+	b = appendOutPath(b, base, strip, req.path)
 	b = append(b, req.query...)
 	return append(b, " HTTP/1.1\r\n"...)
 }
@@ -247,69 +157,60 @@ type fastResult struct {
 	reason  string // an error answer's message
 }
 
-// roundTrip picks a backend (another after a dial failure, for
-// idempotent requests, as poolTransport does), exchanges the request and
-// response with it, or answers the error as errorHandler does. buf holds
-// the outgoing head after its request line (and the body if it fits),
-// with room bytes free in front.
+// roundTrip is the policy's retry loop (attempts) on the fast path: it
+// exchanges the request and response with a backend, or answers the error
+// as errorHandler does (classify). buf holds the outgoing head after its
+// request line (and the body if it fits), with room bytes free in front.
 func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int) fastResult {
 	rp := fr.rp
-	var triedA [4]*backend
-	tried := triedA[:0]
-	for attempt := 0; ; attempt++ {
-		b, err := rp.pool.pick(tried)
+	a := attempts{rp: rp, idempotent: req.idempotent}
+	for {
+		b, err := a.next()
 		if err != nil {
-			if len(tried) > 0 {
-				err = fmt.Errorf("after %d attempts: %w", len(tried), err)
-			}
 			return fc.fail(fr, req, err)
 		}
-		tried = append(tried, b)
-		fc.line = appendRequestLine(fc.line[:0], req.method, b.fast.path, req)
+		fc.line = appendRequestLine(fc.line[:0], req.method, b.fast.path, rp.strip, req)
 		out := buf[room-len(fc.line):]
 		copy(out, fc.line)
 		start := time.Now()
-		b.inflight.Add(1)
-		b.mInflight.Inc()
+		b.begin()
 		res, err := fc.exchange(fr, b, req, out, start)
-		b.inflight.Add(-1)
-		b.mInflight.Dec()
+		b.end()
 		if err == nil {
 			res.backend = b.name
 			return res
 		}
-		if fc.gone.Load() {
-			rp.log.Debug("client went away before the backend answered", "remote", fc.tc.RemoteAddr().String())
-			return fastResult{code: statusClientClosed}
-		}
-		if errors.Is(err, errAborted) || fc.isAborted() {
-			return fastResult{code: http.StatusBadGateway} // the server is closing: not the backend's fault
-		}
-		if !req.deadline.IsZero() && !time.Now().Before(req.deadline) {
-			// The request timed out: not the backend's fault.
-			return fc.fail(fr, req, b.failed(context.DeadlineExceeded))
-		}
-		var cbe *clientBodyError
-		if errors.As(err, &cbe) {
-			// The client went mid-body: not the backend's fault, and
-			// nobody waits for an answer.
-			rp.log.Debug("request body could not be read", "remote", fc.tc.RemoteAddr().String(), "err", err)
-			return fastResult{code: statusClientClosed}
-		}
-		rp.pool.failure(b)
-		b.mErrors.Inc()
-		if isDialError(err) && attempt < *rp.route.Proxy.Retries && req.idempotent {
-			fr.retries.Inc()
-			rp.log.Info("retrying on another backend", "backend", b.name, "err", err)
+		err = fc.why(req, err)
+		if a.failed(b, err) {
 			continue
 		}
 		return fc.fail(fr, req, b.failed(err))
 	}
 }
 
-// errAborted: the server closed the connection (Close, or the end of
-// Shutdown's grace).
-var errAborted = errors.New("connection closed by the server")
+// why adds what the fast path knows of a failed exchange to err: the
+// client went away, the server is closing the connection, the route's
+// request timeout passed.
+func (fc *fastConn) why(req *fastReq, err error) error {
+	switch {
+	case fc.gone.Load():
+		return because(errClientGone, err)
+	case fc.isAborted():
+		return because(errAborted, err)
+	case !req.deadline.IsZero() && !time.Now().Before(req.deadline):
+		return because(errRequestTimeout, err)
+	}
+	return err
+}
+
+// bodyError is a failed read of the client's body: the client went away
+// (the connection ended), or it was too slow (its read timeout: 400).
+func bodyError(err error) error {
+	if isTimeout(err) {
+		return &clientBodyError{err}
+	}
+	return because(errClientGone, &clientBodyError{err})
+}
 
 // exchange sends the request to b and relays the response. An error
 // means nothing was written to the client.
@@ -343,12 +244,9 @@ func (fc *fastConn) exchange(fr *fastRoute, b *backend, req *fastReq, out []byte
 				return fc.relay(fr, b, bc, req, n, out[:0], start), nil
 			}
 		}
-		retry := bc.reused && req.replayable && !fc.gone.Load() && bc.br.Buffered() == 0 && !isTimeout(err)
+		retry := !fc.gone.Load() && retryFresh(bc, req.replayable, err)
 		bc.close()
 		if !retry {
-			if isTimeout(err) && !fc.gone.Load() {
-				err = fmt.Errorf("timeout awaiting response headers: %w", err)
-			}
 			return fastResult{}, err
 		}
 		// A reused connection the backend had closed: again on a new one,
@@ -392,7 +290,7 @@ func (fc *fastConn) sendBody(bc *bconn, req *fastReq, buf []byte) error {
 			}
 		}
 		if err != nil {
-			return &clientBodyError{err}
+			return bodyError(err)
 		}
 	}
 	return nil
@@ -418,7 +316,7 @@ func (fc *fastConn) readResponseHead(bc *bconn, req *fastReq, rp *routeProxy, st
 	}
 	n, err := readRespHead(bc.br, &fc.rh)
 	if err == nil || !watch || !isTimeout(err) {
-		return n, err
+		return n, headerTimeout(err)
 	}
 	bc.c.SetReadDeadline(hdrDeadline)
 	done := make(chan struct{})
@@ -429,9 +327,17 @@ func (fc *fastConn) readResponseHead(bc *bconn, req *fastReq, rp *routeProxy, st
 	<-done
 	fc.tc.SetReadDeadline(time.Time{})
 	if fc.gone.Load() {
-		return 0, context.Canceled
+		return 0, errClientGone
 	}
-	return n, err
+	return n, headerTimeout(err)
+}
+
+// headerTimeout names a timeout waiting for a response head.
+func headerTimeout(err error) error {
+	if isTimeout(err) {
+		return because(errHeaderTimeout, err)
+	}
+	return err
 }
 
 // watch reads one byte from the client: a pipelined request's first byte
@@ -486,7 +392,6 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		bc.close()
 		return fc.fail(fr, req, errBadResponse)
 	}
-	rp.pool.success(b)
 	rp.answered(b)
 	b.fast.codes.inc(rh.code)
 	b.mDuration.Observe(time.Since(start).Seconds())
@@ -792,10 +697,13 @@ func (fc *fastConn) endChunked(out int, trailers []byte) bool {
 	return err == nil
 }
 
-// fail answers an error as errorHandler does: 503 with Retry-After when
-// no backend is healthy, 504 on a timeout, else 502, with its log line.
+// fail answers an error as errorHandler does (answerFor): nothing when
+// the client is gone or the server closes the connection.
 func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
 	code, msg, retryAfter := fr.rp.answerFor(err)
+	if code == statusClientClosed || errors.Is(err, errAborted) {
+		return fastResult{code: code, reason: msg}
+	}
 	retry := -1
 	if retryAfter {
 		retry = fr.rp.retry()

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -37,7 +36,9 @@ type routeProxy struct {
 	rp       *httputil.ReverseProxy
 	maxBody  int64        // the route's own max_body, 0: none
 	liveMax  func() int64 // limits.max_body, live (reloadable)
-	trusted  []netip.Prefix
+	trusted  trustList
+	strip    string // the route's path when strip_prefix, else ""
+	mRetries prometheus.Counter
 	log      *slog.Logger
 	m        *metrics
 	retry    func() int // Retry-After seconds
@@ -169,12 +170,10 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 	if rc.MaxBody > 0 {
 		rp.maxBody = int64(rc.MaxBody)
 	}
-	for _, s := range d.cfg.TrustedProxies {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			rp.trusted = append(rp.trusted, p)
-		} else if a, err := netip.ParseAddr(s); err == nil {
-			rp.trusted = append(rp.trusted, netip.PrefixFrom(a, a.BitLen()))
-		}
+	rp.trusted = newTrustList(d.cfg.TrustedProxies)
+	rp.mRetries = d.m.retries.WithLabelValues(name)
+	if rc.StripPrefix {
+		rp.strip = rc.Path
 	}
 	rp.pool.onHealth = func(b *backend, healthy bool) {
 		v := 0.0
@@ -221,7 +220,7 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 	rp.client = &http.Client{Transport: h1, Timeout: 0}
 	rp.rp = &httputil.ReverseProxy{
 		Rewrite:      rp.rewrite,
-		Transport:    &poolTransport{rp: rp, h1: h1, h2c: h2c, retries: *pc.Retries, timeoutHdr: pc.Timeouts.ResponseHeader.D()},
+		Transport:    &poolTransport{rp: rp, h1: h1, h2c: h2c, timeoutHdr: pc.Timeouts.ResponseHeader.D()},
 		ErrorHandler: rp.errorHandler,
 		BufferPool:   d.bufs,
 		ErrorLog:     slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
@@ -295,74 +294,31 @@ func headerHasToken(vals []string, token string) bool {
 	return false
 }
 
-func (rp *routeProxy) trustedPeer(r *http.Request) bool {
-	if len(rp.trusted) == 0 {
-		return false
-	}
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return false
-	}
-	a := ap.Addr().Unmap()
-	for _, p := range rp.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// rewrite builds the outbound request: path (strip_prefix), the inbound Host
-// kept, and X-Forwarded-*/Forwarded set — the client's own values are kept
-// only when it is a trusted proxy. The backend's scheme and host are chosen
-// per attempt by poolTransport.
+// rewrite builds the outbound request: the inbound Host kept, and
+// X-Forwarded-*/Forwarded set by the policy's forwarded (the client's own
+// values kept only when it is a trusted proxy). The path (strip_prefix,
+// the backend's path) and the backend's scheme and host are set per
+// attempt by poolTransport.
 func (rp *routeProxy) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
-	if rp.route.StripPrefix && rp.route.Path != "/" {
-		p := strings.TrimPrefix(in.URL.Path, strings.TrimSuffix(rp.route.Path, "/"))
-		if !strings.HasPrefix(p, "/") {
-			p = "/" + p
-		}
-		out.URL.Path, out.URL.RawPath = p, ""
-	}
-	trusted := rp.trustedPeer(in)
-	if trusted {
-		if v := in.Header.Values("X-Forwarded-For"); len(v) > 0 {
-			out.Header["X-Forwarded-For"] = append([]string(nil), v...)
-		}
-	}
-	pr.SetXForwarded()
-	if trusted {
-		if v := in.Header.Get("X-Forwarded-Proto"); v != "" {
-			out.Header.Set("X-Forwarded-Proto", v)
-		}
-		if v := in.Header.Get("X-Forwarded-Host"); v != "" {
-			out.Header.Set("X-Forwarded-Host", v)
-		}
-	}
-	host, _, _ := net.SplitHostPort(in.RemoteAddr)
-	if strings.Contains(host, ":") {
-		host = `"[` + host + `]"`
-	}
-	proto := "http"
-	if in.TLS != nil {
-		proto = "https"
-	}
-	fwd := fmt.Sprintf("for=%s;host=%q;proto=%s", host, in.Host, proto)
-	if prev := in.Header.Values("Forwarded"); trusted && len(prev) > 0 {
-		fwd = strings.Join(prev, ", ") + ", " + fwd
-	}
-	out.Header.Set("Forwarded", fwd)
+	peer := peerAddr(in.RemoteAddr)
+	setForwarded(out.Header, &forwarded[string]{
+		peer: peer, host: in.Host, tls: in.TLS != nil, trusted: rp.trusted.has(peer),
+		xff: in.Header["X-Forwarded-For"], xfh: in.Header.Get("X-Forwarded-Host"),
+		xfp: in.Header.Get("X-Forwarded-Proto"), fwd: in.Header["Forwarded"],
+	})
 	out.Host = in.Host
 }
 
 func (rp *routeProxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() == context.Canceled && !limits.IsTooLarge(err) && !errors.Is(err, ErrNoBackend) {
-		rp.log.Debug("client went away before the backend answered", "remote", r.RemoteAddr)
-		w.WriteHeader(statusClientClosed)
-		return
+	if r.Context().Err() == context.Canceled && !errors.Is(err, errClientGone) {
+		err = because(errClientGone, err)
 	}
 	code, msg, retryAfter := rp.answerFor(err)
+	if code == statusClientClosed {
+		w.WriteHeader(code) // logged and counted; nobody reads it
+		return
+	}
 	if retryAfter {
 		w.Header().Set("Retry-After", strconv.Itoa(rp.retry()))
 	}
@@ -379,41 +335,37 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// poolTransport picks a backend per attempt and retries idempotent requests
-// on another backend when the failure proves no byte reached the first one
-// (the dial failed).
+// poolTransport is the retry loop (attempts) of net/http's paths: it
+// points the request at a backend per attempt (outPath) and exchanges it
+// (syncExchange for http:// backends, else http.Transport).
 type poolTransport struct {
 	rp         *routeProxy
 	h1         *http.Transport
 	h2c        *http.Transport
-	retries    int
 	timeoutHdr time.Duration
 }
 
 func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	var tried []*backend
 	var body *clientBody
-	if req.Body != nil && req.Body != http.NoBody {
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	if hasBody {
 		body = &clientBody{ReadCloser: req.Body}
 		req.Body = body
 	}
-	var origPath string
-	for attempt := 0; ; attempt++ {
-		b, err := t.rp.pool.pick(tried)
+	a := attempts{rp: t.rp, idempotent: idempotentReq(req.Method, hasBody)}
+	// req is ReverseProxy's own outgoing copy: pointed at each attempt's
+	// backend in turn rather than cloned.
+	path, rawPath := req.URL.Path, req.URL.RawPath
+	for {
+		b, err := a.next()
 		if err != nil {
-			if len(tried) > 0 {
-				return nil, fmt.Errorf("after %d attempts: %w", len(tried), err)
-			}
 			return nil, err
 		}
-		tried = append(tried, b)
-		// req is ReverseProxy's own outgoing copy: point it at this
-		// backend (again, on a retry) rather than cloning it.
-		if attempt == 0 {
-			origPath = req.URL.Path
-		}
 		req.URL.Host = b.url.Host
-		req.URL.Path = singleJoin(b.url.Path, origPath)
+		req.URL.Path = outPath(b.url.Path, t.rp.strip, path)
+		if rawPath != "" {
+			req.URL.RawPath = outPath(b.url.Path, t.rp.strip, rawPath)
+		}
 		var rt http.RoundTripper = t.h1
 		req.URL.Scheme = b.url.Scheme
 		if b.url.Scheme == "h2c" {
@@ -421,8 +373,7 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			rt = t.h2c
 		}
 		start := time.Now()
-		b.inflight.Add(1)
-		b.mInflight.Inc()
+		b.begin()
 		var resp *http.Response
 		if b.fast != nil && syncOK(req) {
 			resp, err = syncExchange(b.fast, req, t.timeoutHdr) // see syncbackend.go
@@ -430,31 +381,40 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp, err = t.roundTrip(rt, req)
 		}
 		if err != nil {
-			t.done(b)
-			if req.Context().Err() != nil {
-				return nil, err // the client went or the request timed out: not the backend's fault
-			}
-			if berr := body.failed(); berr != nil {
-				return nil, berr // the client's body broke: not the backend's fault
-			}
-			t.rp.pool.failure(b)
-			b.mErrors.Inc()
-			if isDialError(err) && attempt < t.retries && idempotent(req) {
-				t.rp.m.retries.WithLabelValues(t.rp.name).Inc()
-				t.rp.log.Info("retrying on another backend", "backend", b.name, "err", err)
+			b.end()
+			err = why(req, body, err)
+			if a.failed(b, err) {
 				continue
 			}
 			accesslog.FromContext(req.Context()).SetUpstream(b.name)
 			return nil, b.failed(err)
 		}
-		t.rp.pool.success(b)
 		t.rp.answered(b)
 		accesslog.FromContext(req.Context()).SetUpstream(b.name)
 		t.rp.m.backendRequests.WithLabelValues(t.rp.name, b.name, strconv.Itoa(resp.StatusCode)).Inc()
 		b.mDuration.Observe(time.Since(start).Seconds())
-		resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { t.done(b) }}
+		resp.Body = &doneBody{ReadCloser: resp.Body, done: b.end}
 		return resp, nil
 	}
+}
+
+// why adds what net/http's path knows of a failed exchange to err: the
+// client's body broke (too large, unreadable), the client went away, the
+// route's request timeout passed.
+func why(req *http.Request, body *clientBody, err error) error {
+	if berr := body.failed(); berr != nil {
+		err = berr
+	}
+	if limits.IsTooLarge(err) {
+		return err
+	}
+	switch req.Context().Err() {
+	case context.Canceled:
+		return because(errClientGone, err)
+	case context.DeadlineExceeded:
+		return because(errRequestTimeout, err)
+	}
+	return err
 }
 
 // roundTrip bounds waiting for response headers on h2c too (http.Transport
@@ -470,7 +430,7 @@ func (t *poolTransport) roundTrip(rt http.RoundTripper, req *http.Request) (*htt
 	if err != nil {
 		cancel(nil)
 		if context.Cause(ctx) == context.DeadlineExceeded {
-			return nil, fmt.Errorf("timeout awaiting response headers: %w", context.DeadlineExceeded)
+			return nil, because(errHeaderTimeout, context.DeadlineExceeded)
 		}
 		return nil, err
 	}
@@ -478,29 +438,9 @@ func (t *poolTransport) roundTrip(rt http.RoundTripper, req *http.Request) (*htt
 	return resp, nil
 }
 
-func (t *poolTransport) done(b *backend) {
-	b.inflight.Add(-1)
-	b.mInflight.Dec()
-}
-
 func isDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
-}
-
-func idempotent(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return r.Body == nil || r.Body == http.NoBody || r.GetBody != nil
-	}
-	return false
-}
-
-func singleJoin(a, b string) string {
-	if a == "" || a == "/" {
-		return b
-	}
-	return strings.TrimSuffix(a, "/") + "/" + strings.TrimPrefix(b, "/")
 }
 
 // doneBody calls done once, when the body is closed.
@@ -551,7 +491,7 @@ func (rp *routeProxy) check(ctx context.Context, b *backend) bool {
 	if u.Scheme == "h2c" {
 		u.Scheme = "http"
 	}
-	u.Path = singleJoin(u.Path, rp.hc.Path)
+	u.Path = outPath(u.Path, "", rp.hc.Path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return false

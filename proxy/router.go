@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"sort"
@@ -106,28 +105,22 @@ func hostRank(h string) int {
 	return 0
 }
 
-func (r *route) matchHost(host string) bool {
+// matchHost: host (hostForMatch's form) is the route's host, or under its
+// wildcard, or the route takes any.
+func (r *route) matchHost(host []byte) bool {
 	switch {
 	case r.host == "":
 		return true
 	case strings.HasPrefix(r.host, "*."):
-		return strings.HasSuffix(host, r.host[1:]) && len(host) > len(r.host)-1
+		return len(host) > len(r.host)-1 && string(host[len(host)-len(r.host)+1:]) == r.host[1:]
 	}
-	return host == r.host
+	return string(host) == r.host
 }
 
+// match is the route of req (routeFor), by its Host and clean path.
 func (rt *router) match(req *http.Request) *route {
-	host := req.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	for _, r := range rt.routes {
-		if strings.HasPrefix(req.URL.Path, r.prefix) && r.matchHost(host) {
-			return r
-		}
-	}
-	return nil
+	var buf [64]byte
+	return routeFor(rt, hostForMatch(buf[:0], []byte(req.Host)), req.URL.Path)
 }
 
 // routeName is the name of the route req matches, "none" if none does:

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -50,7 +49,7 @@ var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<
 // head (limits of the route: timeouts.response_header).
 func syncExchange(fb *fastBackend, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
 	ctx := req.Context()
-	replayable := req.Body == nil || req.Body == http.NoBody
+	replayable := replayableReq(req.Method, req.Body != nil && req.Body != http.NoBody)
 	fresh := false
 	for {
 		bc := (*bconn)(nil)
@@ -70,9 +69,7 @@ func syncExchange(fb *fastBackend, req *http.Request, hdrTimeout time.Duration) 
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 		}
-		// A reused connection the backend had closed: again on a new one,
-		// as http.Transport does.
-		if !bc.reused || !replayable || isTimeout(err) {
+		if !retryFresh(bc, replayable, err) {
 			return nil, err
 		}
 		fresh = true
@@ -114,12 +111,10 @@ func (bc *bconn) exchange(ctx context.Context, fb *fastBackend, req *http.Reques
 	if err != nil {
 		stop()
 		bc.close()
-		var cbe *clientBodyError
-		if errors.As(err, &cbe) {
-			return nil, err
-		}
-		if isTimeout(err) && ctx.Err() == nil {
-			return nil, fmt.Errorf("timeout awaiting response headers: %w", err)
+		if ctx.Err() == nil {
+			// Not the request's timeout: the head's (a client body
+			// that broke is named by poolTransport).
+			err = headerTimeout(err)
 		}
 		return nil, err
 	}
