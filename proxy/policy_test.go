@@ -1,0 +1,486 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/edgeshim/edgeshim/limits"
+)
+
+// pathClient is one of the ways a request reaches the policy.
+type pathClient struct {
+	name string
+	c    *http.Client
+}
+
+// everyPath returns a client per path a request can take through s: the
+// HTTP/1.1 fast path, HTTP/2 (net/http's server, ReverseProxy, the
+// synchronous exchange), and net/http's HTTP/1.1, the fallback: each of
+// its connections starts with "OPTIONS *", which the fast path does not
+// take, so that net/http serves the rest of the connection.
+func everyPath(t *testing.T, base *http.Client) []pathClient {
+	t.Helper()
+	tlsConf := base.Transport.(*http.Transport).TLSClientConfig
+	h1 := func() *http.Transport {
+		tr := &http.Transport{TLSClientConfig: tlsConf.Clone(), TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}
+		tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+		t.Cleanup(tr.CloseIdleConnections)
+		return tr
+	}
+	fast := h1()
+	h2 := &http.Transport{TLSClientConfig: tlsConf.Clone(), ForceAttemptHTTP2: true}
+	t.Cleanup(h2.CloseIdleConnections)
+	fallback := h1()
+	fallback.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := &tls.Dialer{Config: fallback.TLSClientConfig}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		br := bufio.NewReader(c)
+		_, err = io.WriteString(c, "OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n")
+		var resp *http.Response
+		if err == nil {
+			resp, err = http.ReadResponse(br, &http.Request{Method: http.MethodOptions})
+		}
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if err == nil && (resp.StatusCode != 200 || br.Buffered() != 0) {
+			err = fmt.Errorf("OPTIONS *: %d, %d bytes more", resp.StatusCode, br.Buffered())
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	cl := func(tr *http.Transport) *http.Client { return &http.Client{Transport: tr, Timeout: 20 * time.Second} }
+	return []pathClient{{"fast", cl(fast)}, {"h2", cl(h2)}, {"fallback", cl(fallback)}}
+}
+
+// onEveryPath sends the same requests on every path and checks that each
+// path gives want and took the path it names.
+func onEveryPath(t *testing.T, s *Server, base *http.Client, want []string, run func(t *testing.T, c *http.Client) []string) {
+	t.Helper()
+	for _, p := range everyPath(t, base) {
+		served, fellBack := s.fast.served.Load(), s.fast.fellBack.Load()
+		got := run(t, p.c)
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("%s path:\n%s\nwant\n%s", p.name, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		dServed, dFellBack := s.fast.served.Load()-served, s.fast.fellBack.Load()-fellBack
+		switch {
+		case p.name == "fast" && dServed == 0:
+			t.Errorf("fast path: no request took it")
+		case p.name != "fast" && dServed != 0:
+			t.Errorf("%s path: %d requests took the fast path", p.name, dServed)
+		case p.name == "fallback" && dFellBack == 0:
+			t.Errorf("fallback path: no connection fell back to net/http")
+		}
+	}
+}
+
+// policyEcho answers with what a backend sees of the policy: the request
+// line's target and the forwarded headers, each header's lines joined
+// with " | ".
+func policyEcho(name string, requests *atomic.Int32) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err == nil && requests != nil {
+			requests.Add(1) // a request that reached it whole
+		}
+		j := func(h string) string { return strings.Join(r.Header.Values(h), " | ") }
+		fmt.Fprintf(w, "%s %s %s xff=%s xfh=%s xfp=%s fwd=%s", name, r.Method, r.RequestURI,
+			j("X-Forwarded-For"), j("X-Forwarded-Host"), j("X-Forwarded-Proto"), j("Forwarded"))
+	})
+}
+
+func doPolicy(t *testing.T, c *http.Client, req *http.Request) string {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := strings.TrimSpace(fmt.Sprintf("%d %s", resp.StatusCode, b))
+	if ra := resp.Header.Get("Retry-After"); ra != "" {
+		out += " Retry-After"
+	}
+	return out
+}
+
+// TestPolicyForwardedOnEveryPath: the forwarded headers are the same on
+// every path: a client that is not a trusted proxy cannot spoof
+// X-Forwarded-For/-Host/-Proto or Forwarded (its values are replaced); a
+// trusted proxy's are kept, the edge's hop added after them.
+func TestPolicyForwardedOnEveryPath(t *testing.T) {
+	be := httptest.NewServer(policyEcho("a", nil))
+	t.Cleanup(be.Close)
+	for _, tc := range []struct{ name, trusted, want string }{
+		{"untrusted peer spoofing", `["10.0.0.0/8"]`,
+			`200 a GET /f xff=127.0.0.1 xfh=front.example:8443 xfp=https fwd=for=127.0.0.1;host="front.example:8443";proto=https`},
+		{"trusted proxy", `["10.0.0.0/8", "127.0.0.1"]`,
+			`200 a GET /f xff=203.0.113.9, 198.51.100.1, 127.0.0.1 xfh=spoof.example xfp=http ` +
+				`fwd=for=6.6.6.6;proto=http, for="[2001:db8::1]", for=127.0.0.1;host="front.example:8443";proto=https`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, cl := startProxy(t, fmt.Sprintf("trusted_proxies: %s\nroutes: [{path: /, proxy: {backends: [%q]}}]", tc.trusted, be.URL))
+			onEveryPath(t, s, cl, []string{tc.want}, func(t *testing.T, c *http.Client) []string {
+				req, _ := http.NewRequest("GET", s.url("/f"), nil)
+				req.Host = "front.example:8443"
+				req.Header.Add("X-Forwarded-For", "203.0.113.9")
+				req.Header.Add("X-Forwarded-For", "198.51.100.1")
+				req.Header.Set("X-Forwarded-Host", "spoof.example")
+				req.Header.Set("X-Forwarded-Proto", "http")
+				req.Header.Add("Forwarded", "for=6.6.6.6;proto=http")
+				req.Header.Add("Forwarded", `for="[2001:db8::1]"`)
+				return []string{doPolicy(t, c, req)}
+			})
+		})
+	}
+}
+
+// TestPolicyPathsOnEveryPath: strip_prefix and the backend URL's path,
+// with and without trailing slashes, give the same target on every path.
+func TestPolicyPathsOnEveryPath(t *testing.T) {
+	be := httptest.NewServer(policyEcho("a", nil))
+	t.Cleanup(be.Close)
+	s, cl := startProxy(t, fmt.Sprintf(`
+routes:
+  - {path: /s/, strip_prefix: true, proxy: {backends: ["%[1]s/base"]}}
+  - {path: /n, strip_prefix: true, proxy: {backends: ["%[1]s/"]}}
+  - {path: /k/, proxy: {backends: ["%[1]s/base/"]}}
+  - {path: /, proxy: {backends: ["%[1]s"]}}
+`, be.URL))
+	targets := []string{"/s/x", "/s/", "/s/x/", "/n", "/nx/y", "/n/y/", "/k/a", "/k/", "/q?x=1", "/"}
+	want := []string{"/base/x", "/base/", "/base/x/", "/", "/x/y", "/y/", "/base/k/a", "/base/k/", "/q?x=1", "/"}
+	for i := range want {
+		want[i] = "200 a GET " + want[i]
+	}
+	onEveryPath(t, s, cl, want, func(t *testing.T, c *http.Client) []string {
+		var got []string
+		for _, target := range targets {
+			got = append(got, strings.SplitN(doPolicy(t, c, mustGet(t, s.url(target))), " xff=", 2)[0])
+		}
+		return got
+	})
+}
+
+func mustGet(t *testing.T, url string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+// TestPolicyRetryOnEveryPath: with the first backend dead, a GET goes to
+// the next one, a POST does not (it is not idempotent) and is answered
+// 502, on every path.
+func TestPolicyRetryOnEveryPath(t *testing.T) {
+	var live atomic.Int32
+	be := httptest.NewServer(policyEcho("live", &live))
+	t.Cleanup(be.Close)
+	s, cl := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: [%q, %q], lb: first, passive: {max_fails: 100}}}]`, deadURL(t), be.URL))
+	want := []string{"200 live GET /r", `502 {"error":"backend unavailable"}`, "posts at the live backend: 0"}
+	onEveryPath(t, s, cl, want, func(t *testing.T, c *http.Client) []string {
+		get := strings.SplitN(doPolicy(t, c, mustGet(t, s.url("/r"))), " xff=", 2)[0]
+		before := live.Load()
+		req, _ := http.NewRequest("POST", s.url("/r"), strings.NewReader("once"))
+		post := doPolicy(t, c, req)
+		return []string{get, post, fmt.Sprintf("posts at the live backend: %d", live.Load()-before)}
+	})
+}
+
+// TestPolicyErrorsOnEveryPath: a backend timeout is 504, a refused
+// connection 502, a client's body over max_body 413 (with or without a
+// Content-Length) and not the backend's fault: the backend, ejected at
+// the first failure, still serves afterwards. The same on every path.
+func TestPolicyErrorsOnEveryPath(t *testing.T) {
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	t.Cleanup(slow.Close)
+	var okRequests atomic.Int32
+	ok := httptest.NewServer(policyEcho("ok", &okRequests))
+	t.Cleanup(ok.Close)
+	s, cl := startProxy(t, fmt.Sprintf(`
+limits: {max_body: 1KiB, retry_after: {min: 1s, max: 2s}}
+routes:
+  - {path: /slow, proxy: {backends: [%q], timeouts: {response_header: 200ms}}}
+  - {path: /refused, proxy: {backends: [%q], retries: 0, passive: {max_fails: 1000}}}
+  - {path: /gone, proxy: {backends: [%q], retries: 0, passive: {max_fails: 1, eject_for: 1h}}}
+  - {path: /ok, proxy: {backends: [%q], passive: {max_fails: 1, eject_for: 1h}}}
+`, slow.URL, deadURL(t), deadURL(t), ok.URL))
+	want := []string{
+		`504 {"error":"backend timeout"}`,
+		`502 {"error":"backend unavailable"}`,
+		`413 {"error":"body too large"}`,
+		`413 {"error":"body too large"}`,
+		"200 ok GET /ok",
+		"backend requests: 1",
+	}
+	onEveryPath(t, s, cl, want, func(t *testing.T, c *http.Client) []string {
+		before := okRequests.Load()
+		got := []string{doPolicy(t, c, mustGet(t, s.url("/slow"))), doPolicy(t, c, mustGet(t, s.url("/refused")))}
+		big := strings.Repeat("x", 4096)
+		req, _ := http.NewRequest("POST", s.url("/ok"), strings.NewReader(big))
+		got = append(got, doPolicy(t, c, req))
+		// io.MultiReader hides the length: chunked (HTTP/1.1), no
+		// content-length (h2); the limit is found while streaming.
+		req, _ = http.NewRequest("POST", s.url("/ok"), io.MultiReader(strings.NewReader(big)))
+		got = append(got, doPolicy(t, c, req))
+		got = append(got, strings.SplitN(doPolicy(t, c, mustGet(t, s.url("/ok"))), " xff=", 2)[0])
+		return append(got, fmt.Sprintf("backend requests: %d", okRequests.Load()-before))
+	})
+	// A dead backend is ejected (max_fails 1): then 503 with Retry-After,
+	// on every path.
+	onEveryPath(t, s, cl, []string{`503 {"error":"no healthy backend"} Retry-After`}, func(t *testing.T, c *http.Client) []string {
+		doPolicy(t, c, mustGet(t, s.url("/gone")))
+		return []string{doPolicy(t, c, mustGet(t, s.url("/gone")))}
+	})
+}
+
+func TestOutPath(t *testing.T) {
+	for _, tc := range []struct{ base, strip, path, want string }{
+		{"", "", "/x", "/x"},
+		{"/", "", "/x/", "/x/"},
+		{"/base", "", "/x", "/base/x"},
+		{"/base/", "", "/x", "/base/x"},
+		{"/base", "", "/", "/base/"},
+		{"", "/", "/x", "/x"},
+		{"", "/static/", "/static/x", "/x"},
+		{"", "/static/", "/static/", "/"},
+		{"", "/static/", "/static", "/"},
+		{"", "/api", "/api", "/"},
+		{"", "/api", "/api/", "/"},
+		{"", "/api", "/apix/y", "/x/y"}, // the route /api takes /apix: its prefix goes
+		{"/base/", "/static/", "/static/x", "/base/x"},
+		{"/base", "/api", "/api", "/base/"},
+		{"/base", "/a/b/", "/a/b/c/", "/base/c/"},
+		{"", "", "/x//y", "/x//y"},
+		{"/base", "/api/", "/api/a%2Cb", "/base/a%2Cb"}, // an escaped path: the same
+	} {
+		if got := outPath(tc.base, tc.strip, tc.path); got != tc.want {
+			t.Errorf("outPath(%q, %q, %q) = %q, want %q", tc.base, tc.strip, tc.path, got, tc.want)
+		}
+		// The fast path's request line, from bytes.
+		req := fastReq{path: []byte(tc.path), query: []byte("?q=1")}
+		if got, want := string(appendRequestLine(nil, []byte("GET"), tc.base, tc.strip, &req)), "GET "+tc.want+"?q=1 HTTP/1.1\r\n"; got != want {
+			t.Errorf("request line for %q %q %q: %q, want %q", tc.base, tc.strip, tc.path, got, want)
+		}
+	}
+}
+
+func TestForwardedValues(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7")
+	for _, tc := range []struct {
+		name string
+		f    forwarded[string]
+		want string
+	}{
+		{"untrusted", forwarded[string]{peer: v4, host: "h", tls: true, xff: []string{"1.1.1.1"}, xfh: "x", xfp: "http", fwd: []string{"for=1.1.1.1"}},
+			`192.0.2.7|h|https|for=192.0.2.7;host="h";proto=https`},
+		{"trusted", forwarded[string]{peer: v4, host: "h", tls: true, trusted: true, xff: []string{"1.1.1.1", "2.2.2.2"}, xfh: "x", xfp: "http", fwd: []string{"for=1.1.1.1"}},
+			`1.1.1.1, 2.2.2.2, 192.0.2.7|x|http|for=1.1.1.1, for=192.0.2.7;host="h";proto=https`},
+		{"trusted without values", forwarded[string]{peer: v4, host: "h", trusted: true},
+			`192.0.2.7|h|http|for=192.0.2.7;host="h";proto=http`},
+		{"IPv6", forwarded[string]{peer: v6, host: "[::1]:8443", tls: true},
+			`2001:db8::7|[::1]:8443|https|for="[2001:db8::7]";host="[::1]:8443";proto=https`},
+		{"no address", forwarded[string]{host: "h", tls: true},
+			`unknown|h|https|for=unknown;host="h";proto=https`},
+		{"host quoted", forwarded[string]{peer: v4, host: "a\"b\\c\r\nd", tls: true},
+			"192.0.2.7|a\"b\\c\r\nd|https|for=192.0.2.7;host=\"a\\\"b\\\\cd\";proto=https"},
+	} {
+		h := http.Header{}
+		setForwarded(h, &tc.f)
+		got := strings.Join([]string{h.Get("X-Forwarded-For"), h.Get("X-Forwarded-Host"), h.Get("X-Forwarded-Proto"), h.Get("Forwarded")}, "|")
+		if got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+		if lines, want := string(asBytes(&tc.f).appendLines(nil)), forwardedLines(h); lines != want {
+			t.Errorf("%s: the fast path writes %q, net/http's path %q", tc.name, lines, want)
+		}
+	}
+}
+
+// asBytes is f as the fast path has it.
+func asBytes(f *forwarded[string]) *forwarded[[]byte] {
+	bs := func(ss []string) (out [][]byte) {
+		for _, s := range ss {
+			out = append(out, []byte(s))
+		}
+		return out
+	}
+	return &forwarded[[]byte]{peer: f.peer, host: []byte(f.host), tls: f.tls, trusted: f.trusted,
+		xff: bs(f.xff), xfh: []byte(f.xfh), xfp: []byte(f.xfp), fwd: bs(f.fwd)}
+}
+
+func forwardedLines(h http.Header) string {
+	var b strings.Builder
+	for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
+		b.WriteString(k + ": " + h.Get(k) + "\r\n")
+	}
+	return b.String()
+}
+
+// FuzzForwarded: whatever a client sends, both paths write the same
+// forwarded values, and the Host in Forwarded stays one quoted-string.
+func FuzzForwarded(f *testing.F) {
+	f.Add("front.example", "203.0.113.9", "x", "http", "for=1.2.3.4", true, true)
+	f.Add("a\"b\\", "", "", "", "", false, false)
+	f.Fuzz(func(t *testing.T, host, xff, xfh, xfp, fwd string, trusted, tlsOn bool) {
+		fs := forwarded[string]{peer: netip.MustParseAddr("192.0.2.1"), host: host, tls: tlsOn, trusted: trusted,
+			xff: []string{xff}, xfh: xfh, xfp: xfp, fwd: []string{fwd}}
+		h := http.Header{}
+		setForwarded(h, &fs)
+		if got, want := string(asBytes(&fs).appendLines(nil)), forwardedLines(h); got != want {
+			t.Fatalf("fast path %q, net/http's path %q", got, want)
+		}
+		v := h.Get("Forwarded")
+		prefix, suffix := "for=192.0.2.1;host=", ";proto="+fs.proto()
+		if trusted {
+			prefix = fwd + ", " + prefix
+		}
+		if !strings.HasPrefix(v, prefix) || !strings.HasSuffix(v, suffix) {
+			t.Fatalf("Forwarded %q, want %q...%q", v, prefix, suffix)
+		}
+		q := v[len(prefix) : len(v)-len(suffix)]
+		if len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
+			t.Fatalf("host not quoted: %q", v)
+		}
+		for i := 1; i < len(q)-1; i++ {
+			switch c := q[i]; {
+			case c == '\\':
+				i++ // quoted-pair
+			case c == '"', c < ' ' && c != '\t', c == 0x7f:
+				t.Fatalf("byte %q unescaped in the quoted host %q", c, q)
+			}
+		}
+	})
+}
+
+func TestClassify(t *testing.T) {
+	dial := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	netTimeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	for _, tc := range []struct {
+		name  string
+		err   error
+		code  int
+		fault bool
+	}{
+		{"refused", dial, 502, true},
+		{"backend timeout (net)", netTimeout, 504, true},
+		{"header timeout", because(errHeaderTimeout, context.DeadlineExceeded), 504, true},
+		{"request timeout", because(errRequestTimeout, context.DeadlineExceeded), 504, false},
+		{"malformed response", errBadResponse, 502, true},
+		{"response head too large", errResponseHeadTooLarge, 502, true},
+		{"no backend", fmt.Errorf("after 2 attempts: %w", ErrNoBackend), 503, false},
+		{"client body too large", &clientBodyError{&http.MaxBytesError{Limit: 1}}, 413, false},
+		{"decompression bomb", &clientBodyError{limits.ErrDecompressedTooLarge}, 413, false},
+		{"client body unreadable", &clientBodyError{netTimeout}, 400, false},
+		{"client gone mid-body", because(errClientGone, &clientBodyError{io.ErrUnexpectedEOF}), 499, false},
+		{"client gone while dialing", because(errClientGone, dial), 499, false},
+		{"server closing", because(errAborted, dial), 502, false},
+		{"cancelled by the server", context.Canceled, 502, false},
+		{"other", errors.New("connection reset"), 502, true},
+		{"wrapped by backend", (&backend{name: "b"}).failed(netTimeout), 504, true},
+	} {
+		if c := classify(tc.err); c.code != tc.code || c.backendFault != tc.fault {
+			t.Errorf("%s: %d fault=%v, want %d fault=%v", tc.name, c.code, c.backendFault, tc.code, tc.fault)
+		}
+	}
+}
+
+func TestRetryable(t *testing.T) {
+	dial := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	read := &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset")}
+	for _, tc := range []struct {
+		method  string
+		body    bool
+		err     error
+		attempt int
+		want    bool
+	}{
+		{"GET", false, dial, 0, true},
+		{"HEAD", false, dial, 0, true},
+		{"PUT", false, dial, 0, true},
+		{"DELETE", false, dial, 0, true},
+		{"GET", false, dial, 1, false}, // retries: 1
+		{"GET", false, read, 0, false}, // the backend may have had it
+		{"GET", true, dial, 0, false},  // a body is read once
+		{"POST", false, dial, 0, false},
+		{"PATCH", false, dial, 0, false},
+	} {
+		if got := retryable(tc.err, idempotentReq(tc.method, tc.body), tc.attempt, 1); got != tc.want {
+			t.Errorf("%s body=%v %v attempt %d: %v, want %v", tc.method, tc.body, tc.err, tc.attempt, got, tc.want)
+		}
+		if got := retryable(tc.err, idempotentReq([]byte(tc.method), tc.body), tc.attempt, 1); got != tc.want {
+			t.Errorf("%s as bytes: %v, want %v", tc.method, got, tc.want)
+		}
+	}
+	for m, want := range map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "TRACE": true, "PUT": false, "POST": false} {
+		if replayableReq(m, false) != want || replayableReq(m, true) {
+			t.Errorf("replayable %s: want %v without a body, false with one", m, want)
+		}
+	}
+}
+
+func TestRouteFor(t *testing.T) {
+	rt := &router{}
+	for _, r := range []*route{
+		{name: "api-exact", host: "api.example.com", prefix: "/api/"},
+		{name: "api-wild", host: "*.example.com", prefix: "/api/"},
+		{name: "api-any", prefix: "/api/"},
+		{name: "root", prefix: "/"},
+	} {
+		rt.routes = append(rt.routes, r)
+	}
+	for _, tc := range []struct{ host, path, want string }{
+		{"API.example.com:8443", "/api/x", "api-exact"},
+		{"b.example.com.", "/api/x", "api-wild"},
+		{"example.com", "/api/x", "api-any"},
+		{"b.example.com", "/apix", "root"},
+		{"[::1]:443", "/", "root"},
+	} {
+		h := hostForMatch(nil, []byte(tc.host))
+		for _, r := range []*route{routeFor(rt, h, tc.path), routeFor(rt, h, []byte(tc.path))} {
+			if r == nil || r.name != tc.want {
+				t.Errorf("%s %s: %v, want %s", tc.host, tc.path, r, tc.want)
+			}
+		}
+		req := &http.Request{Host: tc.host, URL: mustURL(t, tc.path)}
+		if r := rt.match(req); r == nil || r.name != tc.want {
+			t.Errorf("router.match %s %s: %v, want %s", tc.host, tc.path, r, tc.want)
+		}
+	}
+}
+
+func mustURL(t *testing.T, path string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
