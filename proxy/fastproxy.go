@@ -334,7 +334,7 @@ func (fc *fastConn) readResponseHead(bc *bconn, req *fastReq, rp *routeProxy, st
 
 // headerTimeout names a timeout waiting for a response head.
 func headerTimeout(err error) error {
-	if isTimeout(err) {
+	if err != nil && isTimeout(err) {
 		return because(errHeaderTimeout, err)
 	}
 	return err

@@ -180,10 +180,11 @@ func setForwarded(h http.Header, f *forwarded[string]) {
 	n3 := len(b)
 	b = f.appendForwarded(b)
 	s := string(b)
-	h["X-Forwarded-For"] = []string{s[:n1]}
-	h["X-Forwarded-Host"] = []string{s[n1:n2]}
-	h["X-Forwarded-Proto"] = []string{s[n2:n3]}
-	h["Forwarded"] = []string{s[n3:]}
+	v := []string{s[:n1], s[n1:n2], s[n2:n3], s[n3:]} // one allocation for the four
+	h["X-Forwarded-For"] = v[0:1:1]
+	h["X-Forwarded-Host"] = v[1:2:2]
+	h["X-Forwarded-Proto"] = v[2:3:3]
+	h["Forwarded"] = v[3:4:4]
 }
 
 // appendQuoted appends s as an RFC 9110 quoted-string: '"' and '\'
@@ -276,28 +277,34 @@ func retryFresh(bc *bconn, replayable bool, err error) bool {
 // attempts is the retry loop of one request over its route's pool, the
 // same for every path: the next backend (one not tried yet, by the pool's
 // policy), what a failure counts for (classify), and whether another
-// backend is tried (retryable).
+// backend is tried (retryable). It lives on its caller's stack.
 type attempts struct {
 	rp         *routeProxy
 	idempotent bool
-	triedA     [4]*backend
-	tried      []*backend
+	n          int                // attempts so far
+	tried      [maxTries]*backend // tried[:n]
 }
+
+// maxTries bounds the attempts of a request: a first one and up to 10
+// retries (config validates retries to 0-10).
+const maxTries = 11
 
 // next is the backend of the next attempt, or ErrNoBackend (after how
 // many attempts, if any).
 func (a *attempts) next() (*backend, error) {
-	if a.tried == nil {
-		a.tried = a.triedA[:0]
+	var b *backend
+	err := ErrNoBackend
+	if a.n < maxTries {
+		b, err = a.rp.pool.pick(a.tried[:a.n])
 	}
-	b, err := a.rp.pool.pick(a.tried)
 	if err != nil {
-		if len(a.tried) > 0 {
-			return nil, fmt.Errorf("after %d attempts: %w", len(a.tried), err)
+		if a.n > 0 {
+			return nil, fmt.Errorf("after %d attempts: %w", a.n, err)
 		}
 		return nil, err
 	}
-	a.tried = append(a.tried, b)
+	a.tried[a.n] = b
+	a.n++
 	return b, nil
 }
 
@@ -311,7 +318,7 @@ func (a *attempts) failed(b *backend, err error) bool {
 	}
 	a.rp.pool.failure(b)
 	b.mErrors.Inc()
-	if !retryable(err, a.idempotent, len(a.tried)-1, *a.rp.route.Proxy.Retries) {
+	if !retryable(err, a.idempotent, a.n-1, *a.rp.route.Proxy.Retries) {
 		return false
 	}
 	a.rp.mRetries.Inc()
