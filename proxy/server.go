@@ -272,9 +272,11 @@ func (s *Server) Start() error {
 		}()
 	}
 	// The TLS handshake is done here, not by net/http, so that HTTP/1
-	// connections reach it as scanConns (see framingGuard).
+	// connections reach it as scanConns (see framingGuard). Its
+	// configuration is copied before startH2's Serve runs: net/http
+	// writes to s.https.TLSConfig when it configures HTTP/2.
 	tln := newTLSListener(ln, tlsListenerOptions{
-		Config: s.https.TLSConfig, HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
+		Config: s.https.TLSConfig.Clone(), HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
 		HandshakeFailed: s.opts.HandshakeFailed, FailLog: s.logs.handshake, Logger: s.log, Base: s.base,
 		ServeH2: s.startH2(ln.Addr()), Fast: s.fast,
 	})
