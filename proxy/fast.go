@@ -309,5 +309,3 @@ func (fs *fastServer) altSvcLine() []byte {
 	})
 	return fs.altSvc
 }
-
-func hasPrefixBS(b []byte, s string) bool { return len(b) >= len(s) && string(b[:len(s)]) == s }

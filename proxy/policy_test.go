@@ -447,15 +447,12 @@ func TestRetryable(t *testing.T) {
 }
 
 func TestRouteFor(t *testing.T) {
-	rt := &router{}
-	for _, r := range []*route{
+	rt := &router{routes: []*route{ // newRouter's order
 		{name: "api-exact", host: "api.example.com", prefix: "/api/"},
 		{name: "api-wild", host: "*.example.com", prefix: "/api/"},
 		{name: "api-any", prefix: "/api/"},
 		{name: "root", prefix: "/"},
-	} {
-		rt.routes = append(rt.routes, r)
-	}
+	}}
 	for _, tc := range []struct{ host, path, want string }{
 		{"API.example.com:8443", "/api/x", "api-exact"},
 		{"b.example.com.", "/api/x", "api-wild"},
