@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
+	"syscall"
 
 	"github.com/edgeshim/edgeshim/limits"
 )
@@ -50,7 +52,20 @@ func (b *clientBody) failed() error {
 	if b.err == nil {
 		return nil
 	}
-	return &clientBodyError{b.err}
+	return bodyError(b.err)
+}
+
+// bodyError names a failed read of the client's body, on every path: the
+// body ended before its length because the client went away (its
+// connection or stream ended: errClientGone, 499), else it could not be
+// read (too slow, a broken encoding: 400) or was too large (413).
+func bodyError(err error) error {
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return because(errClientGone, &clientBodyError{err})
+	}
+	return &clientBodyError{err}
 }
 
 // backendError is a failed exchange with the backend it was with.

@@ -203,15 +203,6 @@ func (fc *fastConn) why(req *fastReq, err error) error {
 	return err
 }
 
-// bodyError is a failed read of the client's body: the client went away
-// (the connection ended), or it was too slow (its read timeout: 400).
-func bodyError(err error) error {
-	if isTimeout(err) {
-		return &clientBodyError{err}
-	}
-	return because(errClientGone, &clientBodyError{err})
-}
-
 // exchange sends the request to b and relays the response. An error
 // means nothing was written to the client.
 func (fc *fastConn) exchange(fr *fastRoute, b *backend, req *fastReq, out []byte, start time.Time) (fastResult, error) {

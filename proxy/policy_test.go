@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // pathClient is one of the ways a request reaches the policy.
@@ -480,4 +481,43 @@ func mustURL(t *testing.T, path string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// cutBody is a request body that ends with an error after its first bytes:
+// the client gives up mid-body (its connection or stream is aborted).
+type cutBody struct{ sent bool }
+
+func (b *cutBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "abc"), nil
+	}
+	return 0, errors.New("client gave up")
+}
+
+// TestPolicyBodyCutShortOnEveryPath: a client that goes away in the
+// middle of its body is counted 499 and never against the backend: ejected
+// at its first failure, the backend still serves afterwards. The same on
+// every path.
+func TestPolicyBodyCutShortOnEveryPath(t *testing.T) {
+	var okRequests atomic.Int32
+	ok := httptest.NewServer(policyEcho("ok", &okRequests))
+	t.Cleanup(ok.Close)
+	s, cl := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: [%q], passive: {max_fails: 1, eject_for: 1h}}}]`, ok.URL))
+	gone := s.m.requests.WithLabelValues("/", "499")
+	onEveryPath(t, s, cl, []string{"client error", "499 counted: 1", "200 ok GET /after"}, func(t *testing.T, c *http.Client) []string {
+		before := testutil.ToFloat64(gone)
+		req, _ := http.NewRequest("POST", s.url("/cut"), &cutBody{})
+		req.ContentLength = 100
+		got := []string{doPolicy(t, c, req)}
+		if strings.HasPrefix(got[0], "error: ") {
+			got[0] = "client error"
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for testutil.ToFloat64(gone) == before && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond) // the metric has no signal to await
+		}
+		got = append(got, fmt.Sprintf("499 counted: %v", testutil.ToFloat64(gone)-before))
+		return append(got, strings.SplitN(doPolicy(t, c, mustGet(t, s.url("/after"))), " xff=", 2)[0])
+	})
 }
