@@ -374,9 +374,13 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		bc.c.SetReadDeadline(req.deadline)
 		var err error
 		if n, err = readRespHead(bc.br, rh); err != nil {
+			// The 1xx went out: counted and logged, nothing more is
+			// answered.
 			bc.close()
-			rp.fails.Fail(b.logKey, "backend error", "backend", b.name, "err", err)
-			return fastResult{code: http.StatusBadGateway}
+			err = b.failed(fc.why(req, headerTimeout(err)))
+			rp.fault(b, err)
+			code, msg, _ := rp.answerFor(err)
+			return fastResult{code: code, backend: b.name, reason: msg}
 		}
 	}
 	if rh.code == http.StatusSwitchingProtocols {

@@ -313,16 +313,25 @@ func (a *attempts) next() (*backend, error) {
 // backend's faults count towards ejecting it. It reports whether the
 // request goes to another backend.
 func (a *attempts) failed(b *backend, err error) bool {
-	if !classify(err).backendFault {
+	if !a.rp.fault(b, err) {
 		return false
 	}
-	a.rp.pool.failure(b)
-	b.mErrors.Inc()
 	if !retryable(err, a.idempotent, a.n-1, *a.rp.route.Proxy.Retries) {
 		return false
 	}
 	a.rp.mRetries.Inc()
 	a.rp.log.Info("retrying on another backend", "backend", b.name, "err", err)
+	return true
+}
+
+// fault counts a failed exchange with b towards ejecting it when it is
+// the backend's fault (classify), and reports whether it was.
+func (rp *routeProxy) fault(b *backend, err error) bool {
+	if !classify(err).backendFault {
+		return false
+	}
+	rp.pool.failure(b)
+	b.mErrors.Inc()
 	return true
 }
 

@@ -521,3 +521,25 @@ func TestPolicyBodyCutShortOnEveryPath(t *testing.T) {
 		return append(got, strings.SplitN(doPolicy(t, c, mustGet(t, s.url("/after"))), " xff=", 2)[0])
 	})
 }
+
+// TestPolicy1xxThenBrokenOnEveryPath: a backend that sends a 1xx and then
+// a malformed response is a backend error, counted towards its ejection
+// on every path (the fast path, having passed the 1xx on, can answer
+// nothing more; the others answer 502).
+func TestPolicy1xxThenBrokenOnEveryPath(t *testing.T) {
+	cb := newCountingBackend(t, map[string]string{
+		"/early-bad": "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+	})
+	backend := "http://" + cb.ln.Addr().String()
+	s, cl := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: [%q], passive: {max_fails: 1000}}}]`, backend))
+	errs := s.m.backendRequests.WithLabelValues("/", backend, "error")
+	onEveryPath(t, s, cl, []string{"backend errors counted: 1"}, func(t *testing.T, c *http.Client) []string {
+		before := testutil.ToFloat64(errs)
+		doPolicy(t, c, mustGet(t, s.url("/early-bad")))
+		deadline := time.Now().Add(10 * time.Second)
+		for testutil.ToFloat64(errs) == before && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond) // the metric has no signal to await
+		}
+		return []string{fmt.Sprintf("backend errors counted: %v", testutil.ToFloat64(errs)-before)}
+	})
+}
