@@ -176,9 +176,7 @@ func (fs *fastServer) serve(l *tlsListener, tc *tls.Conn) net.Conn {
 	case *net.TCPAddr:
 		fc.peer = a.AddrPort().Addr().Unmap()
 	default:
-		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-			fc.peer = ap.Addr().Unmap()
-		}
+		fc.peer = peerAddr(a.String())
 	}
 	if !l.trackFast(fc) {
 		tc.Close()
