@@ -73,6 +73,17 @@ type clientOpts struct {
 
 func dialClient(t *testing.T, addr string, o clientOpts) (*testClient, *packets.Connack, error) {
 	t.Helper()
+	var p *park.Parker
+	if !o.unparked {
+		p = testParker(t)
+	}
+	return dialClientWith(t, addr, o, p)
+}
+
+// dialClientWith connects a client whose reader parks in p (nil: a
+// goroutine reads).
+func dialClientWith(t *testing.T, addr string, o clientOpts, p *park.Parker) (*testClient, *packets.Connack, error) {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -91,12 +102,9 @@ func dialClient(t *testing.T, addr string, o clientOpts) (*testClient, *packets.
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	opts := Options{Connect: cp, WriteTimeout: 5 * time.Second, MaxIn: o.maxIn,
+	opts := Options{Connect: cp, WriteTimeout: 5 * time.Second, MaxIn: o.maxIn, Parker: p,
 		OnPublish: func(_ *Conn, p *packets.Publish) { tc.pubs <- p },
 		OnLost:    func(_ *Conn, err error) { tc.lost <- err },
-	}
-	if !o.unparked {
-		opts.Parker = testParker(t)
 	}
 	l, ca, err := Connect(ctx, tc.rec, opts)
 	if err != nil {
