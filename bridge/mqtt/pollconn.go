@@ -31,6 +31,8 @@ type pollConn struct {
 	nonblock atomic.Bool
 }
 
+var _ net.Conn = (*pollConn)(nil)
+
 // NetConn returns the socket (park.RawConn finds it there).
 func (c *pollConn) NetConn() net.Conn { return c.Conn }
 
