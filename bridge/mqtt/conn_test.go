@@ -413,7 +413,8 @@ func FuzzFrameReader(f *testing.F) {
 		read := func(r io.Reader) (types []byte, err error) {
 			fr := frameReader{max: max}
 			defer fr.drop()
-			for range 1000 {
+			// Each round reads a byte or more, or takes a packet of two or more.
+			for range 2*len(data) + 2 {
 				pkt, err := fr.next()
 				if err != nil {
 					return types, err
