@@ -29,6 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgeshim/edgeshim/bridge/mqtt"
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/limits/accesslog"
@@ -83,7 +84,9 @@ type Bridge struct {
 	wsPath   pathTemplate
 	upgrader websocket.Upgrader
 	wsPool   *sync.Pool   // write buffers shared by all WebSockets
-	park     *park.Parker // idle device WebSockets wait here; nil without websocket
+	park     *park.Parker // idle device WebSockets and MQTT sessions wait here (see parker)
+	parkOnce sync.Once
+	open     opener // the upstream driver's (link.go)
 	retry    limits.RetryAfter
 	flap     atomic.Pointer[limits.Flapping] // nil: off; swapped by a reload
 	liveMax  atomic.Int64                    // limits.max_body, reloadable
@@ -159,6 +162,7 @@ func New(o Options) (*Bridge, error) {
 	if c.WebSocket != nil {
 		b.park = park.New()
 	}
+	b.open = openerFor(c.Upstream.Driver)
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stopIdle = cancel
 	b.wg.Add(1)
@@ -179,7 +183,11 @@ func (b *Bridge) dial(ctx context.Context) (net.Conn, error) {
 		if u.Port() == "" {
 			host = net.JoinHostPort(u.Hostname(), "1883")
 		}
-		return b.dialer.DialContext(ctx, "tcp", host)
+		c, err := b.dialer.DialContext(ctx, "tcp", host)
+		if err != nil {
+			return nil, err
+		}
+		return mqtt.Pollable(c), nil // its reader parks while idle
 	case "mqtts", "ssl":
 		if u.Port() == "" {
 			host = net.JoinHostPort(u.Hostname(), "8883")
@@ -188,8 +196,16 @@ func (b *Bridge) dial(ctx context.Context) (net.Conn, error) {
 		if cfg.ServerName == "" {
 			cfg.ServerName = u.Hostname()
 		}
-		d := tls.Dialer{NetDialer: b.dialer, Config: cfg}
-		return d.DialContext(ctx, "tcp", host)
+		c, err := b.dialer.DialContext(ctx, "tcp", host)
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(mqtt.Pollable(c), cfg) // its reader parks while idle, beneath TLS
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return tc, nil
 	case "ws", "wss":
 		d := websocket.Dialer{NetDialContext: b.dialer.DialContext, TLSClientConfig: b.tlsCfg.Clone(), Subprotocols: []string{"mqtt"},
 			HandshakeTimeout: b.cfg.Upstream.ConnectTimeout.D(), ReadBufferSize: 2048, WriteBufferSize: 2048}
@@ -630,6 +646,7 @@ func (b *Bridge) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		b.wg.Wait()
+		b.parkOnce.Do(func() {}) // no parker is made from now on
 		if b.park != nil {
 			b.park.Close() // after the sockets, which the sessions' ends closed
 		}

@@ -75,7 +75,7 @@ func pollJSON(t *testing.T, srv *httptest.Server, dev, query string) (int, []jso
 	return resp.StatusCode, cmds
 }
 
-func publishExpiring(t *testing.T, c *testClient, topic, payload string, expiry uint32) {
+func publishExpiring(t *testing.T, c *mqttConn, topic, payload string, expiry uint32) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -100,7 +100,7 @@ func TestCommandExpiresInEdgeshim(t *testing.T) {
 	if code, _ := pollJSON(t, srv, "d1", ""); code != 204 {
 		t.Fatalf("first poll %d", code)
 	}
-	pub := mustClient(t, addr, clientOpts{id: "backend", clean: true, maxIn: 1 << 20})
+	pub := backendClient(t, addr, "backend")
 	publishExpiring(t, pub, "devices/d1/commands", "open", 60) // broker-side it is still fresh
 	publishExpiring(t, pub, "devices/d1/commands", "keep", 0)
 	publishExpiring(t, pub, "devices/d1/commands", "soon", 100)
@@ -126,9 +126,7 @@ func TestCommandExpiresInEdgeshim(t *testing.T) {
 		s.mu.Lock()
 		l := s.link.(*mqttConn)
 		s.mu.Unlock()
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		return len(l.inq) == 0
+		return l.c().Unacked() == 0
 	}() {
 		if time.Now().After(ackBy) {
 			t.Fatal("PUBACKs not written within 10s: the expired command holds them back unacknowledged")
@@ -158,7 +156,7 @@ func TestCommandExpiresWhileAway(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	b.Shutdown(ctx) // the device goes away; its broker session stays
-	pub := mustClient(t, addr, clientOpts{id: "backend", clean: true, maxIn: 1 << 20})
+	pub := backendClient(t, addr, "backend")
 	publishExpiring(t, pub, "devices/d2/commands", "open", 1)
 	publishExpiring(t, pub, "devices/d2/commands", "keep", 0)
 	time.Sleep(3 * time.Second) // the device is away for 3 s: that is the scenario
@@ -179,7 +177,7 @@ func TestCommandMaxAge(t *testing.T) {
 	clock := &fakeClock{}
 	b, srv := testBridge(t, addr, clock.now, func(bc *config.Bridge) { bc.Commands.MaxAge = config.Duration(30 * time.Second) })
 	pollJSON(t, srv, "d3", "")
-	pub := mustClient(t, addr, clientOpts{id: "backend", clean: true, maxIn: 1 << 20})
+	pub := backendClient(t, addr, "backend")
 	publishExpiring(t, pub, "devices/d3/commands", "old", 0)
 	s, _ := b.sessions.Peek("d3")
 	for !s.hasPending() {
@@ -206,7 +204,7 @@ func TestCommandExpiresBeforeWebSocket(t *testing.T) {
 		bc.WebSocket = &config.DeviceWebSocket{Path: "/devices/{device}/ws"}
 	})
 	pollJSON(t, srv, "d4", "")
-	pub := mustClient(t, addr, clientOpts{id: "backend", clean: true, maxIn: 1 << 20})
+	pub := backendClient(t, addr, "backend")
 	publishExpiring(t, pub, "devices/d4/commands", "open", 60)
 	publishExpiring(t, pub, "devices/d4/commands", "keep", 600)
 	s, _ := b.sessions.Peek("d4")

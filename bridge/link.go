@@ -7,11 +7,14 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
+	"github.com/edgeshim/edgeshim/bridge/mqtt"
+	"github.com/edgeshim/edgeshim/limits/park"
 )
 
 // link is one connection of a device session to its upstream: an MQTT
 // broker (mqttConn) or a WebSocket backend (wsLink). A session holds at
-// most one at a time and replaces it after a loss.
+// most one at a time and replaces it after a loss. The session knows no
+// more of the upstream than this.
 type link interface {
 	// publish sends telemetry; it returns once the upstream took it
 	// (MQTT QoS 1: the PUBACK; WebSocket: the frame written).
@@ -23,25 +26,31 @@ type link interface {
 	// close ends the link for good and waits for its goroutines: the
 	// session ended (MQTT: DISCONNECT 0x04, so the will fires).
 	close()
+	// maxPacket is the largest packet the upstream takes (0: no limit
+	// known).
+	maxPacket() uint32
+	// ackAnywhere tells whether a command that came on this link may be
+	// acknowledged on a later link of the session (the upstream matches
+	// acks by id), not only on this one (MQTT: packet ids are per
+	// connection).
+	ackAnywhere() bool
+}
+
+// opener opens a session's link; present tells whether the upstream
+// resumed a session of the device (its unacknowledged commands come
+// again, so held copies from older links are dropped).
+type opener func(s *session, ctx context.Context) (l link, present bool, err error)
+
+// openerFor is the opener of upstream.driver, chosen once at New.
+func openerFor(driver string) opener {
+	if driver == "websocket" {
+		return (*session).connectWS
+	}
+	return (*session).connectMQTT
 }
 
 // errRefused is an upstream's refusal of a publish.
 var errRefused = errors.New("upstream refused publish")
-
-var _ link = (*mqttConn)(nil)
-
-func (l *mqttConn) publish(ctx context.Context, topic string, qos byte, payload []byte) error {
-	return l.pub(ctx, &packets.Publish{Topic: topic, QoS: qos, Payload: payload})
-}
-
-// ack sends the PUBACK (in order, see mqttConn); only the connection the
-// PUBLISH came on may. A QoS 0 command has nothing to acknowledge.
-func (l *mqttConn) ack(c *command) error {
-	if c.pid == 0 {
-		return nil
-	}
-	return l.ackID(c.pid)
-}
 
 // mqttMaxIn is the largest packet edgeshim takes from the broker: a
 // command as large as a device body may be, plus room for the topic and
@@ -49,7 +58,19 @@ func (l *mqttConn) ack(c *command) error {
 // broker does not send larger ones (MQTT 5 has it drop them); a broker
 // that does anyway is disconnected with 0x95.
 func mqttMaxIn(maxBody int64) int {
-	return int(min(max(maxBody, 64<<10)+64<<10, maxRemaining))
+	return int(min(max(maxBody, 64<<10)+64<<10, mqtt.MaxRemaining))
+}
+
+// parker is the bridge's parker, made on the first MQTT connection if
+// the device WebSockets did not make it: a bridge that never connects
+// starts no poller goroutine.
+func (b *Bridge) parker() *park.Parker {
+	b.parkOnce.Do(func() {
+		if b.park == nil {
+			b.park = park.New()
+		}
+	})
+	return b.park
 }
 
 // connectMQTT opens the session's MQTT connection: CONNECT with a
@@ -91,23 +112,26 @@ func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
 		cp.PasswordFlag, cp.Password = true, []byte(topic(u.Password, s.device))
 	}
 	s.b.wg.Add(1) // the reader's last act is reporting the loss to the session
-	l, ca, err := mqttConnect(ctx, conn, mqttOptions{
-		connect: cp, writeTimeout: u.PublishTimeout.D(), maxIn: maxIn,
-		onPublish: func(l *mqttConn, p *packets.Publish) {
+	mc, ca, err := mqtt.Connect(ctx, conn, mqtt.Options{
+		Connect: cp, WriteTimeout: u.PublishTimeout.D(), MaxIn: maxIn,
+		// An idle session's reader waits in the parker: no goroutine.
+		Parker: b.parker(),
+		OnPublish: func(c *mqtt.Conn, p *packets.Publish) {
 			if p.Duplicate {
 				b.m.redelivered.Inc()
 			}
+			l := (*mqttConn)(c)
 			if c := b.mqttCommand(l, p); b.rr.admitMQTT(s, l, p, c) {
 				s.add(c)
 			}
 		},
-		onDisconnect: func(d *packets.Disconnect) {
+		OnDisconnect: func(d *packets.Disconnect) {
 			b.log.Info("broker disconnected session", "device", s.device, "reason_code", d.ReasonCode)
 		},
-		onLost: func(l *mqttConn, err error) {
+		OnLost: func(c *mqtt.Conn, err error) {
 			defer s.b.wg.Done()
 			b.log.Debug("upstream client error", "device", s.device, "err", err)
-			s.linkLost(l)
+			s.linkLost((*mqttConn)(c))
 		},
 	})
 	if err != nil {
@@ -118,9 +142,9 @@ func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
 		Topic: topic(b.cfg.Commands.Topic, s.device), QoS: 1,
 		RetainHandling: 1, // retained commands only on a new subscription
 	}
-	if err := l.subscribe(ctx, sub); err != nil {
-		l.disconnect(0)
-		l.close()
+	l := (*mqttConn)(mc)
+	if err := mc.Subscribe(ctx, sub); err != nil {
+		l.closeWith(0)
 		return nil, false, fmt.Errorf("subscribe: %w", err)
 	}
 	if p := b.cfg.Presence; p.Topic != "" {

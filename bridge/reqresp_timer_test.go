@@ -33,6 +33,8 @@ var (
 func (f *fakeLink) publish(context.Context, string, byte, []byte) error { return nil }
 func (f *fakeLink) done() <-chan struct{}                               { return f.gone }
 func (f *fakeLink) close()                                              {}
+func (f *fakeLink) maxPacket() uint32                                   { return 0 }
+func (f *fakeLink) ackAnywhere() bool                                   { return true }
 func (f *fakeLink) ack(c *command) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -440,11 +440,7 @@ func backoff(attempt int, min, max time.Duration) time.Duration {
 func (s *session) connect() (link, bool, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.b.cfg.Upstream.ConnectTimeout.D())
 	defer cancel()
-	open := s.connectMQTT
-	if s.b.cfg.Upstream.Driver == "websocket" {
-		open = s.connectWS
-	}
-	return open(ctx)
+	return s.b.open(s, ctx)
 }
 
 func keepFrom(cmds []*command, l link) []*command {
@@ -536,11 +532,11 @@ func (s *session) delivered(cmds []*command) {
 	}
 }
 
-// ackVia is the link to acknowledge c on: MQTT acks only on the
-// connection the command came on; a WebSocket backend matches acks by id,
-// so the current link serves when the original is gone.
+// ackVia is the link to acknowledge c on: the one it came on, unless
+// that link lets a later one acknowledge it (ackAnywhere): then the
+// current link serves when the original is gone.
 func (s *session) ackVia(c *command) link {
-	if c.pid != 0 {
+	if c.via != nil && !c.via.ackAnywhere() {
 		return c.via
 	}
 	s.mu.Lock()
@@ -614,12 +610,12 @@ func (s *session) wakeChan() <-chan struct{} {
 	return s.wake
 }
 
-// packetLimit is the broker's maximum packet size (0: none, or not MQTT).
+// packetLimit is the upstream's maximum packet size (0: none known).
 func (s *session) packetLimit() uint32 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ml, ok := s.link.(*mqttConn); ok {
-		return ml.maxPacket
+	if s.link != nil {
+		return s.link.maxPacket()
 	}
 	return 0
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -150,20 +149,7 @@ func TestTakeoverHandsOver(t *testing.T) {
 }
 
 // appClient is a backend application's MQTT connection (our client).
-func appClient(t *testing.T, broker string) *mqttConn {
-	t.Helper()
-	conn, err := net.Dial("tcp", broker)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	l, _, err := mqttConnect(ctx, conn, mqttOptions{connect: &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: "app", CleanStart: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
+func appClient(t *testing.T, broker string) *mqttConn { return backendClient(t, broker, "app") }
 
 type testWriter struct{ t *testing.T }
 

@@ -47,6 +47,14 @@ type wsLink struct {
 
 var _ link = (*wsLink)(nil)
 
+// maxPacket: a backend frame's size is bounded by limits.websocket, not by
+// the link.
+func (l *wsLink) maxPacket() uint32 { return 0 }
+
+// ackAnywhere: the backend matches acks by command id, on any link of the
+// session.
+func (l *wsLink) ackAnywhere() bool { return true }
+
 // wsUpstreamURL fills the device id (validated, path-escaped) into the
 // backend URL template.
 func wsUpstreamURL(tmpl, device string) string {
