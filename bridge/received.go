@@ -87,13 +87,9 @@ func awaitConnReceived(ctx context.Context, c net.Conn, timeout time.Duration) e
 	}
 }
 
-// abortConn closes the request's socket at once, beneath TLS (no
-// close_notify that a gone peer would never read).
-func abortConn(ctx context.Context) {
-	c, ok := limits.ConnFrom(ctx)
-	if !ok {
-		return
-	}
+// abortNetConn closes c at once, beneath TLS (no close_notify that a
+// gone peer would never read).
+func abortNetConn(c net.Conn) {
 	for range 16 {
 		u, ok := c.(interface{ NetConn() net.Conn })
 		if !ok || u.NetConn() == nil {
