@@ -151,9 +151,7 @@ func (b *Bridge) beginPoll(pr pollRequest) (*poll, *longpoll.Answer) {
 		p.batch = b.cfg.Poll.MaxBatch
 	}
 	// While it waits, a queued reconnect of s goes first, and a lost link
-	// reconnects at once; once its answer is written it needs the link no
-	// more (the PUBACK goes on the command's own connection), so that a
-	// takeover by another replica during the receipt wait is not fought.
+	// reconnects at once (Next ends that with the answer).
 	p.endWait = sync.OnceFunc(s.wait())
 	if wait > 0 {
 		p.held = true
@@ -243,6 +241,19 @@ func (p *poll) over() bool {
 // registering are one lock section of the session, so nothing added in
 // between is missed.
 func (p *poll) Next(wake func()) *longpoll.Answer {
+	a := p.next(wake)
+	if a != nil {
+		// Answered: the poll needs the link no more (the PUBACK goes on
+		// the command's own connection). The wait ends before the
+		// answer is written, so that the device, having it, may poll
+		// another replica without this one's lost link reconnecting
+		// (and taking the session back).
+		p.endWait()
+	}
+	return a
+}
+
+func (p *poll) next(wake func()) *longpoll.Answer {
 	b, s := p.b, p.s
 	for {
 		now := b.now()
@@ -250,8 +261,10 @@ func (p *poll) Next(wake func()) *longpoll.Answer {
 		cmds := s.takeLocked(p.batch, p.explicit, b.cfg.Poll.AckTimeout.D(), now)
 		if len(cmds) == 0 {
 			if !p.over() {
+				if p.wake == nil {
+					s.polls = append(s.polls, p)
+				}
 				p.wake = wake
-				s.polls = append(s.polls, p)
 				s.mu.Unlock()
 				return nil
 			}
@@ -314,7 +327,6 @@ func (p *poll) Written(err error) {
 	p.cmds = nil
 	if len(cmds) > 0 {
 		if err == nil && !p.explicit {
-			p.endWait()
 			err = b.awaitReceipt(s, p.req.conn)
 		}
 		if err != nil {
