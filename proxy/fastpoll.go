@@ -195,7 +195,7 @@ func (pp *fastPoll) wake() {
 	default:
 	}
 	if pp.claim() {
-		go pp.resume() // within the parked connection's count in l.wg
+		go pp.resume(false) // within the parked connection's count in l.wg
 	}
 }
 
@@ -203,7 +203,7 @@ func (pp *fastPoll) wake() {
 // closed.
 func (pp *fastPoll) readable() {
 	if pp.claim() {
-		pp.resume()
+		pp.resume(true)
 	}
 }
 
@@ -279,7 +279,8 @@ func (fc *fastConn) takeReader() {
 
 // resume serves a connection claimed from the parker: the poll, then the
 // connection's further requests on the fast path, as serve does.
-func (pp *fastPoll) resume() {
+// readable: the parker woke it (else the bridge did).
+func (pp *fastPoll) resume(readable bool) {
 	fc := pp.fc
 	l := fc.l
 	defer l.wg.Done() // the count taken when it was parked
@@ -287,9 +288,13 @@ func (pp *fastPoll) resume() {
 	fc.poll.Store(nil)
 	fc.takeReader()
 	// The parker's wake: the peer closed, or sent data (a short wait
-	// tells a spurious readiness apart).
+	// tells a spurious readiness apart). The bridge's: run looks.
+	gone := false
+	if readable {
+		_, gone = fc.probe(time.Now().Add(10 * time.Millisecond))
+	}
 	out := pollEnded
-	if _, gone := fc.probe(time.Now().Add(10 * time.Millisecond)); gone {
+	if gone {
 		pp.cancel()
 	} else {
 		out = pp.run()
