@@ -51,6 +51,9 @@ func TestFastPathRunsBridgeTests(t *testing.T) {
 		"ReplicasAckWrite":         TestReplicasAckWrite, "ReplicasAckExplicit": TestReplicasAckExplicit, "ReplicasKillOne": TestReplicasKillOne,
 		"ReplicasWillDelay": TestReplicasWillDelay, "AckWriteNeedsReceipt": TestBridgeAckWriteNeedsReceipt,
 		"RequestResponseRaw": TestRequestResponseRaw, "RequestResponseSurvivesKill": TestRequestResponseSurvivesKill,
+		"ReloadTokensAndLimits": TestReloadTokensAndLimits, "ReloadCRL": TestReloadCRL,
+		// Its own HTTP/1.1 poll checks the access log line; its HTTP/2 one stays.
+		"AccessLogBridgeAndWebSockets": func(t *testing.T) { testH1 = false; TestAccessLogBridgeAndWebSockets(t) },
 	} {
 		testH1 = true
 		before := testFastPolls.Load()
