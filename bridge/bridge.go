@@ -348,7 +348,7 @@ func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) 
 func (b *Bridge) deviceFor(w http.ResponseWriter, _ context.Context, cred Credentials, path, pathDev string, rec *accesslog.Record) (string, bool) {
 	dev, aerr := b.ident.identify(cred, pathDev, b.poll.hasDevice)
 	if aerr != nil {
-		b.authLog.refuseAt(w, path, cred.RemoteAddr, aerr)
+		b.authLog.refuse(w, path, cred.RemoteAddr, aerr)
 		return "", false
 	}
 	rec.SetDevice(dev)

@@ -319,7 +319,7 @@ func (p *poll) render(cmds []*command) *longpoll.Answer {
 
 // Written settles the commands of the answer by the write's outcome
 // alone: written and flushed (and, with ack: write, acknowledged by the
-// device's TCP stack, see awaitReceived) is delivered, whatever the
+// device's TCP stack, see awaitConnReceived) is delivered, whatever the
 // request's context does afterwards; a failed write puts them back.
 func (p *poll) Written(err error) {
 	b, s := p.b, p.s

@@ -216,12 +216,7 @@ func newAuthLog(log *slog.Logger, now func() time.Time, reg prometheus.Registere
 
 // refuse answers an identification failure: counted, logged (rate
 // limited, never the credential) and answered with its status.
-func (a *authLog) refuse(w http.ResponseWriter, r *http.Request, e *authError) {
-	a.refuseAt(w, r.URL.Path, r.RemoteAddr, e)
-}
-
-// refuseAt is refuse for a request known by its path and peer.
-func (a *authLog) refuseAt(w http.ResponseWriter, path, remote string, e *authError) {
+func (a *authLog) refuse(w http.ResponseWriter, path, remote string, e *authError) {
 	a.failures.WithLabelValues(e.metric).Inc()
 	a.mu.Lock()
 	ok := a.lim.AllowN(a.now(), 1)
