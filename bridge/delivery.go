@@ -165,7 +165,11 @@ func (b *Bridge) beginPoll(pr pollRequest) (*poll, *longpoll.Answer) {
 		limit, p.early = connectGrace, time.Now().Add(wait)
 	}
 	s.mu.Unlock()
-	p.timer = time.AfterFunc(limit, func() { p.event(func() { p.expired = true }) })
+	if limit > 0 {
+		p.timer = time.AfterFunc(limit, func() { p.event(func() { p.expired = true }) })
+	} else {
+		p.expired = true // a short poll answers at once: nothing to wait for
+	}
 	p.stopEnd = context.AfterFunc(s.ctx, func() { p.event(func() { p.ended = true }) })
 	p.stopDrain = context.AfterFunc(b.drain.context(), func() { p.event(func() { p.drained = true }) })
 	return p, nil
@@ -185,7 +189,7 @@ type poll struct {
 	held      bool      // counted in the held gauge
 	early     time.Time // not connected at start: over once connected and past this
 	endWait   func()
-	timer     *time.Timer
+	timer     *time.Timer // nil: no wait
 	stopEnd   func() bool
 	stopDrain func() bool
 
@@ -363,7 +367,9 @@ func (p *poll) finish() {
 	if done {
 		return
 	}
-	p.timer.Stop()
+	if p.timer != nil {
+		p.timer.Stop()
+	}
 	p.stopEnd()
 	p.stopDrain()
 	p.endWait()
