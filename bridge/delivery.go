@@ -335,17 +335,26 @@ func (p *poll) Written(err error) {
 		}
 		if err != nil {
 			b.log.Info("command write failed; it stays queued", "device", s.device, "err", err)
-			s.requeue(cmds)
-		} else {
-			p.req.rec.AddCommands(len(cmds))
-			if p.explicit {
-				s.offered(cmds)
-			} else {
-				s.delivered(cmds)
-			}
 		}
+		s.settle(cmds, p.explicit, err, p.req.rec)
 	}
 	p.finish()
+}
+
+// settle is the outcome of writing cmds to the device, for every front:
+// written (and received, with ack: write) is delivered, or offered
+// (explicit: awaiting the device's ack); a failed write puts them back.
+func (s *session) settle(cmds []*command, explicit bool, err error, rec *accesslog.Record) {
+	switch {
+	case err != nil:
+		s.requeue(cmds)
+	case explicit:
+		rec.AddCommands(len(cmds))
+		s.offered(cmds)
+	default:
+		rec.AddCommands(len(cmds))
+		s.delivered(cmds)
+	}
 }
 
 // Cancel ends a poll whose client went away before its answer.
