@@ -24,7 +24,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -335,11 +334,16 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // fail answers with a short JSON error and logs the reason.
 func (b *Bridge) fail(w http.ResponseWriter, r *http.Request, code int, reason string) {
+	b.failAt(w, r.Context(), r.URL.Path, r.RemoteAddr, code, reason)
+}
+
+// failAt is fail for a request known by its path and peer.
+func (b *Bridge) failAt(w http.ResponseWriter, ctx context.Context, path, remote string, code int, reason string) {
 	lvl := slog.LevelInfo
 	if code >= 500 {
 		lvl = slog.LevelWarn
 	}
-	b.log.Log(r.Context(), lvl, "device request refused", "code", code, "reason", reason, "path", r.URL.Path, "remote", r.RemoteAddr)
+	b.log.Log(ctx, lvl, "device request refused", "code", code, "reason", reason, "path", path, "remote", remote)
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="edgeshim"`)
 	}
@@ -352,120 +356,32 @@ func (b *Bridge) fail(w http.ResponseWriter, r *http.Request, code int, reason s
 
 // device identifies the request and applies flapping detection.
 func (b *Bridge) device(w http.ResponseWriter, r *http.Request, pathDev string) (string, bool) {
-	dev, aerr := b.ident.identify(r, pathDev, b.poll.hasDevice)
+	return b.deviceFor(w, r.Context(), credentialsOf(r), r.URL.Path, pathDev, accesslog.FromContext(r.Context()))
+}
+
+// deviceFor identifies a request from its credentials and applies
+// flapping detection; a refusal is written to w.
+func (b *Bridge) deviceFor(w http.ResponseWriter, _ context.Context, cred Credentials, path, pathDev string, rec *accesslog.Record) (string, bool) {
+	dev, aerr := b.ident.identify(cred, pathDev, b.poll.hasDevice)
 	if aerr != nil {
-		b.authLog.refuse(w, r, aerr)
+		b.authLog.refuse(w, path, cred.RemoteAddr, aerr)
 		return "", false
 	}
-	accesslog.FromContext(r.Context()).SetDevice(dev)
-	if ok, ban := b.flap.Load().AllowFrom(dev, r.RemoteAddr); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int((ban+time.Second-1)/time.Second)))
+	rec.SetDevice(dev)
+	if ok, ban := b.flap.Load().AllowFrom(dev, cred.RemoteAddr); !ok {
+		w.Header().Set("Retry-After", retrySeconds(ban))
 		limits.WriteError(w, http.StatusTooManyRequests, "device is reconnecting too often")
 		return "", false
 	}
 	return dev, true
 }
 
-// pollWait reads ?wait=N or "Prefer: wait=N", capped by poll.max_wait.
-func (b *Bridge) pollWait(r *http.Request) (time.Duration, error) {
-	v := r.URL.Query().Get("wait")
-	if v == "" {
-		for _, pref := range strings.Split(r.Header.Get("Prefer"), ",") {
-			if k, val, ok := strings.Cut(strings.TrimSpace(pref), "="); ok && strings.EqualFold(k, "wait") {
-				v = strings.TrimSpace(val)
-			}
-		}
-	}
-	return parseWait(v, b.cfg.Poll.MaxWait.D())
-}
-
-func (b *Bridge) servePoll(w http.ResponseWriter, r *http.Request, pathDev string) {
-	dev, ok := b.device(w, r, pathDev)
-	if !ok {
-		return
-	}
-	wait, err := b.pollWait(r)
-	if err != nil {
-		b.fail(w, r, http.StatusBadRequest, err.Error())
-		return
-	}
-	s, err := b.session(dev)
-	if err != nil {
-		b.fail(w, r, http.StatusServiceUnavailable, err.Error())
-		return
-	}
-	defer b.touch(s)
-	// While it waits, a queued reconnect of s goes first, and a lost link
-	// reconnects at once; once its answer is written it needs the link no
-	// more (the PUBACK goes on the command's own connection), so that a
-	// takeover by another replica during the receipt wait is not fought.
-	answered := sync.OnceFunc(s.wait())
-	defer answered()
-	rc := http.NewResponseController(w)
-	if wait > 0 {
-		// Long-poll: this response may outlive the server's WriteTimeout.
-		_ = rc.SetWriteDeadline(time.Now().Add(wait + 10*time.Second))
-		b.m.held.Inc()
-		defer b.m.held.Dec()
-	}
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	// A new session gets the commands the broker queued right after it
-	// connects: give it until the wait (or a moment, for a short poll).
-	cctx, cancel := context.WithTimeout(r.Context(), max(wait, 2*time.Second))
-	s.waitConnected(cctx)
-	cancel()
-	for {
-		// The wake channel is taken before looking, so that a command
-		// arriving in between wakes this poll.
-		wake := s.wakeChan()
-		if b.offer(w, r, rc, s, answered) {
-			return
-		}
-		select {
-		case <-wake:
-			continue
-		case <-deadline.C:
-		case <-r.Context().Done():
-			return
-		case <-s.ctx.Done():
-		case <-b.closing:
-			b.drainAnswer(w, r)
-		}
-		// Commands may have arrived together with the timer.
-		if b.offer(w, r, rc, s, answered) {
-			return
-		}
-		b.writeEmpty(w, r, s)
-		return
-	}
-}
-
-// offer answers with pending commands that have not expired, if any,
-// and reports whether it answered.
-func (b *Bridge) offer(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session, answered func()) bool {
-	explicit := b.cfg.Poll.Ack == "explicit"
-	batch := 1
-	if b.cfg.Poll.Format != "raw" {
-		batch = b.cfg.Poll.MaxBatch
-	}
-	for {
-		cmds := s.take(batch, explicit, b.cfg.Poll.AckTimeout.D())
-		if len(cmds) == 0 {
-			return false
-		}
-		if cmds = b.dropExpired(s, cmds); len(cmds) > 0 && b.writeCommands(w, r, rc, s, cmds, explicit, answered) {
-			return true
-		}
-	}
-}
-
-func (b *Bridge) writeEmpty(w http.ResponseWriter, r *http.Request, s *session) {
+func (b *Bridge) writeEmpty(w http.ResponseWriter, pr pollRequest, s *session) {
 	p := b.cfg.Poll
 	if b.answer != nil && p.EmptyStatus != http.StatusNoContent {
 		body, err := b.answer.render(s.device, nil, b.now(), b.answer.maxBytes)
 		if err != nil { // the trial render at start makes this unlikely
-			b.fail(w, r, http.StatusInternalServerError, "poll.template: "+err.Error())
+			b.failAt(w, pr.ctx, pr.path, pr.cred.RemoteAddr, http.StatusInternalServerError, "poll.template: "+err.Error())
 			return
 		}
 		b.answer.writeHeader(w)
@@ -497,20 +413,18 @@ type jsonCommand struct {
 	requestInfo
 }
 
-// writeCommands writes the response and, only if it was fully written and
-// flushed (and, with ack write, acknowledged by the device's TCP stack:
-// see awaitReceived), acknowledges (write mode) or records (explicit mode)
-// the commands; otherwise they go back to the buffer for the next poll.
-// It reports false, having written nothing, when none of cmds could be
-// rendered (format template; they were dropped).
-func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, s *session, cmds []*command, explicit bool, answered func()) bool {
+// renderCommands writes the answer carrying cmds to w (an answerWriter)
+// and returns the commands in it: fewer when some could not be rendered
+// (format template: dropped, or put back when the batch did not fit);
+// none when none could, having written nothing.
+func (b *Bridge) renderCommands(w http.ResponseWriter, s *session, cmds []*command) []*command {
 	var body []byte
 	status := http.StatusOK
 	now := b.now()
 	switch b.cfg.Poll.Format {
 	case "template":
 		if body, cmds = b.renderBatch(s, cmds); len(cmds) == 0 {
-			return false
+			return nil
 		}
 		b.answer.writeHeader(w)
 		status = b.answer.status
@@ -540,34 +454,8 @@ func (b *Bridge) writeCommands(w http.ResponseWriter, r *http.Request, rc *http.
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	_, err := w.Write(body)
-	if err == nil {
-		err = rc.Flush()
-	}
-	if err == nil && r.Context().Err() != nil {
-		err = r.Context().Err()
-	}
-	if err == nil && !explicit {
-		answered()
-		if err = awaitReceived(r.Context(), b.cfg.Poll.AckWriteTimeout.D()); errors.Is(err, errNoSocket) {
-			err = nil // not observable here: written is all there is to know
-		} else if errors.Is(err, errNotReceived) {
-			b.m.notReceived.Inc()
-			abortConn(r.Context())
-		}
-	}
-	if err != nil {
-		b.log.Info("command write failed; it stays queued", "device", s.device, "err", err)
-		s.requeue(cmds)
-		return true
-	}
-	accesslog.FromContext(r.Context()).AddCommands(len(cmds))
-	if explicit {
-		s.offered(cmds)
-		return true
-	}
-	s.delivered(cmds)
-	return true
+	w.Write(body)
+	return cmds
 }
 
 func (b *Bridge) serveAck(w http.ResponseWriter, r *http.Request, pathDev, id string) {

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"net/http"
 	"sync"
 	"sync/atomic"
 )
@@ -60,13 +59,3 @@ func (b *Bridge) Stats() DrainStats {
 }
 
 func (b *Bridge) draining() bool { return b.drain.context().Err() != nil }
-
-// drainAnswer prepares the answer of a poll released by Drain: the
-// connection closes after it (HTTP/1.1 only: HTTP/2 and HTTP/3 have
-// GOAWAY, sent by the server's shutdown).
-func (b *Bridge) drainAnswer(w http.ResponseWriter, r *http.Request) {
-	b.drain.answered.Add(1)
-	if r.ProtoMajor == 1 {
-		w.Header().Set("Connection", "close")
-	}
-}

@@ -70,10 +70,26 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
-// trustedPeer reports whether the request's peer (r.RemoteAddr: the real
-// client after PROXY protocol) is a trusted proxy.
-func (id *identifier) trustedPeer(r *http.Request) bool {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+// Credentials are what a front knows of a request's sender: its header
+// fields (token or identity header), its address and its TLS state.
+type Credentials struct {
+	// Header holds the request's header fields.
+	Header http.Header
+	// RemoteAddr is the peer (the real client after PROXY protocol).
+	RemoteAddr string
+	// TLS is the connection's state: the verified client certificate.
+	TLS *tls.ConnectionState
+}
+
+// credentialsOf are r's credentials.
+func credentialsOf(r *http.Request) Credentials {
+	return Credentials{Header: r.Header, RemoteAddr: r.RemoteAddr, TLS: r.TLS}
+}
+
+// trustedPeer reports whether the peer (RemoteAddr: the real client
+// after PROXY protocol) is a trusted proxy.
+func (id *identifier) trustedPeer(remote string) bool {
+	ap, err := netip.ParseAddrPort(remote)
 	if err != nil {
 		return false
 	}
@@ -100,7 +116,7 @@ func (e *authError) Error() string { return e.reason }
 // id, 401 no or bad credentials (a token is checked against the path's
 // device only, so another device's token is simply wrong), 403 a
 // certificate or trusted header of another device.
-func (id *identifier) identify(r *http.Request, pathDevice string, hasPathDevice bool) (string, *authError) {
+func (id *identifier) identify(r Credentials, pathDevice string, hasPathDevice bool) (string, *authError) {
 	if hasPathDevice && !ValidDeviceID(pathDevice) {
 		return "", &authError{http.StatusBadRequest, "invalid device id", authBadID}
 	}
@@ -136,7 +152,7 @@ func (id *identifier) identify(r *http.Request, pathDevice string, hasPathDevice
 	case "header":
 		// Only a trusted proxy may say who the device is; from anyone else
 		// the header is a claim, ignored.
-		if !id.trustedPeer(r) {
+		if !id.trustedPeer(r.RemoteAddr) {
 			return "", &authError{http.StatusUnauthorized, "identity header accepted only from trusted proxies", authUntrustedPeer}
 		}
 		dev = r.Header.Get(id.cfg.Header)
@@ -200,7 +216,7 @@ func newAuthLog(log *slog.Logger, now func() time.Time, reg prometheus.Registere
 
 // refuse answers an identification failure: counted, logged (rate
 // limited, never the credential) and answered with its status.
-func (a *authLog) refuse(w http.ResponseWriter, r *http.Request, e *authError) {
+func (a *authLog) refuse(w http.ResponseWriter, path, remote string, e *authError) {
 	a.failures.WithLabelValues(e.metric).Inc()
 	a.mu.Lock()
 	ok := a.lim.AllowN(a.now(), 1)
@@ -212,7 +228,7 @@ func (a *authLog) refuse(w http.ResponseWriter, r *http.Request, e *authError) {
 	}
 	a.mu.Unlock()
 	if ok {
-		a.log.Info("device request refused", "code", e.code, "reason", e.metric, "path", r.URL.Path, "remote", r.RemoteAddr, "suppressed", n)
+		a.log.Info("device request refused", "code", e.code, "reason", e.metric, "path", path, "remote", remote, "suppressed", n)
 	}
 	if e.code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="edgeshim"`)

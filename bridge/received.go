@@ -6,8 +6,6 @@ import (
 	"github.com/edgeshim/edgeshim/limits/park"
 	"net"
 	"time"
-
-	"github.com/edgeshim/edgeshim/limits"
 )
 
 // "Written" means received (ack: write). A response flushed to the socket
@@ -29,18 +27,6 @@ var errNotReceived = errors.New("device did not acknowledge the answer's bytes i
 // errNoSocket: the answer's socket cannot be inspected here.
 var errNoSocket = errors.New("socket queue not observable")
 
-// awaitReceived waits until the request's connection has no bytes left
-// unacknowledged by the peer, polling with a backoff from 1 ms to 50 ms.
-// It returns errNoSocket when that cannot be observed (the caller goes
-// on), errNotReceived after timeout, or ctx's error.
-func awaitReceived(ctx context.Context, timeout time.Duration) error {
-	c, ok := limits.ConnFrom(ctx)
-	if !ok {
-		return errNoSocket
-	}
-	return awaitConnReceived(ctx, c, timeout)
-}
-
 // awaitReceivedIf is awaitConnReceived when check is set; nil where the
 // socket cannot be observed.
 func awaitReceivedIf(ctx context.Context, check bool, c net.Conn, timeout time.Duration) error {
@@ -53,7 +39,10 @@ func awaitReceivedIf(ctx context.Context, check bool, c net.Conn, timeout time.D
 	return nil
 }
 
-// awaitConnReceived is awaitReceived on c's socket.
+// awaitConnReceived waits until c's socket has no bytes left
+// unacknowledged by the peer, polling with a backoff from 1 ms to 50 ms.
+// It returns errNoSocket when that cannot be observed (the caller goes
+// on), errNotReceived after timeout, or ctx's error.
 func awaitConnReceived(ctx context.Context, c net.Conn, timeout time.Duration) error {
 	rc := park.RawConn(c)
 	if rc == nil {
@@ -87,13 +76,9 @@ func awaitConnReceived(ctx context.Context, c net.Conn, timeout time.Duration) e
 	}
 }
 
-// abortConn closes the request's socket at once, beneath TLS (no
-// close_notify that a gone peer would never read).
-func abortConn(ctx context.Context) {
-	c, ok := limits.ConnFrom(ctx)
-	if !ok {
-		return
-	}
+// abortNetConn closes c at once, beneath TLS (no close_notify that a
+// gone peer would never read).
+func abortNetConn(c net.Conn) {
 	for range 16 {
 		u, ok := c.(interface{ NetConn() net.Conn })
 		if !ok || u.NetConn() == nil {

@@ -61,8 +61,9 @@ type session struct {
 	connected chan struct{} // closed while connected
 	pending   []*command
 	inflight  []*command // explicit ack: written, not yet acknowledged
-	wake      chan struct{}
-	outlet    *wsConn // the device WebSocket to wake for commands, if any
+	polls     []*poll    // held polls waiting for a command (delivery.go)
+	woken     []func()   // poll wakes to call once mu is released (unlockWake)
+	outlet    outlet     // the device WebSocket to wake for commands, if any
 	seq       uint64
 	lastPoll  time.Time
 	ended     bool
@@ -85,7 +86,7 @@ func newSession(b *Bridge, device string) *session {
 	return &session{
 		b: b, device: device, ctx: ctx, cancel: cancel,
 		tag:       fmt.Sprintf("%06x", rand.Uint32()&0xffffff),
-		connected: make(chan struct{}), wake: make(chan struct{}), lastPoll: b.now(),
+		connected: make(chan struct{}), lastPoll: b.now(),
 	}
 }
 
@@ -224,7 +225,9 @@ func (s *session) attempt() {
 		s.inflight = keepFrom(s.inflight, l)
 	}
 	close(s.connected)
+	woken := s.wakePolls() // a new session's polls take what the broker queued
 	s.mu.Unlock()
+	wakeAll(woken)
 	select {
 	case <-l.done(): // lost before it was installed: its report was ignored
 		s.linkLost(l)
@@ -459,7 +462,7 @@ func keepFrom(cmds []*command, l link) []*command {
 // moves to the new link.
 func (s *session) add(c *command) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlockWake()
 	if c.id != "" {
 		for _, held := range [][]*command{s.pending, s.inflight} {
 			for _, h := range held {
@@ -480,11 +483,17 @@ func (s *session) add(c *command) {
 	}
 	c.arrived = s.b.now()
 	s.pending = append(s.pending, c)
-	close(s.wake)
-	s.wake = make(chan struct{})
+	s.wakeLocked()
+}
+
+// wakeLocked wakes the session's consumers after commands were added or
+// put back: the device WebSocket's writer, and every held poll (each
+// wake runs after mu is released, see unlockWake). s.mu is held.
+func (s *session) wakeLocked() {
 	if s.outlet != nil {
 		s.outlet.kick()
 	}
+	s.woken = append(s.woken, s.wakePolls()...)
 }
 
 // take removes up to max commands to offer: in explicit mode, written ones
@@ -493,6 +502,11 @@ func (s *session) take(max int, explicit bool, ackTimeout time.Duration) []*comm
 	now := s.b.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.takeLocked(max, explicit, ackTimeout, now)
+}
+
+// takeLocked is take with s.mu held.
+func (s *session) takeLocked(max int, explicit bool, ackTimeout time.Duration, now time.Time) []*command {
 	var out []*command
 	if explicit {
 		keep := s.inflight[:0]
@@ -512,11 +526,44 @@ func (s *session) take(max int, explicit bool, ackTimeout time.Duration) []*comm
 	return out
 }
 
-// requeue puts commands whose write failed back in front.
+// wakePolls unregisters every waiting poll and returns their wake
+// callbacks, to be called once s.mu is released. s.mu is held.
+func (s *session) wakePolls() []func() {
+	var out []func()
+	for _, p := range s.polls {
+		if p.wake != nil {
+			out = append(out, p.wake)
+			p.wake = nil
+		}
+	}
+	s.polls = s.polls[:0]
+	return out
+}
+
+// unlockWake releases s.mu, then calls the wakes collected meanwhile.
+func (s *session) unlockWake() {
+	w := s.woken
+	s.woken = nil
+	s.mu.Unlock()
+	wakeAll(w)
+}
+
+func wakeAll(ws []func()) {
+	for _, w := range ws {
+		w()
+	}
+}
+
+// requeue puts commands whose write failed back in front, and wakes a
+// poll held meanwhile (or the WebSocket writer) to offer them at once.
 func (s *session) requeue(cmds []*command) {
+	if len(cmds) == 0 {
+		return
+	}
 	s.mu.Lock()
 	s.pending = append(append([]*command(nil), cmds...), s.pending...)
-	s.mu.Unlock()
+	s.wakeLocked()
+	s.unlockWake()
 }
 
 // delivered acknowledges commands to the broker: at least once is kept
@@ -602,12 +649,6 @@ func (s *session) hasPending() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.pending) > 0
-}
-
-func (s *session) wakeChan() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.wake
 }
 
 // packetLimit is the upstream's maximum packet size (0: none known).

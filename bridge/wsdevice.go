@@ -294,12 +294,7 @@ func (x *wsConn) write() {
 			x.close(websocket.ClosePolicyViolation, "slow_reader")
 			break
 		}
-		x.rec.AddCommands(1)
-		if explicit {
-			s.offered(cmds)
-		} else {
-			s.delivered(cmds)
-		}
+		s.settle(cmds, explicit, nil, x.rec)
 	}
 	x.exited(true)
 }

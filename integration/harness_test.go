@@ -267,6 +267,7 @@ func (e *Edge) URL(path string) string { return "https://" + e.Addr("https") + p
 
 // Signal sends sig to the process.
 func (e *Edge) Signal(sig os.Signal) {
+	e.noteFastPolls()
 	if err := e.cmd.Process.Signal(sig); err != nil {
 		e.t.Logf("signal %v: %v", sig, err)
 	}
@@ -296,6 +297,7 @@ func (e *Edge) Kill() {
 		return
 	default:
 	}
+	e.noteFastPolls()
 	_ = e.cmd.Process.Kill()
 	<-e.exited
 }
@@ -318,10 +320,10 @@ func (e *Edge) TLSConfig() *tls.Config {
 	return &tls.Config{RootCAs: e.CertPool(), ServerName: "localhost"}
 }
 
-// Client returns an HTTP client (HTTP/2 enabled) that trusts the dev
-// certificate.
+// Client returns an HTTP client (HTTP/2 enabled, unless testH1) that
+// trusts the dev certificate.
 func (e *Edge) Client() *http.Client {
-	tr := &http.Transport{TLSClientConfig: e.TLSConfig(), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 100}
+	tr := &http.Transport{TLSClientConfig: e.TLSConfig(), ForceAttemptHTTP2: !testH1, MaxIdleConnsPerHost: 100}
 	e.t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}
 }

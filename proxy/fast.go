@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"net"
 	"net/http"
@@ -56,6 +55,8 @@ type fastServer struct {
 	readers sync.Pool // *bufio.Reader of connections
 	date    atomic.Pointer[dateCache]
 
+	polls *fastPolls // the bridges' long-polls (fastpoll.go); nil: none
+
 	// served and fellBack count fast requests and fallbacks (tests).
 	served   atomic.Int64
 	fellBack atomic.Int64
@@ -93,6 +94,8 @@ type fastConn struct {
 	mu      sync.Mutex
 	bc      *bconn // in use, closed by abort
 	aborted bool
+
+	poll atomic.Pointer[fastPoll] // parked long-poll, for abort
 
 	// The deadlines set on tc, so that setting them again can be skipped.
 	rdl, wdl time.Time
@@ -141,6 +144,7 @@ func (fc *fastConn) shutdown() {
 // abort closes the connection and its backend connection at once.
 func (fc *fastConn) abort() {
 	fc.tc.NetConn().Close() // first: nothing more reaches the client
+	fc.abortPoll()
 	fc.mu.Lock()
 	fc.aborted = true
 	if fc.bc != nil {
@@ -182,12 +186,18 @@ func (fs *fastServer) serve(l *tlsListener, tc *tls.Conn) net.Conn {
 		tc.Close()
 		return nil
 	}
-	fc.br, _ = fs.readers.Get().(*bufio.Reader)
-	if fc.br == nil {
-		fc.br = bufio.NewReaderSize(nil, 4096)
+	fc.takeReader()
+	handoff, parked := fc.loop(l)
+	if parked {
+		return nil // a parked long-poll's (fastpoll.go)
 	}
-	fc.br.Reset(fc)
-	handoff := fc.loop(l)
+	return fs.end(l, fc, handoff)
+}
+
+// end ends fc's turn on the fast path: closed, or handed to net/http
+// (returned) with the bytes read and not served.
+func (fs *fastServer) end(l *tlsListener, fc *fastConn, handoff bool) net.Conn {
+	tc := fc.tc
 	l.untrackFast(fc)
 	var pre []byte
 	if handoff {
@@ -210,8 +220,9 @@ func (fs *fastServer) serve(l *tlsListener, tc *tls.Conn) net.Conn {
 }
 
 // loop serves requests until the connection ends (false) or a request is
-// not fast (true: hand it over).
-func (fc *fastConn) loop(l *tlsListener) (handoff bool) {
+// not fast (true: hand it over), or a long-poll parked it (parked: fc is
+// no longer the caller's).
+func (fc *fastConn) loop(l *tlsListener) (handoff, parked bool) {
 	fs := fc.fs
 	for first := true; ; first = false {
 		if fc.br.Buffered() == 0 && !fc.stashed {
@@ -223,31 +234,46 @@ func (fc *fastConn) loop(l *tlsListener) (handoff bool) {
 				fc.readDeadline(time.Now().Add(wait), time.Second)
 			}
 			if _, err := fc.br.Peek(1); err != nil {
-				return false
+				return false, false
 			}
 		}
 		if !fc.state.CompareAndSwap(connIdle, connActive) {
-			return false // closed by shutdown
+			return false, false // closed by shutdown
 		}
 		t0 := time.Now()
 		n, v := fc.readHead(t0)
 		switch v {
 		case headNotFast:
-			return true
+			return true, false
 		case headNeedMore: // the connection failed or timed out mid-head
-			return false
+			return false, false
 		}
 		fr := fs.match(fc)
-		if fr == nil || fc.h.contentLength > fr.rp.bodyLimit() || fs.heap.Over() {
-			return true
+		if fr == nil {
+			switch fc.servePoll(n, t0) { // a bridge's long-poll (fastpoll.go)
+			case pollHandoff:
+				return true, false
+			case pollEnded:
+				return false, false
+			case pollParked:
+				return false, true
+			}
+			fc.state.Store(connIdle)
+			if l.draining.Load() {
+				return false, false
+			}
+			continue
+		}
+		if fc.h.contentLength > fr.rp.bodyLimit() || fs.heap.Over() {
+			return true, false
 		}
 		fs.served.Add(1)
 		if !fc.proxy(fr, n, t0) {
-			return false
+			return false, false
 		}
 		fc.state.Store(connIdle)
 		if l.draining.Load() {
-			return false
+			return false, false
 		}
 	}
 }
@@ -282,11 +308,7 @@ func (fc *fastConn) readHead(t0 time.Time) (int, headVerdict) {
 // match routes the head as router.match does (routeFor); nil unless the
 // route is fast.
 func (fs *fastServer) match(fc *fastConn) *fastRoute {
-	if !isCleanPath(string(fc.h.path)) || bytes.IndexByte(fc.h.path, '\\') >= 0 {
-		return nil // net/http's path normalises it, or refuses it
-	}
-	fc.host = hostForMatch(fc.host, fc.h.host)
-	if r := routeFor(fs.s.router, fc.host, fc.h.path); r != nil {
+	if r := fs.matchRoute(fc); r != nil {
 		return r.fast
 	}
 	return nil

@@ -206,6 +206,7 @@ func New(opts Options) (*Server, error) {
 		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
 		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, maxHeadBytes: int(lim.MaxHeaderBytes), heap: heap, bufs: bufs,
 	}
+	s.fast.polls = newFastPolls(rt, opts.Bridges, opts.Registerer)
 	return s, nil
 }
 
@@ -394,6 +395,7 @@ func (s *Server) closeRest() {
 	if s.park != nil {
 		s.park.Close()
 	}
+	s.fast.polls.close()
 	s.loops.Wait()
 	s.serveWG.Wait()
 	for _, rp := range s.router.proxies {
