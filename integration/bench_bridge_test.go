@@ -140,13 +140,14 @@ type heldRow struct {
 	p50, p99                  time.Duration
 	got, lost                 int
 	dups                      int64
+	cpuPerCmd                 float64 // µs of CPU per command delivered (with the re-poll after it)
 	cpuPerPoll, cpuPerDeviceS float64 // µs
 	note                      string
 }
 
 func naRow(name string) heldRow {
 	nan := math.NaN()
-	return heldRow{name: name, rss: nan, heap: nan, stacks: nan, gor: nan, cpuPerPoll: nan, cpuPerDeviceS: nan, p50: -1, p99: -1}
+	return heldRow{name: name, rss: nan, heap: nan, stacks: nan, gor: nan, cpuPerCmd: nan, cpuPerPoll: nan, cpuPerDeviceS: nan, p50: -1, p99: -1}
 }
 
 const benchWait = 55 // seconds a poll waits, as the fleet
@@ -253,6 +254,13 @@ func benchEdgeshimHeld(b *testing.B, o heldOptions) []heldRow {
 	}
 	mosq1 := rss(b, m.cmd.Process.Pid)
 
+	edgeCPU := func() (d time.Duration) {
+		for _, e := range edges {
+			d += procCPU(b, e.cmd.Process.Pid)
+		}
+		return d
+	}
+	cpu0, mcpu0 := edgeCPU(), procCPU(b, m.cmd.Process.Pid)
 	rate, failed, err := pace(o.n, o.rate, func(i int, payload []byte) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -275,6 +283,7 @@ func benchEdgeshimHeld(b *testing.B, o heldOptions) []heldRow {
 		dups += f.dups.Load()
 	}
 	lost = o.n - got
+	cpuDelivery, mcpuDelivery := edgeCPU()-cpu0, procCPU(b, m.cmd.Process.Pid)-mcpu0
 	if lost > 0 {
 		b.Errorf("edgeshim: %d of %d commands not delivered within %ds", lost, o.n, benchWait+15)
 	}
@@ -284,28 +293,25 @@ func benchEdgeshimHeld(b *testing.B, o heldOptions) []heldRow {
 	row.rss, row.heap, row.stacks = per(held.rss, b0.rss), per(held.heapInuse, b0.heapInuse), per(held.stackInuse, b0.stackInuse)
 	row.gor = (held.goroutines - b0.goroutines) / float64(o.n)
 	row.p50, row.p99 = percentiles(lat)
+	row.cpuPerCmd = float64(cpuDelivery.Microseconds()) / float64(o.n)
 	row.note = fmt.Sprintf("RSS %.0f → %.0f MiB; polls held (gauge) %.0f; published at %.0f/s", b0.rss/(1<<20), held.rss/(1<<20), heldPolls, rate)
 	broker := naRow("mosquitto behind edgeshim, per session")
 	broker.held = o.n
 	broker.rss = float64(mosq1-mosq0) / float64(o.n) / 1024
+	broker.cpuPerCmd = float64(mcpuDelivery.Microseconds()) / float64(o.n)
 
 	if o.idle > 0 {
 		// Every device got its command and re-polled at once: the fleet
 		// now holds wait=55 polls and re-polls at their end.
-		var cpu0, cpu1 time.Duration
-		var polls0, polls1 int64
-		for p, e := range edges {
-			cpu0 += procCPU(b, e.cmd.Process.Pid)
-			polls0 += fleets[p].polls.Load()
+		polls := func() (n int64) {
+			for _, f := range fleets {
+				n += f.polls.Load()
+			}
+			return n
 		}
-		mcpu0 := procCPU(b, m.cmd.Process.Pid)
+		cpu0, mcpu0, polls0 := edgeCPU(), procCPU(b, m.cmd.Process.Pid), polls()
 		time.Sleep(o.idle) // the measurement window
-		for p, e := range edges {
-			cpu1 += procCPU(b, e.cmd.Process.Pid)
-			polls1 += fleets[p].polls.Load()
-		}
-		mcpu := procCPU(b, m.cmd.Process.Pid) - mcpu0
-		cpu := cpu1 - cpu0
+		cpu, mcpu, polls1 := edgeCPU()-cpu0, procCPU(b, m.cmd.Process.Pid)-mcpu0, polls()
 		devS := float64(o.n) * o.idle.Seconds()
 		if polls1 > polls0 {
 			row.cpuPerPoll = float64(cpu.Microseconds()) / float64(polls1-polls0)
@@ -347,6 +353,7 @@ func benchMosquittoDirect(b *testing.B, o heldOptions) heldRow {
 	}
 	time.Sleep(o.settle)
 	r1 := rss(b, m.cmd.Process.Pid)
+	dcpu0 := procCPU(b, m.cmd.Process.Pid)
 	rate, failed, err := pace(o.n, o.rate, func(i int, payload []byte) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -359,10 +366,12 @@ func benchMosquittoDirect(b *testing.B, o heldOptions) heldRow {
 	if !f.awaitAll(30 * time.Second) {
 		b.Errorf("mosquitto direct: %d of %d commands delivered", f.got.Load(), o.n)
 	}
+	dcpu := procCPU(b, m.cmd.Process.Pid) - dcpu0
 	row := naRow("mosquitto direct, QoS 1 subscriber (broker side)")
 	row.held, row.got, row.lost, row.dups = o.n, int(f.got.Load()), o.n-int(f.got.Load()), f.dups.Load()
 	row.rss = float64(r1-r0) / float64(o.n) / 1024
 	row.p50, row.p99 = percentiles(f.latencies())
+	row.cpuPerCmd = float64(dcpu.Microseconds()) / float64(o.n)
 	row.note = fmt.Sprintf("RSS %.1f → %.1f MiB; published at %.0f/s", float64(r0)/(1<<20), float64(r1)/(1<<20), rate)
 	if o.idle > 0 {
 		cpu0 := procCPU(b, m.cmd.Process.Pid)
@@ -409,6 +418,7 @@ func benchPushpinHeld(b *testing.B, o heldOptions) heldRow {
 	defer tr.CloseIdleConnections()
 	pc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	url := fmt.Sprintf("http://127.0.0.1:%d/publish/", publishPort)
+	pcpu0 := treeCPU(b, pid)
 	rate, failed, err := pace(o.n, o.rate, func(i int, payload []byte) error {
 		return pushpinPublish(context.Background(), pc, url, fmt.Sprintf("d-p-%d", i), payload)
 	})
@@ -418,12 +428,14 @@ func benchPushpinHeld(b *testing.B, o heldOptions) heldRow {
 	// Pushpin delivers to the polls held now or never: what has not
 	// arrived 5 s after the last publish is lost.
 	f.awaitAll(5 * time.Second)
+	pcpu := treeCPU(b, pid) - pcpu0
 	row := naRow("Pushpin, plain HTTP long-poll, no TLS, no session (all processes)")
 	row.held, row.got, row.dups = o.n, int(f.got.Load()), f.dups.Load()
 	row.lost = o.n - row.got
 	row.rss = float64(r1-r0) / float64(o.n) / 1024
 	if row.got > 0 {
 		row.p50, row.p99 = percentiles(f.latencies())
+		row.cpuPerCmd = float64(pcpu.Microseconds()) / float64(row.got)
 	}
 	row.note = fmt.Sprintf("RSS %.0f → %.0f MiB; published at %.0f/s; origin refused %d", float64(r0)/(1<<20), float64(r1)/(1<<20), rate, origin.bad.Load())
 	if n := f.errCount.Load() + f.reconnects.Load(); n > 0 {
@@ -475,8 +487,8 @@ func printHeldTable(o heldOptions, rows []heldRow) {
 	var w strings.Builder
 	fmt.Fprintf(&w, "\nHeld devices: N=%d over %d edgeshim process(es), one command per device at %d/s, %s, idle window %s, settle %s, GOGC=%q\n\n",
 		o.n, o.procs, o.rate, hello, o.idle, o.settle, os.Getenv("GOGC"))
-	fmt.Fprintf(&w, "| | held | KiB RSS / device | heap KiB | stacks KiB | goroutines | p50 ms | p99 ms | delivered | idle CPU µs / poll | idle CPU µs / device·s |\n")
-	fmt.Fprintf(&w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&w, "| | held | KiB RSS / device | heap KiB | stacks KiB | goroutines | p50 ms | p99 ms | delivered | CPU µs / command | idle CPU µs / poll | idle CPU µs / device·s |\n")
+	fmt.Fprintf(&w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	f := func(v float64, prec int) string {
 		if math.IsNaN(v) {
 			return "–"
@@ -488,8 +500,8 @@ func printHeldTable(o heldOptions, rows []heldRow) {
 		if r.p50 >= 0 || r.got > 0 {
 			delivered = fmt.Sprintf("%d (lost %d, dup %d)", r.got, r.lost, r.dups)
 		}
-		fmt.Fprintf(&w, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.held, f(r.rss, 1), f(r.heap, 1),
-			f(r.stacks, 1), f(r.gor, 2), f(ms(r.p50), 2), f(ms(r.p99), 2), delivered, f(r.cpuPerPoll, 0), f(r.cpuPerDeviceS, 2))
+		fmt.Fprintf(&w, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.held, f(r.rss, 1), f(r.heap, 1),
+			f(r.stacks, 1), f(r.gor, 2), f(ms(r.p50), 2), f(ms(r.p99), 2), delivered, f(r.cpuPerCmd, 0), f(r.cpuPerPoll, 0), f(r.cpuPerDeviceS, 2))
 	}
 	for _, r := range rows {
 		if r.note != "" {
