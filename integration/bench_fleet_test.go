@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -86,6 +87,15 @@ func (f *fleet) errors() string {
 	return strings.Join(f.errs, "; ")
 }
 
+// trouble is the errors and reconnects for a row's note, "" if none.
+func (f *fleet) trouble() string {
+	n, r := f.errCount.Load(), f.reconnects.Load()
+	if n == 0 && r == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d errors, %d reconnects (first: %s)", n, r, f.errors())
+}
+
 // track registers an open connection for stop; false once stopped.
 func (f *fleet) track(c net.Conn) bool {
 	f.mu.Lock()
@@ -139,8 +149,8 @@ func (f *fleet) awaitAll(within time.Duration) bool {
 
 // longPolls starts n devices, ramp per second (0: at once), that poll
 // path (with {i} the device number) on connections from dial, keep-alive,
-// re-polling after every answer; a device whose connection fails
-// reconnects after a second.
+// re-polling after every answer; a device whose connection fails or is
+// refused reconnects after 1-3 s.
 func (f *fleet) longPolls(dial func(context.Context) (net.Conn, error), host, path string, ramp int) {
 	start := time.Now()
 	for i := range f.n {
@@ -160,7 +170,7 @@ func (f *fleet) longPolls(dial func(context.Context) (net.Conn, error), host, pa
 					select {
 					case <-f.ctx.Done():
 						return
-					case <-time.After(time.Second):
+					case <-time.After(time.Second + rand.N(2*time.Second)): // no reconnect storm
 					}
 				}
 				c, err := dial(f.ctx)
