@@ -32,6 +32,7 @@ type fleet struct {
 	got        atomic.Int64   // devices that received their command
 	dups       atomic.Int64   // commands received by a device that had one
 	polls      atomic.Int64   // responses read (a command or an empty answer)
+	waiting    atomic.Int64   // requests written and not answered yet
 	reconnects atomic.Int64
 	errCount   atomic.Int64
 	all        chan struct{} // closed when got reaches n
@@ -137,6 +138,17 @@ func (f *fleet) latencies() []time.Duration {
 	return out
 }
 
+// awaitWaiting waits until every device has a request written and not
+// answered (a held poll, or one on its way to being held), or until
+// within; it returns how many have.
+func (f *fleet) awaitWaiting(within time.Duration) int {
+	deadline := time.Now().Add(within)
+	for f.waiting.Load() < int64(f.n) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // a counter, no event to await
+	}
+	return int(f.waiting.Load())
+}
+
 // awaitAll waits until every device has its command, or until within.
 func (f *fleet) awaitAll(within time.Duration) bool {
 	select {
@@ -197,7 +209,9 @@ func (f *fleet) pollOn(i int, c net.Conn, req []byte) {
 			f.fail(fmt.Errorf("device %d: %w", i, err))
 			return
 		}
+		f.waiting.Add(1)
 		resp, err := http.ReadResponse(br, nil)
+		f.waiting.Add(-1)
 		if err != nil {
 			f.fail(fmt.Errorf("device %d: %w", i, err))
 			return
