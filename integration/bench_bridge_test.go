@@ -162,9 +162,8 @@ const pushpinRamp = 200
 
 // heldEdgeConfig is bridgeConfig sized for the benchmark: info logs (the
 // access log samples a tenth of the polls, as by default), caps above N
-// (up to the descriptor limit),
-// max_wait above the polls' 55 s, the broker keepalive of the direct
-// subscribers (60 s).
+// (up to the descriptor limit), max_wait above the polls' 55 s, the
+// broker keepalive of the direct subscribers (60 s).
 func heldEdgeConfig(b *testing.B, broker string) string {
 	cfg := bridgeConfig(broker, "", "")
 	for _, r := range [][2]string{
@@ -406,12 +405,12 @@ func benchPushpinHeld(b *testing.B, o heldOptions) heldRow {
 	pid := startPushpinWith(b, httpPort, publishPort, originAddr,
 		pushpinOptions{maxConn: o.n + 100, messageRate: 100000, logLevel: 1})
 	warmPushpin(b, httpPort)
+	origin.target.Add(origin.holds.Load()) // the warm-up's holds, before the fleet's
 	r0 := treeRSS(b, pid)
 	f := newFleet(o.n)
 	defer f.stop()
 	f.longPolls(fleetDial("127.0.0.1:"+strconv.Itoa(httpPort), nil, make(chan struct{}, 64)), "localhost",
 		fmt.Sprintf("/devices/p-{i}/commands?wait=%d", benchWait), o.pushpinRamp)
-	origin.target.Add(origin.holds.Load()) // the warm-up's holds
 	select {
 	case <-origin.reached:
 	case <-time.After(time.Duration(60+o.n/o.pushpinRamp) * time.Second):

@@ -162,7 +162,7 @@ func (f *fleet) awaitAll(within time.Duration) bool {
 // longPolls starts n devices, ramp per second (0: at once), that poll
 // path (with {i} the device number) on connections from dial, keep-alive,
 // re-polling after every answer; a device whose connection fails or is
-// refused reconnects after 1-3 s.
+// refused reconnects after 1-3 s. It returns once every device started.
 func (f *fleet) longPolls(dial func(context.Context) (net.Conn, error), host, path string, ramp int) {
 	start := time.Now()
 	for i := range f.n {
