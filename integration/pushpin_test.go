@@ -20,7 +20,20 @@ import (
 // route to origin, ZeroMQ over ipc sockets in the dir. It returns the
 // runner's pid; the test's cleanup stops it (SIGTERM, the runner stops its
 // children) and waits.
-func startPushpin(t *testing.T, httpPort, publishPort int, origin string) int {
+func startPushpin(t testing.TB, httpPort, publishPort int, origin string) int {
+	t.Helper()
+	return startPushpinWith(t, httpPort, publishPort, origin, pushpinOptions{maxConn: 1000, logLevel: 2})
+}
+
+// pushpinOptions size Pushpin for a benchmark: the client connections
+// condure takes, the handler's publish rate (0: Pushpin's default) and
+// the log level (2 logs every request, 1 only errors).
+type pushpinOptions struct {
+	maxConn, messageRate, logLevel int
+}
+
+// startPushpinWith is startPushpin sized by o.
+func startPushpinWith(t testing.TB, httpPort, publishPort int, origin string, o pushpinOptions) int {
 	t.Helper()
 	bin := requireTool(t, "pushpin")
 	for _, b := range []string{"condure", "zurl", "pushpin-proxy", "pushpin-handler"} {
@@ -41,8 +54,8 @@ port_offset=0
 services=condure,zurl,pushpin-proxy,pushpin-handler
 http_port=127.0.0.1:%[2]d
 logdir=%[1]s/log
-log_level=2
-client_maxconn=1000
+log_level=%[5]d
+client_maxconn=%[4]d
 [proxy]
 routesfile=routes
 sig_key=integration-not-secret
@@ -57,7 +70,10 @@ push_in_http_addr=127.0.0.1
 push_in_http_port=%[3]d
 stats_spec=ipc://{rundir}/{ipc_prefix}stats
 command_spec=ipc://{rundir}/{ipc_prefix}command
-`, dir, httpPort, publishPort)
+`, dir, httpPort, publishPort, o.maxConn, o.logLevel)
+	if o.messageRate > 0 { // [handler] is the last section
+		conf += fmt.Sprintf("message_rate=%d\nmessage_hwm=%d\n", o.messageRate, 2*o.messageRate)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "pushpin.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
