@@ -247,3 +247,34 @@ func TestRequestBody(t *testing.T) {
 		t.Errorf("RST_STREAM %d %v, want 3 PROTOCOL_ERROR", r.StreamID, r.ErrCode)
 	}
 }
+
+// TestFlushReachesSocket: Flush puts the body on the socket even while
+// another writer is pending (who would otherwise flush for it): the
+// bridge waits for the device's TCP ack right after Flush.
+func TestFlushReachesSocket(t *testing.T) {
+	var s *Server
+	got := make(chan struct{})
+	s = testServer(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		var c *conn
+		for c = range s.conns {
+		}
+		s.mu.Unlock()
+		c.writers.Add(1) // another writer, busy elsewhere
+		defer c.release()
+		io.WriteString(w, "cmd")
+		w.(http.Flusher).Flush()
+		select {
+		case <-got:
+		case <-time.After(5 * time.Second):
+			t.Error("flushed body not on the socket")
+		}
+	})
+	cl := newClient(t, s)
+	cl.request(1, "/f", true)
+	d := cl.next(func(f http2.Frame) bool { _, ok := f.(*http2.DataFrame); return ok }).(*http2.DataFrame)
+	if string(d.Data()) != "cmd" {
+		t.Errorf("DATA %q", d.Data())
+	}
+	close(got)
+}

@@ -102,7 +102,8 @@ func (w *responseWriter) WriteString(s string) (int, error) { return w.Write([]b
 
 func (w *responseWriter) Flush() { w.FlushError() }
 
-// FlushError writes the headers and the body buffered so far.
+// FlushError writes the headers and the body buffered so far to the
+// connection's socket.
 func (w *responseWriter) FlushError() error {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
@@ -119,7 +120,17 @@ func (w *responseWriter) FlushError() error {
 		}
 		w.buf = w.buf[:0]
 	}
-	return nil
+	// On the socket when Flush returns, even if another writer would
+	// flush it soon: the bridge then waits for the device's TCP ack of
+	// every byte queued (awaitReceived).
+	c := w.st.c
+	c.wmu.Lock()
+	err := c.flushLocked()
+	c.wmu.Unlock()
+	if err != nil {
+		w.err = err
+	}
+	return err
 }
 
 // reserve takes n bytes of the send windows if both have them.
