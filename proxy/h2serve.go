@@ -152,6 +152,7 @@ func newH2Front(hs *http.Server, base context.Context, lim config.Limits, log *s
 		IdleTimeout:       lim.Timeouts.Idle.D(),
 		ReadHeaderTimeout: lim.Timeouts.ReadHeader.D(),
 		WriteTimeout:      lim.Timeouts.Write.D(),
+		ReadTimeout:       lim.Timeouts.Read.D(),
 		Logger:            log,
 	})
 }

@@ -167,7 +167,8 @@ func (c *conn) logf(msg string, args ...any) {
 }
 
 func (c *conn) readLoop() error {
-	c.nc.SetReadDeadline(time.Now().Add(c.o.ReadHeaderTimeout))
+	c.rdl = time.Now().Add(c.o.ReadHeaderTimeout)
+	c.nc.SetReadDeadline(c.rdl)
 	var pre [len(preface)]byte
 	if _, err := io.ReadFull(c.br, pre[:]); err != nil || string(pre[:]) != preface {
 		return errors.Join(err, errors.New("bad preface"))
@@ -335,7 +336,9 @@ func (c *conn) flushLocked() error {
 		return c.werr
 	}
 	if wt := c.o.WriteTimeout; wt > 0 {
-		if t := time.Now().Add(wt); t.Sub(c.wdl) > time.Second {
+		// Set again once it has aged by a quarter (up to a second): a
+		// flush always has at least 3/4 of the timeout.
+		if t := time.Now().Add(wt); t.Sub(c.wdl) > min(time.Second, wt/4) {
 			c.wdl = t
 			c.nc.SetWriteDeadline(t)
 		}
@@ -576,6 +579,9 @@ func (c *conn) processData(f *http2.DataFrame) error {
 	st.body.push(data, f.StreamEnded())
 	if f.StreamEnded() {
 		st.remoteDone = true
+		if st.rtimer != nil {
+			st.rtimer.Stop()
+		}
 		if st.handlerDone {
 			c.removeLocked(st)
 		}
@@ -632,6 +638,7 @@ func (c *conn) handlerDone(st *stream, clean bool) {
 	c.mu.Lock()
 	c.handlers--
 	st.handlerDone = true
+	st.stopTimers()
 	if clean {
 		c.refused = 0
 	}

@@ -56,8 +56,14 @@ type Options struct {
 	// ReadHeaderTimeout bounds the wait for the client preface and the
 	// first SETTINGS. Default: IdleTimeout, or 10s.
 	ReadHeaderTimeout time.Duration
-	// WriteTimeout bounds each flush of the connection's buffer. 0: none.
+	// WriteTimeout bounds each flush of the connection's buffer, and a
+	// stream's response from its start (as net/http's HTTP/2 server: the
+	// stream is reset past it; handlers extend it with
+	// http.ResponseController.SetWriteDeadline). 0: none.
 	WriteTimeout time.Duration
+	// ReadTimeout bounds reading a request body from the stream's start
+	// (the stream is reset past it; SetReadDeadline extends it). 0: none.
+	ReadTimeout time.Duration
 	// PingTimeout: a connection with streams but no frame for
 	// IdleTimeout/2 is sent a PING and closed without an answer within
 	// PingTimeout. Default: 15s.

@@ -2,10 +2,12 @@ package h2front
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -277,4 +279,49 @@ func TestFlushReachesSocket(t *testing.T) {
 		t.Errorf("DATA %q", d.Data())
 	}
 	close(got)
+}
+
+// TestStreamDeadlines: a response stalled past the write timeout (here:
+// a client that never opens its window) is reset and its handler's
+// write fails; SetWriteDeadline extends it (a long-poll).
+func TestStreamDeadlines(t *testing.T) {
+	failed := make(chan error, 1)
+	s := New(Options{Logger: slog.New(slog.DiscardHandler), WriteTimeout: 200 * time.Millisecond,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/long" {
+				http.NewResponseController(w).SetWriteDeadline(time.Now().Add(5 * time.Second))
+				select {
+				case <-time.After(400 * time.Millisecond): // past the write timeout
+				case <-r.Context().Done():
+					failed <- r.Context().Err()
+					return
+				}
+				io.WriteString(w, "late but allowed")
+				return
+			}
+			w.Write(bytes.Repeat([]byte("x"), 100))
+			_, err := w.Write(bytes.Repeat([]byte("y"), 20<<10)) // past the buffer: waits for the window
+			failed <- err
+		})})
+	cl := newClient(t, s, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	cl.request(1, "/stall", true)
+	r := cl.next(func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok }).(*http2.RSTStreamFrame)
+	if r.StreamID != 1 {
+		t.Errorf("RST_STREAM on %d", r.StreamID)
+	}
+	if err := <-failed; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("stalled write: %v, want a deadline error", err)
+	}
+	cl.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
+	cl.request(3, "/long", true)
+	d := cl.next(func(f http2.Frame) bool {
+		if r, ok := f.(*http2.RSTStreamFrame); ok && r.StreamID == 3 {
+			t.Fatal("long-poll reset despite SetWriteDeadline")
+		}
+		_, ok := f.(*http2.DataFrame)
+		return ok
+	}).(*http2.DataFrame)
+	if string(d.Data()) != "late but allowed" {
+		t.Errorf("DATA %q", d.Data())
+	}
 }

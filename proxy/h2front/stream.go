@@ -7,10 +7,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -37,6 +39,55 @@ type stream struct {
 	err         error // why the stream ended early
 	body        *body
 	trailer     http.Header // request trailers declared, filled when they arrive
+	// rtimer and wtimer reset the stream when the read or write timeout
+	// passes; nil when there is none.
+	rtimer, wtimer *time.Timer
+}
+
+// errTimeout is what a handler's reads and writes return after its
+// stream's read or write deadline passed.
+var errTimeout = fmt.Errorf("h2front: stream deadline: %w", os.ErrDeadlineExceeded)
+
+// timedOut resets the stream when its read or write deadline passed.
+func (st *stream) timedOut() {
+	c := st.c
+	c.mu.Lock()
+	if st.handlerDone || st.aborted {
+		c.mu.Unlock()
+		return
+	}
+	st.abort(errTimeout)
+	c.removeLocked(st)
+	c.mu.Unlock()
+	c.logf("stream deadline passed", "stream", st.id)
+	c.write(func() error { return c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal) })
+}
+
+// setDeadline arms (or stops, t zero) one of the stream's timers.
+func (st *stream) setDeadline(tp **time.Timer, t time.Time) {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.handlerDone || st.aborted {
+		return
+	}
+	if *tp != nil {
+		(*tp).Stop()
+	}
+	if t.IsZero() {
+		*tp = nil
+		return
+	}
+	*tp = time.AfterFunc(time.Until(t), st.timedOut)
+}
+
+func (st *stream) stopTimers() {
+	if st.rtimer != nil {
+		st.rtimer.Stop()
+	}
+	if st.wtimer != nil {
+		st.wtimer.Stop()
+	}
 }
 
 // abort ends the stream early: its handler's reads and writes fail with
@@ -228,6 +279,12 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return ErrConnClosed
 	}
 	st.sendWindow = c.peerWindow
+	if d := c.o.WriteTimeout; d > 0 {
+		st.wtimer = time.AfterFunc(d, st.timedOut)
+	}
+	if d := c.o.ReadTimeout; d > 0 && !st.remoteDone {
+		st.rtimer = time.AfterFunc(d, st.timedOut)
+	}
 	c.streams[id] = st
 	c.handlers++
 	c.wg.Add(1)
@@ -266,6 +323,9 @@ func (c *conn) trailers(st *stream, f *http2.MetaHeadersFrame) error {
 		}
 	}
 	st.remoteDone = true
+	if st.rtimer != nil {
+		st.rtimer.Stop()
+	}
 	st.body.push(nil, true)
 	if st.handlerDone {
 		c.removeLocked(st)

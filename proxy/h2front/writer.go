@@ -34,6 +34,19 @@ var (
 
 func (w *responseWriter) Header() http.Header { return w.header }
 
+// SetWriteDeadline moves the stream's write deadline (see
+// Options.WriteTimeout); zero: none.
+func (w *responseWriter) SetWriteDeadline(t time.Time) error {
+	w.st.setDeadline(&w.st.wtimer, t)
+	return nil
+}
+
+// SetReadDeadline moves the stream's request body deadline; zero: none.
+func (w *responseWriter) SetReadDeadline(t time.Time) error {
+	w.st.setDeadline(&w.st.rtimer, t)
+	return nil
+}
+
 func (w *responseWriter) WriteHeader(code int) {
 	if w.status != 0 {
 		return
