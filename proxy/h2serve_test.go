@@ -1,0 +1,53 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestHTTP2Servers: both HTTP/2 servers of listen.http2_server (edgeshim's
+// h2front, the default, and net/http's) proxy a GET and a POST body over
+// h2 with the forwarded headers, and answer a header list over
+// limits.max_header_bytes 431.
+func TestHTTP2Servers(t *testing.T) {
+	a := echoBackend(t, "a")
+	for _, server := range []string{"", "edgeshim", "net/http"} {
+		t.Run("server="+server, func(t *testing.T) {
+			sel := ""
+			if server != "" {
+				sel = fmt.Sprintf("listen: {http2_server: %q}", server)
+			}
+			s, cl := startProxy(t, fmt.Sprintf(`%s
+limits: {max_header_bytes: 2KiB}
+routes: [{path: /, proxy: {backends: [%q]}}]
+`, sel, a.URL))
+			tr := cl.Transport.(*http.Transport).Clone()
+			tr.ForceAttemptHTTP2 = true
+			defer tr.CloseIdleConnections()
+			h2 := &http.Client{Transport: tr}
+			req, _ := http.NewRequest("POST", s.url("/x?q=1"), bytes.NewBufferString("body"))
+			code, e, _ := doJSON(t, h2, req)
+			if code != 200 || e.Proto != 1 || e.Xff != "127.0.0.1" || e.Body != "body" {
+				t.Errorf("POST over h2: %d %+v", code, e)
+			}
+			req, _ = http.NewRequest("GET", s.url("/x"), nil)
+			req.Header.Set("X-Big", strings.Repeat("v", 2100))
+			resp, err := h2.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 431 || resp.ProtoMajor != 2 {
+				t.Errorf("oversized header list: %d over %s, want 431 over HTTP/2", resp.StatusCode, resp.Proto)
+			}
+			if got := s.h2f != nil; got != (server != "net/http") {
+				t.Errorf("h2front in use: %v", got)
+			}
+		})
+	}
+}
