@@ -42,6 +42,10 @@ type stream struct {
 	// rtimer and wtimer reset the stream when the read or write timeout
 	// passes; nil when there is none.
 	rtimer, wtimer *time.Timer
+
+	// Allocated with the stream.
+	bodyv body
+	rw    responseWriter
 }
 
 // errTimeout is what a handler's reads and writes return after its
@@ -257,7 +261,8 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	st.cancel = cancel
 	req = req.WithContext(ctx)
 	if !f.StreamEnded() {
-		st.body = &body{st: st, continue100: strings.EqualFold(req.Header.Get("Expect"), "100-continue")}
+		st.bodyv = body{st: st, continue100: strings.EqualFold(req.Header.Get("Expect"), "100-continue")}
+		st.body = &st.bodyv
 		req.Body = st.body
 		if v := req.Header["Trailer"]; len(v) > 0 {
 			req.Trailer = http.Header{}
@@ -271,7 +276,8 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 			st.trailer = req.Trailer
 		}
 	}
-	rw := &responseWriter{st: st, req: req, header: http.Header{}}
+	st.rw = responseWriter{st: st, req: req, header: make(http.Header, 4)}
+	rw := &st.rw
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -338,6 +344,7 @@ func (c *conn) trailers(st *stream, f *http2.MetaHeadersFrame) error {
 func (c *conn) newRequest(f *http2.MetaHeadersFrame) (req *http.Request, declared int64, err error) {
 	var method, scheme, authority, path string
 	h := make(http.Header, len(f.Fields))
+	vals := make([]string, len(f.Fields)) // one backing array for the values
 	var cookies []string
 	declared = -1
 	for _, hf := range f.Fields {
@@ -375,7 +382,12 @@ func (c *conn) newRequest(f *http2.MetaHeadersFrame) (req *http.Request, declare
 			declared = int64(n)
 		}
 		k := canonicalKey(hf.Name)
-		h[k] = append(h[k], hf.Value)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, hf.Value)
+		} else {
+			vals[0] = hf.Value
+			h[k], vals = vals[:1:1], vals[1:]
+		}
 	}
 	if len(cookies) > 0 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}
