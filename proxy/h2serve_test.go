@@ -22,7 +22,7 @@ func TestHTTP2Servers(t *testing.T) {
 				sel = fmt.Sprintf("listen: {http2_server: %q}", server)
 			}
 			s, cl := startProxy(t, fmt.Sprintf(`%s
-limits: {max_header_bytes: 2KiB}
+limits: {max_header_bytes: 2KiB, max_body: 4MiB}
 routes: [{path: /, proxy: {backends: [%q]}}]
 `, sel, a.URL))
 			tr := cl.Transport.(*http.Transport).Clone()
@@ -33,6 +33,15 @@ routes: [{path: /, proxy: {backends: [%q]}}]
 			code, e, _ := doJSON(t, h2, req)
 			if code != 200 || e.Proto != 1 || e.Xff != "127.0.0.1" || e.Body != "body" {
 				t.Errorf("POST over h2: %d %+v", code, e)
+			}
+			// Past the stream's (256 KiB) and connection's (1 MiB)
+			// receive windows: both must be given back as it is read.
+			big := strings.Repeat("0123456789abcdef", 80<<10)
+			for range 2 {
+				req, _ = http.NewRequest("POST", s.url("/big"), strings.NewReader(big))
+				if code, e, _ = doJSON(t, h2, req); code != 200 || e.Body != big {
+					t.Errorf("1.25 MiB POST over h2: %d, body %d bytes back", code, len(e.Body))
+				}
 			}
 			req, _ = http.NewRequest("GET", s.url("/x"), nil)
 			req.Header.Set("X-Big", strings.Repeat("v", 2100))
