@@ -157,22 +157,25 @@ func newH2Front(hs *http.Server, base context.Context, lim config.Limits, log *s
 	})
 }
 
-// startH2 serves the HTTP/2 handoff on s.https (or, with h2front, nothing
-// to start) and returns what tlsListener calls for each "h2" connection.
-func (s *Server) startH2(addr net.Addr) func(*tls.Conn) {
+// startH2 returns what tlsListener calls for each "h2" connection, and
+// start, which serves the HTTP/2 handoff on s.https (with h2front:
+// nothing). start is called once the tlsListener has cloned the TLS
+// configuration: net/http's Serve writes to it.
+func (s *Server) startH2(addr net.Addr) (serve func(*tls.Conn), start func()) {
 	if s.h2f != nil {
-		return func(c *tls.Conn) { s.h2f.ServeConn(c) }
+		return func(c *tls.Conn) { s.h2f.ServeConn(c) }, func() {}
 	}
 	h := newH2Handoff(addr)
 	s.h2in = h
 	s.https.ConnState = h.connState
-	s.serveWG.Add(1)
-	go func() {
-		defer s.serveWG.Done()
-		defer h.Close()
-		if err := s.https.Serve(h); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("https (HTTP/2) server stopped", "err", err)
-		}
-	}()
-	return h.serve
+	return h.serve, func() {
+		s.serveWG.Add(1)
+		go func() {
+			defer s.serveWG.Done()
+			defer h.Close()
+			if err := s.https.Serve(h); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("https (HTTP/2) server stopped", "err", err)
+			}
+		}()
+	}
 }

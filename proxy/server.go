@@ -278,11 +278,13 @@ func (s *Server) Start() error {
 	}
 	// The TLS handshake is done here, not by net/http, so that HTTP/1
 	// connections reach it as scanConns (see framingGuard).
+	serveH2, startH2 := s.startH2(ln.Addr())
 	tln := newTLSListener(ln, tlsListenerOptions{
 		Config: s.https.TLSConfig, HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
 		HandshakeFailed: s.opts.HandshakeFailed, FailLog: s.logs.handshake, Logger: s.log, Base: s.base,
-		ServeH2: s.startH2(ln.Addr()), Fast: s.fast,
+		ServeH2: serveH2, Fast: s.fast,
 	})
+	startH2()
 	s.tln = tln
 	s.serveWG.Add(1)
 	go func() {
