@@ -78,7 +78,8 @@ type conn struct {
 	recvWindow  int64 // what the client may still send on the connection
 	recvUnacked int64 // consumed, not yet given back by WINDOW_UPDATE
 	closed      bool
-	goingAway   bool // GOAWAY sent: no new streams
+	goingAway   bool // GOAWAY sent (or due once SETTINGS are): no new streams
+	settings    bool // our SETTINGS were written: GOAWAY may follow
 	pingOut     bool
 	rdl         time.Time
 }
@@ -189,6 +190,13 @@ func (c *conn) readLoop() error {
 	if err != nil {
 		c.release()
 		return err
+	}
+	c.mu.Lock()
+	c.settings = true
+	drain := c.goingAway
+	c.mu.Unlock()
+	if drain { // Drain came first: SETTINGS had to be the first frame
+		c.goAway(http2.ErrCodeNo, false)
 	}
 	for first := true; ; first = false {
 		if c.br.Buffered() == 0 {
@@ -367,6 +375,13 @@ func (c *conn) goAway(code http2.ErrCode, final bool) {
 // drainSoon sends GOAWAY NO_ERROR and wakes the reader, which ends the
 // connection once its streams are done.
 func (c *conn) drainSoon() {
+	c.mu.Lock()
+	early := !c.settings
+	c.goingAway = true
+	c.mu.Unlock()
+	if early {
+		return // readLoop sends it after its SETTINGS
+	}
 	c.goAway(http2.ErrCodeNo, false)
 	c.nc.SetReadDeadline(aLongTimeAgo)
 }

@@ -325,3 +325,24 @@ func TestStreamDeadlines(t *testing.T) {
 		t.Errorf("DATA %q", d.Data())
 	}
 }
+
+// TestDrainBeforeSettings: a connection served after Drain gets SETTINGS
+// first (RFC 9113 3.4), then GOAWAY, and ends.
+func TestDrainBeforeSettings(t *testing.T) {
+	s := testServer(func(w http.ResponseWriter, r *http.Request) {})
+	s.Drain()
+	cl := newClient(t, s)
+	f, err := cl.fr.ReadFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+		t.Fatalf("first frame %v, want SETTINGS", f.Header())
+	}
+	cl.next(func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok })
+	select {
+	case <-cl.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("drained connection without streams still served")
+	}
+}
