@@ -392,11 +392,11 @@ func (c *conn) newRequest(f *http2.MetaHeadersFrame) (req *http.Request, declare
 	if len(cookies) > 0 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}
 	}
-	if method == "" || !httpguts.ValidHostHeader(authority) {
-		return nil, 0, errors.New("missing :method or bad :authority")
-	}
 	if authority == "" {
 		authority = h.Get("Host")
+	}
+	if method == "" || !httpguts.ValidHostHeader(authority) {
+		return nil, 0, errors.New("missing :method or bad :authority")
 	}
 	var u *url.URL
 	uri := path
