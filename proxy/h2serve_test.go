@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -57,6 +58,48 @@ routes: [{path: /, proxy: {backends: [%q]}}]
 			if got := s.h2f != nil; got != (server != "net/http") {
 				t.Errorf("h2front in use: %v", got)
 			}
+		})
+	}
+}
+
+// BenchmarkProxyH2 measures a GET through the proxy over one HTTP/2
+// connection (16 streams at a time) to a loopback backend, with each
+// HTTP/2 server. The client runs in the same process: compare the two
+// servers, not with nginx (integration/bench_proxy.sh does that).
+// Profile with -cpuprofile.
+func BenchmarkProxyH2(b *testing.B) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	}))
+	defer backend.Close()
+	for _, server := range []string{"edgeshim", "net/http"} {
+		b.Run("server="+server, func(b *testing.B) {
+			s, cl := startProxy(b, fmt.Sprintf(`
+listen: {http2_server: %q}
+limits: {per_ip: {max_conns: 10000, rate: 100000, burst: 100000}}
+routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, server, backend.URL))
+			tr := cl.Transport.(*http.Transport).Clone()
+			tr.ForceAttemptHTTP2 = true
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr}
+			url := s.url("/x")
+			b.SetParallelism(16)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := c.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.ProtoMajor != 2 {
+						b.Errorf("served over %s", resp.Proto)
+						return
+					}
+				}
+			})
 		})
 	}
 }
