@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestHTTP2Servers: both HTTP/2 servers of listen.http2_server (edgeshim's
@@ -101,5 +102,49 @@ routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, server, ba
 				}
 			})
 		})
+	}
+}
+
+// TestHTTP2LongPollOutlivesWriteTimeout: a handler behind the whole
+// middleware chain that extends its write deadline (the bridge's
+// long-poll) is answered past limits.timeouts.write over HTTP/2; one that
+// does not is reset at it.
+func TestHTTP2LongPollOutlivesWriteTimeout(t *testing.T) {
+	bridge := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/devices/long" {
+			http.NewResponseController(w).SetWriteDeadline(time.Now().Add(10 * time.Second))
+		}
+		select {
+		case <-time.After(1500 * time.Millisecond): // past timeouts.write
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "command")
+	})
+	s, cl := startProxy(t, `
+limits: {timeouts: {write: 1s}}
+bridges: {fleet: {upstream: {url: "mqtt://127.0.0.1:1"}, identity: {from: path, allow_unauthenticated: true}, poll: {path: "/devices/{device}"}, commands: {topic: "d/{device}/c"}}}
+routes: [{path: /devices/, bridge: fleet}]`,
+		func(o *Options) { o.Bridges = map[string]http.Handler{"fleet": bridge} })
+	tr := cl.Transport.(*http.Transport).Clone()
+	tr.ForceAttemptHTTP2 = true
+	defer tr.CloseIdleConnections()
+	h2 := &http.Client{Transport: tr}
+	resp, err := h2.Get(s.url("/devices/long"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(b) != "command" || resp.ProtoMajor != 2 {
+		t.Errorf("extended long-poll: %q %v over %s", b, err, resp.Proto)
+	}
+	resp, err = h2.Get(s.url("/devices/short"))
+	if err == nil {
+		b, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Errorf("a response past timeouts.write without an extension: %q, want the stream reset", b)
 	}
 }
