@@ -107,6 +107,21 @@ func (st *stream) abort(err error) {
 	st.wake.Broadcast()
 }
 
+// endedEarly is why the stream was reset (by the client, a deadline,
+// the connection's end), or nil: nothing more may be written on it.
+func (st *stream) endedEarly() error {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.aborted {
+		return st.err
+	}
+	if c.closed {
+		return ErrConnClosed
+	}
+	return nil
+}
+
 // body is a request body: DATA received, read by the handler. Guarded
 // by conn.mu.
 type body struct {

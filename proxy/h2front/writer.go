@@ -165,6 +165,10 @@ func (w *responseWriter) sendHeaders(end bool, last []byte) error {
 	if w.sent {
 		return nil
 	}
+	if err := w.st.endedEarly(); err != nil {
+		w.err = err
+		return err
+	}
 	w.sent = true
 	h := w.header
 	if w.trailers != nil || hasTrailerPrefix(h) {
@@ -195,12 +199,21 @@ func (w *responseWriter) sendHeaders(end bool, last []byte) error {
 			enc("content-type", sniffed)
 		}
 	}
+	var ended error
 	w.err = c.write(func() error {
+		// Checked under the write lock: a reset written after this
+		// comes after these frames, never before.
+		if ended = w.st.endedEarly(); ended != nil {
+			return nil
+		}
 		if err := c.writeHeadersLocked(w.st.id, w.status, h, end, extra); err != nil || last == nil {
 			return err
 		}
 		return c.fr.WriteData(w.st.id, true, last)
 	})
+	if w.err == nil {
+		w.err = ended
+	}
 	return w.err
 }
 
@@ -238,7 +251,17 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 		chunk := p[:n]
 		p = p[n:]
 		last := end && len(p) == 0
-		if err := c.write(func() error { return c.fr.WriteData(st.id, last, chunk) }); err != nil {
+		var ended error
+		err := c.write(func() error {
+			if ended = st.endedEarly(); ended != nil {
+				return nil
+			}
+			return c.fr.WriteData(st.id, last, chunk)
+		})
+		if err == nil {
+			err = ended
+		}
+		if err != nil {
 			w.err = err
 			return err
 		}
@@ -250,6 +273,9 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 func (w *responseWriter) finish() error {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
+	}
+	if w.err == nil {
+		w.err = w.st.endedEarly()
 	}
 	if w.err != nil {
 		return w.err
