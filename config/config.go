@@ -63,6 +63,11 @@ type Listen struct {
 	HTTPS string `yaml:"https"`
 	// HTTP3 also serves HTTP/3 over UDP on the HTTPS port. Default: false.
 	HTTP3 bool `yaml:"http3"`
+	// HTTP2Server is the HTTP/2 server of the https listener: "edgeshim"
+	// (proxy/h2front: frame writes batched per connection, no goroutine
+	// per frame write) or "net/http" (Go's own, the server before
+	// h2front; kept for the transition). Default: "edgeshim".
+	HTTP2Server string `yaml:"http2_server"`
 	// HTTP is a plain-HTTP listener that answers ACME HTTP-01 challenges and
 	// redirects everything else to HTTPS. Default: "" (off).
 	HTTP string `yaml:"http"`
@@ -73,6 +78,12 @@ type Listen struct {
 	// balancers on the https and http listeners. Default: off.
 	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
 }
+
+// The values of Listen.HTTP2Server.
+const (
+	HTTP2Edgeshim = "edgeshim"
+	HTTP2NetHTTP  = "net/http"
+)
 
 // Log configures log/slog output.
 type Log struct {
@@ -223,6 +234,9 @@ func (c *Config) WithDefaults() *Config {
 	if out.Listen.Admin == "" {
 		out.Listen.Admin = "127.0.0.1:9090"
 	}
+	if out.Listen.HTTP2Server == "" {
+		out.Listen.HTTP2Server = HTTP2Edgeshim
+	}
 	if out.Log.Level == "" {
 		out.Log.Level = "info"
 	}
@@ -269,6 +283,9 @@ func (c *Config) Validate() error {
 		validAddr(&e, "listen.admin", c.Listen.Admin)
 	}
 	c.listenerConflicts(&e)
+	if v := c.Listen.HTTP2Server; v != HTTP2Edgeshim && v != HTTP2NetHTTP {
+		e.add("listen.http2_server", "must be %q or %q (got %q)", HTTP2Edgeshim, HTTP2NetHTTP, v)
+	}
 	if c.Listen.HTTP3 && c.Listen.HTTPS == "" {
 		e.add("listen.http3", "needs listen.https (HTTP/3 shares its port over UDP)")
 	}

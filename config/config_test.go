@@ -40,7 +40,8 @@ func TestValidateMessages(t *testing.T) {
 		name, doc string
 		want      []string
 	}{
-		{"unknown key", "listen: {https: \":1\", foo: 1}", []string{`line 1: listen.foo: unknown field (known: https, http3, http, admin, proxy_protocol)`}},
+		{"unknown key", "listen: {https: \":1\", foo: 1}", []string{`line 1: listen.foo: unknown field (known: https, http3, http2_server, http, admin, proxy_protocol)`}},
+		{"http2 server", "listen: {http2_server: nginx}", []string{`listen.http2_server: must be "edgeshim" or "net/http" (got "nginx")`}},
 		{"unknown top key", "lisen: {}", []string{`line 1: lisen: unknown field (did you mean "listen"?)`}},
 		{"bad duration", "limits:\n  timeouts: {idle: 10}", []string{`line 2: limits.timeouts.idle: invalid duration "10" (want e.g. "10s", "5m", "1h")`}},
 		{"bad size", "limits: {max_body: 1MB2}", []string{`line 1: limits.max_body: invalid size "1MB2" (want e.g. "1048576", "64KiB", "1MiB")`}},

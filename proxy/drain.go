@@ -88,6 +88,9 @@ func (s *Server) Drain() {
 		if s.tln != nil {
 			s.tln.Close()
 		}
+		if s.h2f != nil {
+			s.h2f.Drain() // GOAWAY; connections end when their streams have
+		}
 		if d.plainLn != nil {
 			d.plainLn.Close()
 		}

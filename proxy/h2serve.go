@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"log/slog"
@@ -9,6 +10,10 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/edgeshim/edgeshim/config"
+	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/proxy/h2front"
 )
 
 // HTTP/2 is net/http's own server (http.Server.Protocols and HTTP2), not
@@ -126,19 +131,51 @@ func (h *h2Handoff) connState(c net.Conn, st http.ConnState) {
 	}
 }
 
-// startH2 serves the HTTP/2 handoff on s.https and returns what
-// tlsListener calls for each "h2" connection.
-func (s *Server) startH2(addr net.Addr) func(*tls.Conn) {
+// newH2Front is the HTTP/2 server of listen.http2_server "edgeshim"
+// (see package h2front) with the settings http2Config gives net/http's.
+func newH2Front(hs *http.Server, base context.Context, lim config.Limits, log *slog.Logger) *h2front.Server {
+	return h2front.New(h2front.Options{
+		Handler: hs.Handler,
+		// http.ServerContextKey: httputil.ReverseProxy aborts a response
+		// whose body copy failed (RST_STREAM) only when it is set.
+		BaseContext:          context.WithValue(base, http.ServerContextKey, hs),
+		ConnContext:          connContext,
+		MaxConcurrentStreams: 100,
+		// net/http's HTTP/2 figure for the same MaxHeaderBytes: a longer
+		// list is answered 431, a shorter one meets limits.HeaderSize.
+		MaxHeaderListSize: uint32(limits.HardHeaderBytes(int64(lim.MaxHeaderBytes)) + 10*32),
+		// RFC 9113's default: a larger frame is a FRAME_SIZE_ERROR (h2spec
+		// 4.2/3 assumes it).
+		MaxReadFrameSize:  1 << 14,
+		StreamWindow:      1 << 18,
+		ConnWindow:        1 << 20,
+		IdleTimeout:       lim.Timeouts.Idle.D(),
+		ReadHeaderTimeout: lim.Timeouts.ReadHeader.D(),
+		WriteTimeout:      lim.Timeouts.Write.D(),
+		ReadTimeout:       lim.Timeouts.Read.D(),
+		Logger:            log,
+	})
+}
+
+// startH2 returns what tlsListener calls for each "h2" connection, and
+// start, which serves the HTTP/2 handoff on s.https (with h2front:
+// nothing). start is called once the tlsListener has cloned the TLS
+// configuration: net/http's Serve writes to it.
+func (s *Server) startH2(addr net.Addr) (serve func(*tls.Conn), start func()) {
+	if s.h2f != nil {
+		return func(c *tls.Conn) { s.h2f.ServeConn(c) }, func() {}
+	}
 	h := newH2Handoff(addr)
 	s.h2in = h
 	s.https.ConnState = h.connState
-	s.serveWG.Add(1)
-	go func() {
-		defer s.serveWG.Done()
-		defer h.Close()
-		if err := s.https.Serve(h); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("https (HTTP/2) server stopped", "err", err)
-		}
-	}()
-	return h.serve
+	return h.serve, func() {
+		s.serveWG.Add(1)
+		go func() {
+			defer s.serveWG.Done()
+			defer h.Close()
+			if err := s.https.Serve(h); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("https (HTTP/2) server stopped", "err", err)
+			}
+		}()
+	}
 }

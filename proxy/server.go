@@ -21,6 +21,7 @@ import (
 	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/park"
+	"github.com/edgeshim/edgeshim/proxy/h2front"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -58,9 +59,10 @@ type Server struct {
 	log    *slog.Logger
 	router *router
 	https  *http.Server
-	plain  *http.Server // listen.http; nil if not configured
-	h2in   *h2Handoff   // HTTP/2 connections to https; nil until Start
-	tln    *tlsListener // nil until Start
+	plain  *http.Server    // listen.http; nil if not configured
+	h2in   *h2Handoff      // HTTP/2 connections to https; nil until Start
+	h2f    *h2front.Server // HTTP/2 server of listen.http2_server "edgeshim"; nil: net/http's
+	tln    *tlsListener    // nil until Start
 	fast   *fastServer
 	h3     *http3.Server
 	m      *metrics
@@ -202,6 +204,9 @@ func New(opts Options) (*Server, error) {
 		s.plain = newHTTPServer(ph)
 	}
 	enableHTTP2(s.https, http2Config(lim.Timeouts.Idle.D(), lim.Timeouts.Write.D(), s.log))
+	if opts.Config.Listen.HTTP2Server != config.HTTP2NetHTTP {
+		s.h2f = newH2Front(s.https, s.base, lim, s.log)
+	}
 	s.fast = &fastServer{
 		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
 		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, maxHeadBytes: int(lim.MaxHeaderBytes), heap: heap, bufs: bufs,
@@ -276,11 +281,13 @@ func (s *Server) Start() error {
 	// connections reach it as scanConns (see framingGuard). Its
 	// configuration is copied before startH2's Serve runs: net/http
 	// writes to s.https.TLSConfig when it configures HTTP/2.
+	serveH2, startH2 := s.startH2(ln.Addr())
 	tln := newTLSListener(ln, tlsListenerOptions{
 		Config: s.https.TLSConfig.Clone(), HandshakeTimeout: s.opts.Config.Limits.Timeouts.Handshake.D(),
 		HandshakeFailed: s.opts.HandshakeFailed, FailLog: s.logs.handshake, Logger: s.log, Base: s.base,
-		ServeH2: s.startH2(ln.Addr()), Fast: s.fast,
+		ServeH2: serveH2, Fast: s.fast,
 	})
+	startH2()
 	s.tln = tln
 	s.serveWG.Add(1)
 	go func() {

@@ -1,0 +1,571 @@
+package h2front
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// stream is one request. Its fields are guarded by conn.mu.
+type stream struct {
+	c  *conn
+	id uint32
+	// wake is signalled when the send windows grow, data arrives or the
+	// stream ends.
+	wake       sync.Cond
+	cancel     context.CancelFunc
+	sendWindow int64
+	recvWindow int64
+	// recvUnacked: consumed body bytes not yet given back.
+	recvUnacked int64
+	declared    int64 // Content-Length, -1 if none
+	bodyBytes   int64
+	remoteDone  bool // END_STREAM received
+	handlerDone bool
+	aborted     bool
+	err         error // why the stream ended early
+	body        *body
+	trailer     http.Header // request trailers declared, filled when they arrive
+	// rtimer and wtimer reset the stream when the read or write timeout
+	// passes; nil when there is none.
+	rtimer, wtimer *time.Timer
+
+	// Allocated with the stream.
+	bodyv body
+	rw    responseWriter
+}
+
+// errTimeout is what a handler's reads and writes return after its
+// stream's read or write deadline passed.
+var errTimeout = fmt.Errorf("h2front: stream deadline: %w", os.ErrDeadlineExceeded)
+
+// timedOut resets the stream when its read or write deadline passed.
+func (st *stream) timedOut() {
+	c := st.c
+	c.mu.Lock()
+	if st.handlerDone || st.aborted {
+		c.mu.Unlock()
+		return
+	}
+	st.abort(errTimeout)
+	c.removeLocked(st)
+	c.mu.Unlock()
+	c.logf("stream deadline passed", "stream", st.id)
+	c.write(func() error { return c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal) })
+}
+
+// setDeadline arms (or stops, t zero) one of the stream's timers.
+func (st *stream) setDeadline(tp **time.Timer, t time.Time) {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.handlerDone || st.aborted {
+		return
+	}
+	if *tp != nil {
+		(*tp).Stop()
+	}
+	if t.IsZero() {
+		*tp = nil
+		return
+	}
+	*tp = time.AfterFunc(time.Until(t), st.timedOut)
+}
+
+func (st *stream) stopTimers() {
+	if st.rtimer != nil {
+		st.rtimer.Stop()
+	}
+	if st.wtimer != nil {
+		st.wtimer.Stop()
+	}
+}
+
+// abort ends the stream early: its handler's reads and writes fail with
+// err, its context is cancelled. c.mu held.
+func (st *stream) abort(err error) {
+	if st.aborted {
+		return
+	}
+	st.aborted = true
+	st.err = err
+	st.body.fail(err)
+	st.cancel()
+	st.wake.Broadcast()
+}
+
+// endedEarly is why the stream was reset (by the client, a deadline,
+// the connection's end), or nil: nothing more may be written on it.
+func (st *stream) endedEarly() error {
+	c := st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.aborted {
+		return st.err
+	}
+	if c.closed {
+		return ErrConnClosed
+	}
+	return nil
+}
+
+// body is a request body: DATA received, read by the handler. Guarded
+// by conn.mu.
+type body struct {
+	st          *stream
+	buf         []byte
+	off         int
+	eof         bool
+	err         error
+	closed      bool
+	continue100 bool // "expect: 100-continue": answer 100 on the first read
+}
+
+func (b *body) unread() int64 {
+	if b == nil {
+		return 0
+	}
+	n := int64(len(b.buf) - b.off)
+	b.buf, b.off = nil, 0
+	return n
+}
+
+func (b *body) fail(err error) {
+	if b != nil && b.err == nil && !b.eof {
+		b.err = err
+	}
+}
+
+func (b *body) push(p []byte, end bool) {
+	if b.closed {
+		b.st.c.recvUnacked += int64(len(p))
+		b.st.recvUnacked += int64(len(p))
+	} else {
+		if b.off > 0 && b.off == len(b.buf) {
+			b.buf, b.off = b.buf[:0], 0
+		}
+		b.buf = append(b.buf, p...)
+	}
+	if end {
+		b.eof = true
+	}
+	b.st.wake.Broadcast()
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	st := b.st
+	c := st.c
+	c.mu.Lock()
+	if b.continue100 {
+		b.continue100 = false
+		c.mu.Unlock()
+		c.writeHeaders(st.id, 100, nil, false, nil)
+		c.mu.Lock()
+	}
+	for b.off == len(b.buf) && !b.eof && b.err == nil && !b.closed {
+		st.wake.Wait()
+	}
+	if b.off == len(b.buf) || b.closed {
+		err := b.err
+		if b.closed {
+			err = http.ErrBodyReadAfterClose
+		} else if err == nil {
+			err = io.EOF
+		}
+		c.mu.Unlock()
+		return 0, err
+	}
+	n := copy(p, b.buf[b.off:])
+	b.off += n
+	c.recvUnacked += int64(n)
+	st.recvUnacked += int64(n)
+	c.mu.Unlock()
+	c.refund(st)
+	return n, nil
+}
+
+func (b *body) Close() error {
+	c := b.st.c
+	c.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		n := int64(len(b.buf) - b.off)
+		b.buf, b.off = nil, 0
+		c.recvUnacked += n
+		b.st.recvUnacked += n
+	}
+	c.mu.Unlock()
+	c.refund(b.st)
+	return nil
+}
+
+// connection-specific fields a request must not carry (RFC 9113 8.2.2).
+func connSpecific(name string) bool {
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		return true
+	}
+	return false
+}
+
+// processHeaders starts a stream, or takes a request's trailers.
+func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 != 1 {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	c.mu.Lock()
+	if st := c.streams[id]; st != nil {
+		c.mu.Unlock()
+		if st.remoteDone {
+			return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}, false)
+		}
+		return c.trailers(st, f)
+	}
+	if id <= c.maxStreamID {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	c.maxStreamID = id
+	if c.goingAway {
+		c.mu.Unlock()
+		return nil // after GOAWAY: ignored (RFC 9113 6.8)
+	}
+	if uint32(len(c.streams)) >= c.o.MaxConcurrentStreams {
+		c.mu.Unlock()
+		return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}, false)
+	}
+	if c.handlers >= c.o.MaxConcurrentStreams {
+		// Handlers of reset streams still run: a rapid-reset flood.
+		c.refused++
+		calm := c.refused > maxRefusedFactor*int(c.o.MaxConcurrentStreams)
+		c.mu.Unlock()
+		if calm {
+			return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+		}
+		return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}, false)
+	}
+	c.mu.Unlock()
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}, false)
+	}
+	req, declared, err := c.newRequest(f)
+	if err != nil {
+		c.logf("bad request", "stream", id, "err", err)
+		return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: err}, false)
+	}
+	if f.StreamEnded() && declared > 0 {
+		return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}, false)
+	}
+	st := &stream{c: c, id: id, recvWindow: int64(c.o.StreamWindow), declared: declared, remoteDone: f.StreamEnded()}
+	st.wake.L = &c.mu
+	ctx, cancel := context.WithCancel(c.ctx)
+	st.cancel = cancel
+	req = req.WithContext(ctx)
+	if !f.StreamEnded() {
+		st.bodyv = body{st: st, continue100: strings.EqualFold(req.Header.Get("Expect"), "100-continue")}
+		st.body = &st.bodyv
+		req.Body = st.body
+		if v := req.Header["Trailer"]; len(v) > 0 {
+			req.Trailer = http.Header{}
+			for _, k := range v {
+				for _, k := range strings.Split(k, ",") {
+					if k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k != "" {
+						req.Trailer[k] = nil
+					}
+				}
+			}
+			st.trailer = req.Trailer
+		}
+	}
+	st.rw = responseWriter{st: st, req: req, header: make(http.Header, 4)}
+	rw := &st.rw
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		cancel()
+		return ErrConnClosed
+	}
+	st.sendWindow = c.peerWindow
+	if d := c.o.WriteTimeout; d > 0 {
+		st.wtimer = time.AfterFunc(d, st.timedOut)
+	}
+	if d := c.o.ReadTimeout; d > 0 && !st.remoteDone {
+		st.rtimer = time.AfterFunc(d, st.timedOut)
+	}
+	c.streams[id] = st
+	c.handlers++
+	c.wg.Add(1)
+	c.mu.Unlock()
+	handler := c.o.Handler
+	if f.Truncated {
+		handler = http.HandlerFunc(headerTooLarge)
+	}
+	go c.runHandler(st, rw, req, handler)
+	return nil
+}
+
+func headerTooLarge(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusRequestHeaderFieldsTooLarge)
+	io.WriteString(w, `{"error":"request header too large"}`+"\n")
+}
+
+// trailers takes the trailing HEADERS of a request body.
+func (c *conn) trailers(st *stream, f *http2.MetaHeadersFrame) error {
+	if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+		return c.streamError(http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}, false)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.declared >= 0 && st.bodyBytes != st.declared {
+		c.mu.Unlock()
+		err := c.streamError(http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}, false)
+		c.mu.Lock()
+		return err
+	}
+	for _, hf := range f.RegularFields() {
+		k := http.CanonicalHeaderKey(hf.Name)
+		if _, ok := st.trailer[k]; ok {
+			st.trailer[k] = append(st.trailer[k], hf.Value)
+		}
+	}
+	st.remoteDone = true
+	if st.rtimer != nil {
+		st.rtimer.Stop()
+	}
+	st.body.push(nil, true)
+	if st.handlerDone {
+		c.removeLocked(st)
+	}
+	return nil
+}
+
+// newRequest builds the request of a HEADERS frame, with RFC 9113's
+// checks on its fields. declared is the Content-Length, -1 if none.
+func (c *conn) newRequest(f *http2.MetaHeadersFrame) (req *http.Request, declared int64, err error) {
+	var method, scheme, authority, path string
+	h := make(http.Header, len(f.Fields))
+	vals := make([]string, len(f.Fields)) // one backing array for the values
+	var cookies []string
+	declared = -1
+	for _, hf := range f.Fields {
+		if strings.HasPrefix(hf.Name, ":") {
+			switch hf.Name {
+			case ":method":
+				method = hf.Value
+			case ":scheme":
+				scheme = hf.Value
+			case ":authority":
+				authority = hf.Value
+			case ":path":
+				path = hf.Value
+			default:
+				return nil, 0, fmt.Errorf("pseudo-header %s not allowed", hf.Name)
+			}
+			continue
+		}
+		if connSpecific(hf.Name) {
+			return nil, 0, fmt.Errorf("connection-specific field %s", hf.Name)
+		}
+		switch hf.Name {
+		case "te":
+			if hf.Value != "trailers" {
+				return nil, 0, errors.New(`te other than "trailers"`)
+			}
+		case "cookie":
+			cookies = append(cookies, hf.Value)
+			continue
+		case "content-length":
+			n, perr := strconv.ParseUint(hf.Value, 10, 63)
+			if perr != nil || declared >= 0 && int64(n) != declared {
+				return nil, 0, errors.New("bad content-length")
+			}
+			declared = int64(n)
+		}
+		k := canonicalKey(hf.Name)
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, hf.Value)
+		} else {
+			vals[0] = hf.Value
+			h[k], vals = vals[:1:1], vals[1:]
+		}
+	}
+	if len(cookies) > 0 {
+		h["Cookie"] = []string{strings.Join(cookies, "; ")}
+	}
+	if authority == "" {
+		authority = h.Get("Host")
+	}
+	if method == "" || !httpguts.ValidHostHeader(authority) {
+		return nil, 0, errors.New("missing :method or bad :authority")
+	}
+	var u *url.URL
+	uri := path
+	if method == http.MethodConnect {
+		if scheme != "" || path != "" || authority == "" {
+			return nil, 0, errors.New("bad CONNECT")
+		}
+		u, uri = &url.URL{Host: authority}, authority
+	} else {
+		if scheme == "" || path == "" {
+			return nil, 0, errors.New("missing :scheme or :path")
+		}
+		if u, err = url.ParseRequestURI(path); err != nil {
+			return nil, 0, err
+		}
+	}
+	for _, r := range method {
+		if !httpguts.IsTokenRune(r) {
+			return nil, 0, errors.New("bad :method")
+		}
+	}
+	cl := declared
+	if f.StreamEnded() {
+		cl = 0
+	}
+	req = &http.Request{
+		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, Host: authority,
+		RemoteAddr: c.remote, RequestURI: uri, TLS: c.tls, ContentLength: cl, Body: http.NoBody,
+	}
+	return req, declared, nil
+}
+
+// runHandler serves one stream.
+func (c *conn) runHandler(st *stream, rw *responseWriter, req *http.Request, h http.Handler) {
+	defer c.wg.Done()
+	clean := false
+	defer func() {
+		if e := recover(); e != nil {
+			if e != http.ErrAbortHandler {
+				buf := make([]byte, 16<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				c.o.Logger.Error("http2: panic serving", "remote", c.remote, "panic", fmt.Sprint(e), "stack", string(buf))
+			}
+			c.write(func() error { return c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal) })
+			c.mu.Lock()
+			st.abort(errStreamReset)
+			c.mu.Unlock()
+		}
+		st.cancel()
+		c.handlerDone(st, clean)
+	}()
+	h.ServeHTTP(rw, req)
+	clean = rw.finish() == nil
+}
+
+// canonicalKey is http.CanonicalHeaderKey without an allocation for the
+// common request fields.
+func canonicalKey(lower string) string {
+	if k, ok := commonKeys[lower]; ok {
+		return k
+	}
+	return http.CanonicalHeaderKey(lower)
+}
+
+var commonKeys = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization",
+		"Cache-Control", "Content-Encoding", "Content-Length", "Content-Type", "Cookie", "Date", "Etag", "Expect",
+		"Forwarded", "From", "Host", "If-Match", "If-Modified-Since", "If-None-Match", "If-Range", "If-Unmodified-Since",
+		"Origin", "Pragma", "Range", "Referer", "Te", "Trailer", "User-Agent", "Via", "X-Forwarded-For",
+		"X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "X-Request-Id", "Priority", "Sec-Fetch-Mode",
+		"Sec-Fetch-Site", "Sec-Fetch-Dest"} {
+		m[strings.ToLower(k)] = k
+	}
+	return m
+}()
+
+// writeHeaders writes a HEADERS frame (and CONTINUATIONs) of status and
+// h, skipping the fields in skip and those a response must not carry.
+func (c *conn) writeHeaders(id uint32, status int, h http.Header, end bool, extra func(func(name, value string))) error {
+	return c.write(func() error { return c.writeHeadersLocked(id, status, h, end, extra) })
+}
+
+func (c *conn) writeHeadersLocked(id uint32, status int, h http.Header, end bool, extra func(func(name, value string))) error {
+	c.hbuf.Reset()
+	enc := func(name, value string) {
+		c.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
+	}
+	if status > 0 {
+		enc(":status", statusText(status))
+	}
+	for k, vv := range h {
+		lk := c.lowerKey(k)
+		if connSpecific(lk) || lk == "trailer" || !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				continue
+			}
+			enc(lk, v)
+		}
+	}
+	if extra != nil {
+		extra(enc)
+	}
+	block := c.hbuf.Bytes()
+	max := int(c.peerFrameSize())
+	first := true
+	for first || len(block) > 0 {
+		frag := block[:min(len(block), max)]
+		block = block[len(frag):]
+		var err error
+		if first {
+			err = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0})
+			first = false
+		} else {
+			err = c.fr.WriteContinuation(id, len(block) == 0, frag)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *conn) peerFrameSize() uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peerFrame
+}
+
+// lowerKey is k as an HTTP/2 field name; wmu held.
+func (c *conn) lowerKey(k string) string {
+	if v, ok := c.lower[k]; ok {
+		return v
+	}
+	v := strings.ToLower(k)
+	if len(c.lower) < 256 {
+		c.lower[k] = v
+	}
+	return v
+}
+
+func statusText(code int) string {
+	switch code {
+	case 200:
+		return "200"
+	case 204:
+		return "204"
+	case 304:
+		return "304"
+	case 404:
+		return "404"
+	}
+	return strconv.Itoa(code)
+}
