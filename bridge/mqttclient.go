@@ -16,11 +16,8 @@ type mqttConn mqtt.Conn
 
 var _ link = (*mqttConn)(nil)
 
-// The client's errors, by the names the bridge uses.
-var (
-	errTooLarge   = mqtt.ErrTooLarge
-	errLinkClosed = mqtt.ErrClosed
-)
+// errTooLarge is the client's error for a packet over the limit.
+var errTooLarge = mqtt.ErrTooLarge
 
 // disconnectError is the broker's DISCONNECT (match with errors.As).
 type disconnectError = mqtt.DisconnectError
