@@ -49,6 +49,11 @@ func openerFor(driver string) opener {
 	return (*session).connectMQTT
 }
 
+// errLostOpening: the upstream accepted the connection and then ended
+// it before the session was set up (mosquitto before 2.0.15 closes a
+// taken-over session that way).
+var errLostOpening = errors.New("upstream connection lost while opening")
+
 // errRefused is an upstream's refusal of a publish.
 var errRefused = errors.New("upstream refused publish")
 
@@ -145,6 +150,11 @@ func (s *session) connectMQTT(ctx context.Context) (link, bool, error) {
 	l := (*mqttConn)(mc)
 	if err := mc.Subscribe(ctx, sub); err != nil {
 		l.closeWith(0)
+		if errors.Is(err, mqtt.ErrLost) || takenOver(l) {
+			// The broker accepted the session, then ended the connection:
+			// another connection (a replica the device polls now) took it.
+			err = fmt.Errorf("%w: %w", errLostOpening, err)
+		}
 		return nil, false, fmt.Errorf("subscribe: %w", err)
 	}
 	if p := b.cfg.Presence; p.Topic != "" {

@@ -206,6 +206,15 @@ func (s *session) attempt() {
 	}
 	if err != nil {
 		s.b.m.connects.WithLabelValues("error").Inc()
+		if errors.Is(err, errLostOpening) && s.waiters == 0 && s.attached.Load() == 0 {
+			// Taken while opening, and nobody here waits: another replica
+			// holds the session now. Trying again would take it back and
+			// the two would fight; the device's next request here resumes.
+			s.dormant = true
+			s.mu.Unlock()
+			s.b.log.Debug("upstream session taken while opening; dormant", "device", s.device, "err", err)
+			return
+		}
 		d := backoff(s.attempts, s.b.cfg.Upstream.BackoffMin.D(), s.b.cfg.Upstream.BackoffMax.D())
 		s.attempts++
 		s.schedule(d)
