@@ -85,7 +85,10 @@ routes: [{path: /, allow_http: true, proxy: {backends: [%q]}}]`, b.URL))
 		resp.Body.Close()
 		t.Errorf("device 1's second connection served (%d); per-IP max 1", resp.StatusCode)
 	}
-	if n := testutil.ToFloat64(s.m.connsRefused.WithLabelValues("per_ip_max_conns")); n != 1 {
+	// The refusal closes the connection before it is counted: await it.
+	refused := func() float64 { return testutil.ToFloat64(s.m.connsRefused.WithLabelValues("per_ip_max_conns")) }
+	waitFor(t, func() bool { return refused() >= 1 })
+	if n := refused(); n != 1 {
 		t.Errorf("per_ip_max_conns refusals %v, want 1", n)
 	}
 
