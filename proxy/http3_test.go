@@ -228,7 +228,7 @@ routes:
 	// A completed handshake leaves a fresh session ticket that allows
 	// 0-RTT; each early case gets one of its own, since a connection held
 	// at the gate never completes and so never brings a new ticket.
-	prime := func() {
+	prime := func() error {
 		t.Helper()
 		gate.setClosed(false)
 		select {
@@ -237,7 +237,8 @@ routes:
 		}
 		tr := newTransport()
 		if _, code, err := do(tr, http.MethodGet, "/early"); err != nil || code != 200 {
-			t.Fatalf("priming connection: %d %v", code, err)
+			tr.Close()
+			return fmt.Errorf("priming connection: %d %w", code, err)
 		}
 		select {
 		case <-cache.stored:
@@ -246,6 +247,7 @@ routes:
 		}
 		tr.Close()
 		gate.setClosed(true)
+		return nil
 	}
 
 	// Only a request sent as the connection opens is early data: each
@@ -269,7 +271,10 @@ routes:
 			if tr != nil {
 				tr.Close()
 			}
-			prime()
+			if err = prime(); err != nil { // lost at the relay, as below
+				t.Logf("early %s %s, attempt %d: %v", tc.method, tc.path, attempt+1, err)
+				continue
+			}
 			tr = newTransport()
 			if uri, code, err = do(tr, tc.method, tc.path); err == nil {
 				break
