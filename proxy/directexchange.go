@@ -32,20 +32,28 @@ func (rp *routeProxy) directOK(r *http.Request) bool {
 	return rp.fast != nil && !rp.route.Decompress && r.ProtoMajor == 2 && syncOK(r)
 }
 
-// directBufs hold a request's outgoing head and body, and then the
-// response body on its way through.
-var directBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+// directScratch is what serveDirect reuses from request to request: buf
+// holds the outgoing head and body, then the response body on its way
+// through; line the request line; rh the parsed response head.
+type directScratch struct {
+	buf, line []byte
+	rh        respHead
+}
+
+// directScratches recycle serveDirect's scratch (a pool: the requests of
+// an HTTP/2 connection run concurrently).
+var directScratches = sync.Pool{New: func() any { return &directScratch{buf: make([]byte, 0, 16<<10)} }}
 
 // serveDirect proxies r (directOK) to the route's pool.
 func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 	rp.direct.Add(1)
 	ctx := r.Context()
-	bufp := directBufs.Get().(*[]byte)
-	defer directBufs.Put(bufp)
+	sc := directScratches.Get().(*directScratch)
+	defer directScratches.Put(sc)
 	path := r.URL.EscapedPath()
 	// The request line goes in front, per backend, in room.
 	room := len(r.Method) + len(path) + len(r.URL.RawQuery) + rp.fast.maxPath + 20
-	buf := rp.appendDirectHead(append((*bufp)[:0], make([]byte, room)...), r)
+	buf := rp.appendDirectHead(append(sc.buf[:0], make([]byte, room)...), r)
 	hasBody := r.ContentLength > 0
 	if hasBody {
 		n := len(buf)
@@ -55,11 +63,11 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	*bufp = buf[:0]
+	sc.buf = buf[:0]
 	a := attempts{rp: rp, idempotent: idempotentReq(r.Method, hasBody)}
 	replayable := replayableReq(r.Method, hasBody)
-	var line []byte
-	var rh respHead
+	line, rh := sc.line[:0], &sc.rh
+	defer func() { sc.line = line[:0] }()
 	for {
 		b, err := a.next()
 		if err != nil {
@@ -82,7 +90,7 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 			if _, err := bc.c.Write(out); err != nil {
 				return err
 			}
-			n, err := readFinalHead(bc, &rh)
+			n, err := readFinalHead(bc, rh)
 			if err == nil {
 				bc.br.Discard(n)
 			}
@@ -103,7 +111,7 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 		b.fast.codes.inc(rh.code)
 		b.mDuration.Observe(time.Since(start).Seconds())
 		defer b.end()
-		relayDirect(w, x, &rh, r.Method == http.MethodHead, buf[:cap(buf)])
+		relayDirect(w, x, rh, r.Method == http.MethodHead, buf[:cap(buf)])
 		return
 	}
 }
@@ -186,7 +194,7 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *respHead, head bool, bu
 	h := w.Header()
 	for i := range rh.fields {
 		if f := &rh.fields[i]; f.kind == fieldPass {
-			k := http.CanonicalHeaderKey(string(f.name))
+			k := respKey(f.name)
 			h[k] = append(h[k], string(f.value))
 		}
 	}
@@ -255,6 +263,23 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *respHead, head bool, bu
 	if err != nil {
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// respKeys are response field names common enough to be found without
+// an allocation: lower case, canonical.
+var respKeys = [...][2]string{{"content-type", "Content-Type"}, {"date", "Date"}, {"server", "Server"},
+	{"cache-control", "Cache-Control"}, {"etag", "Etag"}, {"last-modified", "Last-Modified"}, {"vary", "Vary"},
+	{"expires", "Expires"}, {"accept-ranges", "Accept-Ranges"}, {"content-encoding", "Content-Encoding"},
+	{"location", "Location"}, {"set-cookie", "Set-Cookie"}}
+
+// respKey is name's canonical form (http.Header's key).
+func respKey(name []byte) string {
+	for _, k := range respKeys {
+		if equalFoldASCII(name, k[0]) {
+			return k[1]
+		}
+	}
+	return http.CanonicalHeaderKey(string(name))
 }
 
 // readTrailers reads a chunked body's trailer section into h (as

@@ -516,3 +516,11 @@ func TestDirectFramings(t *testing.T) {
 		t.Errorf("backend saw %d requests, want %d", n, len(want))
 	}
 }
+
+func TestRespKey(t *testing.T) {
+	for in, want := range map[string]string{"content-type": "Content-Type", "DATE": "Date", "x-trace-id": "X-Trace-Id", "ETag": "Etag", "set-cookie": "Set-Cookie"} {
+		if got := respKey([]byte(in)); got != want {
+			t.Errorf("respKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
