@@ -22,6 +22,13 @@ trap 'kill $(jobs -p) 2>/dev/null; sleep 0.5; rm -rf "$W"' EXIT
 ROUNDS=${ROUNDS:-2}
 for t in nginx haproxy wrk h2load openssl; do command -v $t >/dev/null || [ -x /usr/sbin/$t ] || { echo "need $t (apt-get install nginx haproxy wrk)"; exit 1; }; done
 export PATH=$PATH:/usr/sbin
+# Every proxy gets the same backend idle-connection capacity in total:
+# edgeshim's max_idle_conns (one pool per process), nginx's keepalive per
+# worker times its workers, HAProxy's pool-max-conn (per server, all
+# threads). Under h2load's 640 streams a smaller pool redials more.
+IDLE=${IDLE:-512}
+NGX_WORKERS=$(nproc)
+echo "backend idle connections per proxy: $IDLE (edgeshim max_idle_conns $IDLE; nginx $NGX_WORKERS workers x keepalive $((IDLE / NGX_WORKERS)); haproxy pool-max-conn $IDLE)"
 
 go build -o "$W/edgeshim" ./cmd/edgeshim
 go build -o "$W/sim" ./cmd/edgeshim-sim
@@ -55,7 +62,7 @@ limits:
   max_conns: 100000
   per_ip: {max_conns: 100000, rate: 1000000, burst: 1000000}
   handshake: {rate: 100000, burst: 100000}
-routes: [{path: /, proxy: {backends: ["http://127.0.0.1:18080"], max_idle_conns: 256}}]
+routes: [{path: /, proxy: {backends: ["http://127.0.0.1:18080"], max_idle_conns: $IDLE}}]
 CONF
 "$W/edgeshim" run -c "$W/edgeshim.yaml" 2>"$W/edgeshim.log" &
 PID_edgeshim=$!
@@ -67,11 +74,11 @@ PID_edgeshim3=$!
 
 # nginx as TLS proxy, one worker per core, tickets and a session cache
 cat > "$W/nginx.conf" <<CONF
-worker_processes auto; daemon off; pid $W/nginx.pid; error_log $W/nginx.err;
+worker_processes $NGX_WORKERS; daemon off; pid $W/nginx.pid; error_log $W/nginx.err;
 events { worker_connections 8192; }
 http {
   access_log off;
-  upstream be { server 127.0.0.1:18080; keepalive 256; }
+  upstream be { server 127.0.0.1:18080; keepalive $((IDLE / NGX_WORKERS)); }
   server {
     listen 127.0.0.1:18444 ssl http2;
     ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;
@@ -100,7 +107,7 @@ frontend fe
   default_backend be
 backend be
   http-reuse always
-  server s1 127.0.0.1:18080
+  server s1 127.0.0.1:18080 pool-max-conn $IDLE
 CONF
 haproxy -f "$W/haproxy.cfg" -db 2>"$W/haproxy.err" &
 PID_haproxy=$!

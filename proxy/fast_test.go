@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -427,5 +428,112 @@ routes: [{path: /, proxy: {backends: [%q]}}]`, backend.URL))
 	}
 	if s.fast.served.Load() != 2 {
 		t.Errorf("fast path served %d, want 2", s.fast.served.Load())
+	}
+}
+
+// directServed is how many requests serveDirect served on s's routes.
+func (s *Server) directServed() int64 {
+	n := int64(0)
+	for _, rp := range s.router.proxies {
+		n += rp.direct.Load()
+	}
+	return n
+}
+
+// TestDirectRunsProxyTests runs the proxy tests again with an HTTP/2
+// client and checks that their requests took the direct exchange
+// (directexchange.go) rather than ReverseProxy. (TestForwardedHeaders
+// speaks HTTP/1.1; TestPolicyForwardedOnEveryPath covers HTTP/2.)
+func TestDirectRunsProxyTests(t *testing.T) {
+	for name, test := range map[string]func(*testing.T){
+		"Routing": TestRouting, "ErrorStatuses": TestErrorStatuses,
+		"RetryOnlyIdempotentAfterDialFailure": TestRetryOnlyIdempotentAfterDialFailure,
+		"ClientCancelPropagates":              TestClientCancelPropagates, "RouteTimeouts": TestRouteTimeouts,
+		"BackendConnectionsGauge": TestBackendConnectionsGauge, "CloseEndsEveryConnection": TestCloseEndsEveryConnection,
+		"PathNormalisedBeforeRouting": TestPathNormalisedBeforeRouting, "ClientFaultsNeverEjectABackend": TestClientFaultsNeverEjectABackend,
+	} {
+		if testH1 {
+			t.Skip("EDGESHIM_TEST_H1: the clients speak HTTP/1.1")
+		}
+		before := testDirectServed.Load()
+		t.Run(name, test)
+		if testDirectServed.Load() == before {
+			t.Errorf("%s: no request took the direct exchange", name)
+		}
+	}
+}
+
+// TestDirectFramings: over HTTP/2, the direct exchange relays each
+// response framing of the backend (chunked with trailers, until close,
+// 204, 1xx then the answer, HEAD) without hop-by-hop fields, answers a
+// bad response 502, and sends a request body.
+func TestDirectFramings(t *testing.T) {
+	responses := maps.Clone(canned)
+	responses["/fields"] = "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-One: 1\r\nset-cookie: b=2\r\nContent-Type: text/x-a\r\nContent-Length: 1\r\n\r\nf"
+	addr, requests := rawBackend(t, responses)
+	s, cl := startProxy(t, fmt.Sprintf(`routes: [{path: /, proxy: {backends: ["http://%s"]}}]`, addr))
+	if testH1 {
+		t.Skip("EDGESHIM_TEST_H1: the clients speak HTTP/1.1")
+	}
+	do := func(method, path, body string) string {
+		req, _ := http.NewRequest(method, s.url(path), strings.NewReader(body))
+		if body == "" {
+			req.Body = nil
+		}
+		resp, err := cl.Do(req)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return "body error: " + err.Error()
+		}
+		if resp.ProtoMajor != 2 {
+			t.Errorf("%s: %s, want HTTP/2", path, resp.Proto)
+		}
+		return fmt.Sprintf("%s %d %q %q hop=%q", resp.Status, resp.ContentLength, b, resp.Trailer.Get("X-Sum"), resp.Header.Get("X-Secret")+resp.Header.Get("Keep-Alive"))
+	}
+	got := []string{do("GET", "/a", ""), do("GET", "/chunked", ""), do("GET", "/close", ""), do("GET", "/nc", ""),
+		do("GET", "/hop", ""), do("GET", "/early", ""), do("GET", "/bad", ""), do("POST", "/body", "hello"),
+		do("HEAD", "/head", ""), do("GET", "/a", "")}
+	// Repeated and common fields, in order.
+	req, _ := http.NewRequest("GET", s.url("/fields"), nil)
+	if resp, err := cl.Do(req); err != nil {
+		t.Error(err)
+	} else {
+		resp.Body.Close()
+		if c, o, ct := resp.Header.Values("Set-Cookie"), resp.Header.Get("X-One"), resp.Header.Get("Content-Type"); strings.Join(c, ",") != "a=1,b=2" || o != "1" || ct != "text/x-a" {
+			t.Errorf("fields: Set-Cookie %q, X-One %q, Content-Type %q", c, o, ct)
+		}
+	}
+	want := []string{
+		`200 OK 2 "ok" "" hop=""`,
+		`200 OK -1 "abcde" "5" hop=""`,
+		`200 OK -1 "until close" "" hop=""`,
+		`204 No Content 0 "" "" hop=""`,
+		`200 OK 1 "h" "" hop=""`,
+		`200 OK 1 "e" "" hop=""`,
+		`502 Bad Gateway 32 "{\"error\":\"backend unavailable\"}\n" "" hop=""`,
+		`200 OK 2 "ok" "" hop=""`,
+		`200 OK 42 "" "" hop=""`,
+		`200 OK 2 "ok" "" hop=""`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("responses:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if n := s.directServed(); n != int64(len(want)+1) {
+		t.Errorf("direct exchange served %d, want %d", n, len(want)+1)
+	}
+	if n := requests.Load(); n != int32(len(want)+1) {
+		t.Errorf("backend saw %d requests, want %d", n, len(want)+1)
+	}
+}
+
+func TestRespKey(t *testing.T) {
+	for in, want := range map[string]string{"content-type": "Content-Type", "DATE": "Date", "x-trace-id": "X-Trace-Id", "ETag": "Etag", "set-cookie": "Set-Cookie"} {
+		if got := respKey([]byte(in)); got != want {
+			t.Errorf("respKey(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

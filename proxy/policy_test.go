@@ -80,7 +80,7 @@ func everyPath(t *testing.T, base *http.Client) []pathClient {
 func onEveryPath(t *testing.T, s *Server, base *http.Client, want []string, run func(t *testing.T, c *http.Client) []string) {
 	t.Helper()
 	for _, p := range everyPath(t, base) {
-		served, fellBack := s.fast.served.Load(), s.fast.fellBack.Load()
+		served, fellBack, direct := s.fast.served.Load(), s.fast.fellBack.Load(), s.directServed()
 		got := run(t, p.c)
 		if strings.Join(got, "\n") != strings.Join(want, "\n") {
 			t.Errorf("%s path:\n%s\nwant\n%s", p.name, strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -91,6 +91,8 @@ func onEveryPath(t *testing.T, s *Server, base *http.Client, want []string, run 
 			t.Errorf("fast path: no request took it")
 		case p.name != "fast" && dServed != 0:
 			t.Errorf("%s path: %d requests took the fast path", p.name, dServed)
+		case p.name == "h2" && s.directServed() == direct:
+			t.Errorf("h2 path: no request took the direct exchange")
 		case p.name == "fallback" && dFellBack == 0:
 			t.Errorf("fallback path: no connection fell back to net/http")
 		}

@@ -35,6 +35,8 @@ import (
 var (
 	testH1         = os.Getenv("EDGESHIM_TEST_H1") != ""
 	testFastServed atomic.Int64
+	// testDirectServed adds up the HTTP/2 requests serveDirect served.
+	testDirectServed atomic.Int64
 )
 
 func startProxy(t testing.TB, yamlCfg string, mods ...func(*Options)) (*Server, *http.Client) {
@@ -75,7 +77,12 @@ func startProxy(t testing.TB, yamlCfg string, mods ...func(*Options)) (*Server, 
 	certPEM, _ := os.ReadFile(filepath.Join(cfg.DataDir, "selfsigned-cert.pem"))
 	pool := x509Pool(certPEM)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}, ForceAttemptHTTP2: !testH1}
-	t.Cleanup(func() { testFastServed.Add(s.fast.served.Load()) })
+	t.Cleanup(func() {
+		testFastServed.Add(s.fast.served.Load())
+		for _, rp := range s.router.proxies {
+			testDirectServed.Add(rp.direct.Load())
+		}
+	})
 	t.Cleanup(tr.CloseIdleConnections)
 	return s, &http.Client{Transport: tr, Timeout: 20 * time.Second}
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeshim/edgeshim/config"
@@ -49,6 +50,7 @@ type routeProxy struct {
 	h2c      *http.Transport // h2c:// backends: HTTP/2 with prior knowledge
 	fast     *fastRoute      // nil unless every backend is plain http://
 	fails    *faillog.Log    // backend errors, aggregated
+	direct   atomic.Int64    // requests served by serveDirect (directexchange.go)
 }
 
 // closeIdle closes the idle upstream connections of the route's pools.
@@ -264,6 +266,10 @@ func (rp *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if isUpgrade(r) {
 		rp.upgrades.Add(1)
 		defer rp.upgrades.Done()
+	}
+	if rp.directOK(r) {
+		rp.serveDirect(w, r) // directexchange.go
+		return
 	}
 	rp.rp.ServeHTTP(w, r)
 }

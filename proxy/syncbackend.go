@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -48,116 +46,54 @@ var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<
 // reads from the backend connection. hdrTimeout bounds the wait for the
 // head (limits of the route: timeouts.response_header).
 func syncExchange(fb *fastBackend, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
-	ctx := req.Context()
 	replayable := replayableReq(req.Method, req.Body != nil && req.Body != http.NoBody)
-	fresh := false
-	for {
-		bc := (*bconn)(nil)
-		if !fresh {
-			bc = fb.getIdle()
-		}
-		if bc == nil {
-			var err error
-			if bc, err = fb.dialConn(ctx); err != nil {
-				return nil, err
-			}
-		}
-		resp, err := bc.exchange(ctx, fb, req, hdrTimeout)
-		if err == nil {
-			return resp, nil
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w (%w)", context.Cause(ctx), err)
-		}
-		if !retryFresh(bc, replayable, err) {
-			return nil, err
-		}
-		fresh = true
-	}
-}
-
-// exchange writes req on bc and reads the response head. On error bc is
-// closed.
-func (bc *bconn) exchange(ctx context.Context, fb *fastBackend, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
-	dl, _ := ctx.Deadline()
-	bc.c.SetWriteDeadline(dl)
-	hdl := dl
-	if hdrTimeout > 0 {
-		if t := time.Now().Add(hdrTimeout); hdl.IsZero() || t.Before(hdl) {
-			hdl = t
-		}
-	}
-	bc.c.SetReadDeadline(hdl)
-	// The client going away or the request's timeout interrupts the
-	// backend connection's reads and writes.
-	stop := context.AfterFunc(ctx, func() { bc.c.SetDeadline(aLongTimeAgo) })
-	bw := bufWriters.Get().(*bufio.Writer)
-	bw.Reset(bc.c)
-	err := req.Write(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	bw.Reset(nil)
-	bufWriters.Put(bw)
 	var resp *http.Response
-	for err == nil {
-		resp, err = http.ReadResponse(bc.br, req)
-		if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
-			break
+	x, err := fb.exchange(req.Context(), replayable, hdrTimeout, func(bc *bconn) error {
+		bw := bufWriters.Get().(*bufio.Writer)
+		bw.Reset(bc.c)
+		err := req.Write(bw)
+		if err == nil {
+			err = bw.Flush()
 		}
-		// 1xx informational: the final answer follows.
-		io.Copy(io.Discard, resp.Body)
-	}
+		bw.Reset(nil)
+		bufWriters.Put(bw)
+		for err == nil {
+			resp, err = http.ReadResponse(bc.br, req)
+			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+				break
+			}
+			// 1xx informational: the final answer follows.
+			io.Copy(io.Discard, resp.Body)
+		}
+		return err
+	})
 	if err != nil {
-		stop()
-		bc.close()
-		if ctx.Err() == nil {
-			// Not the request's timeout: the head's (a client body
-			// that broke is named by poolTransport).
-			err = headerTimeout(err)
-		}
 		return nil, err
 	}
-	bc.c.SetReadDeadline(dl)
-	resp.Body = &syncBody{rc: resp.Body, bc: bc, fb: fb, stop: stop, keep: !resp.Close}
+	x.keep = !resp.Close
+	resp.Body = &syncBody{rc: resp.Body, x: x}
 	return resp, nil
 }
 
 // syncBody is a response body read from a pooled backend connection: read
 // to its end it puts the connection back, else closes it.
 type syncBody struct {
-	rc   io.ReadCloser
-	bc   *bconn
-	fb   *fastBackend
-	stop func() bool
-	keep bool
-	eof  bool
-	once sync.Once
+	rc  io.ReadCloser
+	x   *syncConn
+	eof bool
 }
 
 func (b *syncBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.eof = true
-		b.release()
+		b.x.done(true)
 	}
 	return n, err
 }
 
 func (b *syncBody) Close() error {
 	err := b.rc.Close()
-	b.release()
+	b.x.done(b.eof)
 	return err
-}
-
-func (b *syncBody) release() {
-	b.once.Do(func() {
-		// stop false: the request's context ended and poisoned the
-		// connection's deadlines.
-		if b.stop() && b.eof && b.keep && b.bc.br.Buffered() == 0 {
-			b.fb.put(b.bc)
-			return
-		}
-		b.bc.close()
-	})
 }

@@ -1,0 +1,410 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeshim/edgeshim/limits/accesslog"
+)
+
+// The direct exchange: HTTP/2 requests on fast routes (every backend
+// plain http://, no decompress: the HTTP/1.1 fast path's test) skip
+// httputil.ReverseProxy. The backend request head is written as bytes
+// with the fast path's policy functions (forwarded.appendLines,
+// appendOutPath, its hop-by-hop list), exchanged over the fast path's
+// backend pool in the policy's retry loop (attempts, classify), the
+// response head parsed by the fast path's parser (readRespHead) and
+// relayed through the stream's ResponseWriter. The middleware chain
+// (limits, access log, metrics, Alt-Svc) stays as it is for HTTP/2.
+//
+// Not taken (ReverseProxy serves them as before): request bodies of
+// unknown length or over syncMaxBody, Expect, upgrades.
+
+// directOK reports whether r may take the direct exchange.
+func (rp *routeProxy) directOK(r *http.Request) bool {
+	return rp.fast != nil && !rp.route.Decompress && r.ProtoMajor == 2 && syncOK(r)
+}
+
+// directScratch is what serveDirect reuses from request to request: buf
+// holds the outgoing head and body, then the response body on its way
+// through; line the request line; rh the parsed response head.
+type directScratch struct {
+	buf, line []byte
+	rh        respHead
+}
+
+// directScratches recycle serveDirect's scratch (a pool: the requests of
+// an HTTP/2 connection run concurrently).
+var directScratches = sync.Pool{New: func() any { return &directScratch{buf: make([]byte, 0, 16<<10)} }}
+
+// serveDirect proxies r (directOK) to the route's pool.
+func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
+	rp.direct.Add(1)
+	ctx := r.Context()
+	sc := directScratches.Get().(*directScratch)
+	defer directScratches.Put(sc)
+	path := r.URL.EscapedPath()
+	// The request line goes in front, per backend, in room.
+	room := len(r.Method) + len(path) + len(r.URL.RawQuery) + rp.fast.maxPath + 20
+	buf := rp.appendDirectHead(append(sc.buf[:0], make([]byte, room)...), r)
+	hasBody := r.ContentLength > 0
+	if hasBody {
+		n := len(buf)
+		buf = append(buf, make([]byte, r.ContentLength)...)
+		if _, err := io.ReadFull(r.Body, buf[n:]); err != nil {
+			rp.errorHandler(w, r, why(r, nil, bodyError(err)))
+			return
+		}
+	}
+	sc.buf = buf[:0]
+	a := attempts{rp: rp, idempotent: idempotentReq(r.Method, hasBody)}
+	replayable := replayableReq(r.Method, hasBody)
+	line, rh := sc.line[:0], &sc.rh
+	defer func() { sc.line = line[:0] }()
+	for {
+		b, err := a.next()
+		if err != nil {
+			rp.errorHandler(w, r, err)
+			return
+		}
+		line = append(line[:0], r.Method...)
+		line = append(line, ' ')
+		line = appendOutPath(line, b.fast.path, rp.strip, path)
+		if r.URL.RawQuery != "" || r.URL.ForceQuery {
+			line = append(line, '?')
+			line = append(line, r.URL.RawQuery...)
+		}
+		line = append(line, " HTTP/1.1\r\n"...)
+		out := buf[room-len(line):]
+		copy(out, line)
+		start := time.Now()
+		b.begin()
+		x, err := b.fast.exchange(ctx, replayable, rp.route.Proxy.Timeouts.ResponseHeader.D(), func(bc *bconn) error {
+			if _, err := bc.c.Write(out); err != nil {
+				return err
+			}
+			n, err := readFinalHead(bc, rh)
+			if err == nil {
+				bc.br.Discard(n)
+			}
+			return err
+		})
+		if err != nil {
+			b.end()
+			err = why(r, nil, err)
+			if a.failed(b, err) {
+				continue
+			}
+			accesslog.FromContext(ctx).SetUpstream(b.name)
+			rp.errorHandler(w, r, b.failed(err))
+			return
+		}
+		rp.answered(b)
+		accesslog.FromContext(ctx).SetUpstream(b.name)
+		b.fast.codes.inc(rh.code)
+		b.mDuration.Observe(time.Since(start).Seconds())
+		defer b.end()
+		relayDirect(w, x, rh, r.Method == http.MethodHead, buf[:cap(buf)])
+		return
+	}
+}
+
+// readFinalHead reads the response head after any 1xx (dropped, as
+// syncExchange does); 101 is a bad response (no upgrade is sent).
+func readFinalHead(bc *bconn, rh *respHead) (int, error) {
+	for {
+		n, err := readRespHead(bc.br, rh)
+		switch {
+		case err != nil:
+			return 0, err
+		case rh.code == http.StatusSwitchingProtocols:
+			return 0, errBadResponse
+		case rh.code >= 200:
+			return n, nil
+		}
+		bc.br.Discard(n)
+	}
+}
+
+// appendDirectHead appends r's outgoing header lines as appendOutHead
+// does for the HTTP/1.1 fast path: Host, the client's fields but the
+// hop-by-hop ones, the policy's forwarded lines, Content-Length, Te:
+// trailers; then the blank line.
+func (rp *routeProxy) appendDirectHead(b []byte, r *http.Request) []byte {
+	peer := peerAddr(r.RemoteAddr)
+	f := forwarded[string]{peer: peer, host: r.Host, tls: r.TLS != nil, trusted: rp.trusted.has(peer)}
+	b = append(b, "Host: "...)
+	b = append(b, r.Host...)
+	b = append(b, "\r\n"...)
+	te := false
+	for k, vs := range r.Header {
+		switch k {
+		case "Host", "Content-Length", "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+			"Proxy-Authorization", "Trailer", "Transfer-Encoding", "Upgrade":
+			continue
+		case "Te":
+			for _, v := range vs {
+				te = te || hasToken([]byte(v), "trailers")
+			}
+			continue
+		case "X-Forwarded-For":
+			f.xff = vs
+			continue
+		case "X-Forwarded-Host":
+			f.xfh = vs[0]
+			continue
+		case "X-Forwarded-Proto":
+			f.xfp = vs[0]
+			continue
+		case "Forwarded":
+			f.fwd = vs
+			continue
+		}
+		for _, v := range vs {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = append(b, v...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	b = f.appendLines(b)
+	switch m := r.Method; {
+	case r.ContentLength > 0, m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, r.ContentLength, 10)
+		b = append(b, "\r\n"...)
+	}
+	if te {
+		b = append(b, "Te: trailers\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+// relayDirect writes the response head and body to w, then returns the
+// backend connection to its pool if it can be reused. A backend body that
+// breaks off aborts the stream (http.ErrAbortHandler, as ReverseProxy).
+func relayDirect(w http.ResponseWriter, x *syncConn, rh *respHead, head bool, buf []byte) {
+	h := w.Header()
+	// The values, one string for all, and their one-element lists, one
+	// array for all: two allocations rather than two per field.
+	n, size := 0, 0
+	for i := range rh.fields {
+		if f := &rh.fields[i]; f.kind == fieldPass {
+			n, size = n+1, size+len(f.value)
+		}
+	}
+	var all strings.Builder
+	all.Grow(size)
+	for i := range rh.fields {
+		if f := &rh.fields[i]; f.kind == fieldPass {
+			all.Write(f.value)
+		}
+	}
+	vals, lists, at := all.String(), make([]string, n), 0
+	for i := range rh.fields {
+		if f := &rh.fields[i]; f.kind == fieldPass {
+			v := vals[at : at+len(f.value)]
+			at += len(f.value)
+			k := respKey(f.name)
+			if old, ok := h[k]; ok {
+				h[k] = append(old, v)
+				continue
+			}
+			n--
+			lists[n] = v
+			h[k] = lists[n : n+1 : n+1]
+		}
+	}
+	in := bodyClose
+	switch {
+	case head || rh.code == http.StatusNoContent || rh.code == http.StatusNotModified:
+		in = bodyNone
+	case rh.chunked:
+		in = bodyChunked
+	case rh.hasCL:
+		in = bodyLength
+	}
+	if rh.hasCL && rh.code != http.StatusNoContent {
+		h["Content-Length"] = []string{strconv.FormatInt(rh.cl, 10)}
+	}
+	x.keep = !rh.conn.close && (!rh.http10 || rh.conn.keepAlive) && in != bodyClose
+	br := x.bc.br
+	w.WriteHeader(rh.code)
+	var err error
+	switch in {
+	case bodyNone:
+		x.done(true)
+		return
+	case bodyLength:
+		for left := rh.cl; left > 0 && err == nil; {
+			var n int
+			n, err = br.Read(buf[:min(int64(len(buf)), left)])
+			left -= int64(n)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					x.done(false)
+					return // the client is gone: nothing more to send
+				}
+			}
+			if left == 0 {
+				err = nil
+			}
+		}
+	default:
+		var src io.Reader = br
+		if in == bodyChunked {
+			src = httputil.NewChunkedReader(br)
+		}
+		fl, _ := w.(http.Flusher)
+		for err == nil {
+			var n int
+			n, err = src.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					x.done(false)
+					return
+				}
+				if fl != nil {
+					fl.Flush()
+				}
+			}
+		}
+		if err == io.EOF {
+			err = nil
+			if in == bodyChunked {
+				err = readTrailers(br, h)
+			}
+		}
+	}
+	x.done(err == nil)
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// respKeys are response field names common enough to be found without
+// an allocation: lower case, canonical.
+var respKeys = [...][2]string{{"content-type", "Content-Type"}, {"date", "Date"}, {"server", "Server"},
+	{"cache-control", "Cache-Control"}, {"etag", "Etag"}, {"last-modified", "Last-Modified"}, {"vary", "Vary"},
+	{"expires", "Expires"}, {"accept-ranges", "Accept-Ranges"}, {"content-encoding", "Content-Encoding"},
+	{"location", "Location"}, {"set-cookie", "Set-Cookie"}}
+
+// respKey is name's canonical form (http.Header's key).
+func respKey(name []byte) string {
+	for _, k := range respKeys {
+		if equalFoldASCII(name, k[0]) {
+			return k[1]
+		}
+	}
+	return http.CanonicalHeaderKey(string(name))
+}
+
+// readTrailers reads a chunked body's trailer section into h (as
+// http.TrailerPrefix fields, which the HTTP/2 writer sends as trailers).
+func readTrailers(br interface{ ReadSlice(byte) ([]byte, error) }, h http.Header) error {
+	total := 0
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if total += len(line); total > 8<<10 {
+			return errBadResponse
+		}
+		if string(line) == "\r\n" {
+			return nil
+		}
+		if len(line) < 2 || line[len(line)-2] != '\r' {
+			return errBadResponse
+		}
+		f, ok := splitField(line[:len(line)-2])
+		if !ok {
+			return errBadResponse
+		}
+		h.Add(http.TrailerPrefix+string(bytes.TrimSpace(f.name)), string(f.value))
+	}
+}
+
+// syncConn is a backend connection during a synchronous exchange: the
+// request's context interrupts its reads and writes until done.
+type syncConn struct {
+	bc   *bconn
+	fb   *fastBackend
+	stop func() bool
+	keep bool
+	once sync.Once
+}
+
+// done ends the exchange: the connection goes back to the pool when the
+// response was read to its end (complete) and it can be reused, else it
+// is closed.
+func (x *syncConn) done(complete bool) {
+	x.once.Do(func() {
+		// stop false: the request's context ended and poisoned the
+		// connection's deadlines.
+		if x.stop() && complete && x.keep && x.bc.br.Buffered() == 0 {
+			x.fb.put(x.bc)
+			return
+		}
+		x.bc.close()
+	})
+}
+
+// exchange runs send on a backend connection of fb (idle, else new)
+// until it succeeds: the request written and the response head read. The
+// write is bounded by ctx's deadline, the head by hdrTimeout too; ctx
+// ending interrupts both. A reused connection that turns out closed is
+// replaced by a new one for a replayable request (retryFresh). On error
+// the connection is closed.
+func (fb *fastBackend) exchange(ctx context.Context, replayable bool, hdrTimeout time.Duration, send func(*bconn) error) (*syncConn, error) {
+	fresh := false
+	for {
+		bc := (*bconn)(nil)
+		if !fresh {
+			bc = fb.getIdle()
+		}
+		if bc == nil {
+			var err error
+			if bc, err = fb.dialConn(ctx); err != nil {
+				return nil, err
+			}
+		}
+		dl, _ := ctx.Deadline()
+		bc.c.SetWriteDeadline(dl)
+		hdl := dl
+		if hdrTimeout > 0 {
+			if t := time.Now().Add(hdrTimeout); hdl.IsZero() || t.Before(hdl) {
+				hdl = t
+			}
+		}
+		bc.c.SetReadDeadline(hdl)
+		// The client going away or the request's timeout interrupts the
+		// backend connection's reads and writes.
+		stop := context.AfterFunc(ctx, func() { bc.c.SetDeadline(aLongTimeAgo) })
+		err := send(bc)
+		if err == nil {
+			bc.c.SetReadDeadline(dl)
+			return &syncConn{bc: bc, fb: fb, stop: stop}, nil
+		}
+		stop()
+		bc.close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (%w)", context.Cause(ctx), err)
+		}
+		// Not the request's timeout: the head's (a client body that
+		// broke is named by the caller).
+		err = headerTimeout(err)
+		if !retryFresh(bc, replayable, err) {
+			return nil, err
+		}
+		fresh = true
+	}
+}
