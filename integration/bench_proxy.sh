@@ -56,6 +56,7 @@ nginx -c "$W/backend.conf" -e "$W/backend.err" &
 cat > "$W/edgeshim.yaml" <<CONF
 listen: {https: "127.0.0.1:18443", admin: "off"}
 log: {level: warn}
+access_log: {enabled: false} # nginx and HAProxy run without one too
 data_dir: $W/data
 tls: {certs: [{cert: $W/cert.pem, key: $W/key.pem}]}
 limits:
