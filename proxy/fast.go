@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/limits/park"
 )
 
 // The HTTP/1.1 fast path.
@@ -56,6 +57,10 @@ type fastServer struct {
 	date    atomic.Pointer[dateCache]
 
 	polls *fastPolls // the bridges' long-polls (fastpoll.go); nil: none
+	// parker holds idle keep-alive connections (fastidle.go); nil: they
+	// wait in their goroutine.
+	parker     *park.Parker
+	idleParked atomic.Int64 // times an idle connection was parked (tests)
 
 	// served and fellBack count fast requests and fallbacks (tests).
 	served   atomic.Int64
@@ -96,6 +101,10 @@ type fastConn struct {
 	aborted bool
 
 	poll atomic.Pointer[fastPoll] // parked long-poll, for abort
+
+	parkedIdle atomic.Pointer[fastIdle] // parked between requests, for shutdown and abort
+	kept       bool                     // a request was read: the next waits as keep-alive
+	idleEnd    time.Time                // the idle timeout of the wait for the next request
 
 	// The deadlines set on tc, so that setting them again can be skipped.
 	rdl, wdl time.Time
@@ -138,6 +147,7 @@ func (fc *fastConn) Read(p []byte) (int, error) {
 func (fc *fastConn) shutdown() {
 	if fc.state.CompareAndSwap(connIdle, connClosing) {
 		fc.tc.NetConn().Close()
+		fc.closeIdle()
 	}
 }
 
@@ -145,6 +155,7 @@ func (fc *fastConn) shutdown() {
 func (fc *fastConn) abort() {
 	fc.tc.NetConn().Close() // first: nothing more reaches the client
 	fc.abortPoll()
+	fc.closeIdle()
 	fc.mu.Lock()
 	fc.aborted = true
 	if fc.bc != nil {
@@ -220,26 +231,32 @@ func (fs *fastServer) end(l *tlsListener, fc *fastConn, handoff bool) net.Conn {
 }
 
 // loop serves requests until the connection ends (false) or a request is
-// not fast (true: hand it over), or a long-poll parked it (parked: fc is
-// no longer the caller's).
+// not fast (true: hand it over), or a long-poll or the wait for the next
+// request parked it (parked: fc is no longer the caller's).
 func (fc *fastConn) loop(l *tlsListener) (handoff, parked bool) {
 	fs := fc.fs
-	for first := true; ; first = false {
+	for first := !fc.kept; ; first = false {
 		if fc.br.Buffered() == 0 && !fc.stashed {
-			wait := fs.idle
-			if first {
-				wait = fs.readHeader
-			}
-			if wait > 0 {
-				fc.readDeadline(time.Now().Add(wait), time.Second)
-			}
-			if _, err := fc.br.Peek(1); err != nil {
-				return false, false
+			if !first {
+				switch fc.awaitNext() { // fastidle.go
+				case idleEnded:
+					return false, false
+				case idleParked:
+					return false, true
+				}
+			} else {
+				if fs.readHeader > 0 {
+					fc.readDeadline(time.Now().Add(fs.readHeader), time.Second)
+				}
+				if _, err := fc.br.Peek(1); err != nil {
+					return false, false
+				}
 			}
 		}
 		if !fc.state.CompareAndSwap(connIdle, connActive) {
 			return false, false // closed by shutdown
 		}
+		fc.kept = true
 		t0 := time.Now()
 		n, v := fc.readHead(t0)
 		switch v {

@@ -209,22 +209,7 @@ func (pp *fastPoll) readable() {
 
 // claim takes a parked connection for the caller; a connection being
 // parked is marked so that its owner looks again.
-func (pp *fastPoll) claim() bool {
-	for {
-		switch st := pp.state.Load(); st {
-		case stParked:
-			if pp.state.CompareAndSwap(st, stOwned) {
-				return true
-			}
-		case stSetup:
-			if pp.state.CompareAndSwap(st, stInterrupted) {
-				return false
-			}
-		default:
-			return false
-		}
-	}
-}
+func (pp *fastPoll) claim() bool { return claimParked(&pp.state) }
 
 // park parks the connection; tried is false when it cannot be parked
 // (no poller: the fallback would hold a goroutine anyway), and parked

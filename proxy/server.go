@@ -212,6 +212,7 @@ func New(opts Options) (*Server, error) {
 		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, maxHeadBytes: int(lim.MaxHeaderBytes), heap: heap, bufs: bufs,
 	}
 	s.fast.polls = newFastPolls(rt, opts.Bridges, opts.Registerer)
+	s.fast.parker = park.New()
 	return s, nil
 }
 
@@ -403,6 +404,7 @@ func (s *Server) closeRest() {
 		s.park.Close()
 	}
 	s.fast.polls.close()
+	s.fast.parker.Close()
 	s.loops.Wait()
 	s.serveWG.Wait()
 	for _, rp := range s.router.proxies {
