@@ -337,7 +337,11 @@ func (s *session) stop() {
 		s.connected = make(chan struct{})
 	}
 	dialing := s.dialing
+	wakes := s.wakePolls() // they see the session's end (poll.over)
 	s.mu.Unlock()
+	for _, w := range wakes {
+		w()
+	}
 	s.b.rr.ended(s, l) // open requests are answered 503 before the link closes
 	if dialing {
 		return
