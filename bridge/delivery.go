@@ -9,7 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeshim/edgeshim/bridge/longpoll"
@@ -152,7 +152,7 @@ func (b *Bridge) beginPoll(pr pollRequest) (*poll, *longpoll.Answer) {
 	}
 	// While it waits, a queued reconnect of s goes first, and a lost link
 	// reconnects at once (Next ends that with the answer).
-	p.endWait = sync.OnceFunc(s.wait())
+	s.addWaiter() // ended once by endWait
 	if wait > 0 {
 		p.held = true
 		b.m.held.Inc()
@@ -189,9 +189,9 @@ type poll struct {
 	wait     time.Duration
 	explicit bool
 	batch    int
-	held     bool      // counted in the held gauge
-	early    time.Time // not connected at start: over once connected and past this
-	endWait  func()
+	held     bool        // counted in the held gauge
+	early    time.Time   // not connected at start: over once connected and past this
+	waitDone atomic.Bool // endWait ran
 	timer    *time.Timer // nil: no wait
 
 	// under s.mu
@@ -239,6 +239,13 @@ func (p *poll) unregister() func() {
 func (p *poll) over() bool {
 	return p.expired || p.s.ctx.Err() != nil || p.b.draining() ||
 		(!p.early.IsZero() && p.s.link != nil && !time.Now().Before(p.early))
+}
+
+// endWait ends the poll's wait on its session, once.
+func (p *poll) endWait() {
+	if p.waitDone.CompareAndSwap(false, true) {
+		p.s.doneWaiter()
+	}
 }
 
 // Next takes commands and returns their answer, or the empty answer when
