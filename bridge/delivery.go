@@ -9,7 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeshim/edgeshim/bridge/longpoll"
@@ -152,7 +152,7 @@ func (b *Bridge) beginPoll(pr pollRequest) (*poll, *longpoll.Answer) {
 	}
 	// While it waits, a queued reconnect of s goes first, and a lost link
 	// reconnects at once (Next ends that with the answer).
-	p.endWait = sync.OnceFunc(s.wait())
+	s.addWaiter() // ended once by endWait
 	if wait > 0 {
 		p.held = true
 		b.m.held.Inc()
@@ -170,35 +170,36 @@ func (b *Bridge) beginPoll(pr pollRequest) (*poll, *longpoll.Answer) {
 	} else {
 		p.expired = true // a short poll answers at once: nothing to wait for
 	}
-	p.stopEnd = context.AfterFunc(s.ctx, func() { p.event(func() { p.ended = true }) })
-	p.stopDrain = context.AfterFunc(b.drain.context(), func() { p.event(func() { p.drained = true }) })
+	// Nothing of the request is kept past here but what the answer needs:
+	// a held poll must not pin the header map or the TLS state.
+	p.req.cred.Header, p.req.cred.TLS = nil, nil
 	return p, nil
 }
 
 // poll is one poll of a device on its session. A held poll has no
-// goroutine of its own: its deadline is a timer, the session's end and
-// the drain are context.AfterFuncs, and a command wakes it through the
-// callback registered by Next.
+// goroutine of its own: its deadline is a timer, and a command, the
+// session's end (session.stop) and the drain (Bridge.Drain) wake it
+// through the callback registered by Next, from the session's list of
+// waiting polls; over reads the session's and the drain's contexts under
+// the session's lock, so no wake is lost.
 type poll struct {
-	b         *Bridge
-	s         *session
-	req       pollRequest
-	wait      time.Duration
-	explicit  bool
-	batch     int
-	held      bool      // counted in the held gauge
-	early     time.Time // not connected at start: over once connected and past this
-	endWait   func()
-	timer     *time.Timer // nil: no wait
-	stopEnd   func() bool
-	stopDrain func() bool
+	b        *Bridge
+	s        *session
+	req      pollRequest
+	wait     time.Duration
+	explicit bool
+	batch    int
+	held     bool        // counted in the held gauge
+	early    time.Time   // not connected at start: over once connected and past this
+	waitDone atomic.Bool // endWait ran
+	timer    *time.Timer // nil: no wait
 
 	// under s.mu
-	wake                    func() // registered by Next
-	expired, ended, drained bool
-	drainCounted            bool
-	cmds                    []*command // taken, awaiting Written
-	finished                bool
+	wake         func() // registered by Next
+	expired      bool
+	drainCounted bool
+	cmds         []*command // taken, awaiting Written
+	finished     bool
 }
 
 var _ longpoll.Poll = (*poll)(nil)
@@ -236,8 +237,15 @@ func (p *poll) unregister() func() {
 // over reports whether the poll answers now, commands or not. s.mu is
 // held.
 func (p *poll) over() bool {
-	return p.expired || p.ended || p.drained ||
+	return p.expired || p.s.ctx.Err() != nil || p.b.draining() ||
 		(!p.early.IsZero() && p.s.link != nil && !time.Now().Before(p.early))
+}
+
+// endWait ends the poll's wait on its session, once.
+func (p *poll) endWait() {
+	if p.waitDone.CompareAndSwap(false, true) {
+		p.s.doneWaiter()
+	}
 }
 
 // Next takes commands and returns their answer, or the empty answer when
@@ -289,8 +297,9 @@ func (p *poll) next(wake func()) *longpoll.Answer {
 // HTTP/1.1 the connection closes after it (HTTP/2 and HTTP/3 have
 // GOAWAY, sent by the server's shutdown).
 func (p *poll) drainMark(aw *answerWriter) {
+	drained := p.b.draining()
 	p.s.mu.Lock()
-	drained, first := p.drained, p.drained && !p.drainCounted
+	first := drained && !p.drainCounted
 	p.drainCounted = p.drainCounted || drained
 	p.s.mu.Unlock()
 	if first {
@@ -379,8 +388,6 @@ func (p *poll) finish() {
 	if p.timer != nil {
 		p.timer.Stop()
 	}
-	p.stopEnd()
-	p.stopDrain()
 	p.endWait()
 	if p.held {
 		p.b.m.held.Dec()

@@ -49,7 +49,25 @@ func (b *Bridge) Drain() {
 		close(b.closing) // Drain, or Shutdown through it, closes it
 		b.drain.context()
 		b.drain.cancel()
+		b.wakeHeldPolls()
 	})
+}
+
+// wakeHeldPolls wakes every waiting poll of every session once the drain
+// started: each sees it (poll.over) and answers. A poll registering
+// after a session's lock section here already sees the drain.
+func (b *Bridge) wakeHeldPolls() {
+	b.mu.Lock()
+	ss := b.sessions.Values()
+	b.mu.Unlock()
+	for _, s := range ss {
+		s.mu.Lock()
+		wakes := s.wakePolls()
+		s.mu.Unlock()
+		for _, w := range wakes {
+			w()
+		}
+	}
 }
 
 // Stats returns what Drain and Shutdown have done so far.

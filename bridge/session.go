@@ -157,10 +157,10 @@ func (s *session) paced() {
 	}
 }
 
-// wait marks a device request waiting on the session (a poll, held or
-// waiting for the connection): a queued reconnect becomes urgent. The
-// returned func ends the wait.
-func (s *session) wait() func() {
+// addWaiter marks a device request waiting on the session (a poll, held
+// or waiting for the connection): a queued reconnect becomes urgent.
+// doneWaiter ends the wait.
+func (s *session) addWaiter() {
 	s.mu.Lock()
 	s.waiters++
 	if s.ticket != nil {
@@ -171,11 +171,13 @@ func (s *session) wait() func() {
 		s.reserve(true)
 	}
 	s.mu.Unlock()
-	return func() {
-		s.mu.Lock()
-		s.waiters--
-		s.mu.Unlock()
-	}
+}
+
+// doneWaiter ends a wait begun by addWaiter.
+func (s *session) doneWaiter() {
+	s.mu.Lock()
+	s.waiters--
+	s.mu.Unlock()
 }
 
 // launch starts a connect attempt; s.mu is held and the session is not
@@ -346,7 +348,11 @@ func (s *session) stop() {
 		s.connected = make(chan struct{})
 	}
 	dialing := s.dialing
+	wakes := s.wakePolls() // they see the session's end (poll.over)
 	s.mu.Unlock()
+	for _, w := range wakes {
+		w()
+	}
 	s.b.rr.ended(s, l) // open requests are answered 503 before the link closes
 	if dialing {
 		return

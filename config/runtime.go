@@ -14,7 +14,11 @@ type Runtime struct {
 	// reached (memory_limit is then required). Default: 200 (measured on
 	// a noisy shared machine: ~10% less CPU per new TLS connection than
 	// 100, for ~20% more RSS per idle WebSocket; 400 saved no more CPU
-	// measurably and cost ~40% more RSS; see README).
+	// measurably and cost ~40% more RSS; see README). A fleet of held
+	// long-polls trades the other way: at 9,000 held, 100 gave ~24% less
+	// RSS per held poll (18.9 KiB) for ~26% more CPU per new resumed
+	// connection, 50 ~34% less (16.5 KiB) for ~55% more CPU
+	// (integration/MEMORY.md, issue 14).
 	GCPercent int `yaml:"gc_percent"`
 	// MemoryLimit is a soft limit on the memory the Go runtime uses
 	// (debug.SetMemoryLimit): nearing it, the collector runs more often
