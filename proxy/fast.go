@@ -57,8 +57,8 @@ type fastServer struct {
 	date    atomic.Pointer[dateCache]
 
 	polls *fastPolls // the bridges' long-polls (fastpoll.go); nil: none
-	// parker holds idle keep-alive connections (fastidle.go); nil: they
-	// wait in their goroutine.
+	// parker holds idle keep-alive connections (fastidle.go) and held
+	// polls (fastpoll.go).
 	parker     *park.Parker
 	idleParked atomic.Int64 // times an idle connection was parked (tests)
 

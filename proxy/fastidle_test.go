@@ -76,17 +76,8 @@ routes: [{path: /, proxy: {backends: [%q]}}]`, backend.URL))
 		// again, and no new one is started.
 		awaitCounter(t, "idle connections parked", parkedIdle(s), parked0+float64(i+1))
 	}
-	// The last ones' goroutines may still be ending: the count must come
-	// down to the bound.
-	extra := runtime.NumGoroutine() - base
-	for deadline := time.Now().Add(20 * time.Second); extra >= n/20 && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-		extra = runtime.NumGoroutine() - base
-	}
-	t.Logf("%d idle keep-alive connections: %d goroutines more than before dialling", n, extra)
-	if extra >= n/20 {
-		t.Fatalf("%d idle keep-alive connections hold %d goroutines, want < %d", n, extra, n/20)
-	}
+	// The last ones' goroutines may still be ending.
+	awaitFewGoroutines(t, base, n, "idle keep-alive connections")
 	if got := fastConns(s); got != n {
 		t.Errorf("fast connections tracked = %d, want %d", got, n)
 	}

@@ -50,10 +50,10 @@ const (
 	pollParked                     // parked: the caller must not touch the connection again
 )
 
-// fastPolls are the fast server's long-poll routes and their parker.
+// fastPolls are the fast server's long-poll routes; held polls wait in
+// the fast server's parker, with its idle keep-alive connections.
 type fastPolls struct {
 	routes map[*route]longpoll.Handler
-	park   *park.Parker
 	// served counts polls served on the fast path; parked, the times
 	// one was parked.
 	served, parked prometheus.Counter
@@ -77,14 +77,7 @@ func newFastPolls(rt *router, bridges map[string]http.Handler, reg prometheus.Re
 	fp.parked = prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_proxy_fast_polls_parked_total",
 		Help: "Times a held poll on the HTTP/1.1 fast path was parked (no goroutine) to wait."})
 	reg.MustRegister(fp.served, fp.parked)
-	fp.park = park.New()
 	return fp
-}
-
-func (fp *fastPolls) close() {
-	if fp != nil {
-		fp.park.Close()
-	}
 }
 
 // Parked poll states: whoever moves parked to owned (claim) serves the
@@ -225,7 +218,7 @@ func (pp *fastPoll) park() (parked, tried bool) {
 		pp.state.Store(stOwned)
 		return false, true
 	}
-	h, err := fs.polls.park.Register(fc.tc, pp.readable)
+	h, err := fs.parker.Register(fc.tc, pp.readable)
 	if err != nil {
 		pp.state.Store(stOwned)
 		return false, false

@@ -126,17 +126,8 @@ func TestHeldPollsParkedWithoutGoroutines(t *testing.T) {
 		sendPoll(t, conns[i], fmt.Sprint("g", i), "?wait=60")
 	}
 	awaitCounter(t, "held polls", held, n)
-	// The last ones may still be on their way to the parker: the count
-	// must come down to the bound.
-	extra := runtime.NumGoroutine() - base
-	for deadline := time.Now().Add(20 * time.Second); extra >= n/20 && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-		extra = runtime.NumGoroutine() - base
-	}
-	t.Logf("%d held polls: %d goroutines more than before dialling", n, extra)
-	if extra >= n/20 {
-		t.Fatalf("%d held polls hold %d goroutines, want < %d", n, extra, n/20)
-	}
+	// The last ones may still be on their way to the parker.
+	awaitFewGoroutines(t, base, n, "held polls")
 	if p := testutil.ToFloat64(fp.parked) - parked0; p < n {
 		t.Errorf("parked polls = %v, want %d", p, n)
 	}
@@ -195,5 +186,21 @@ func TestParkedPollDeadlineKeepAliveAndRefusal(t *testing.T) {
 	}
 	if got := fp.n.Load(); got != 3 {
 		t.Errorf("polls served on the fast path = %d, want 3", got)
+	}
+}
+
+// awaitFewGoroutines fails unless the goroutine count comes down to
+// fewer than n/20 above base within 20s: n parked connections (what)
+// hold no goroutine of their own.
+func awaitFewGoroutines(t *testing.T, base, n int, what string) {
+	t.Helper()
+	extra := runtime.NumGoroutine() - base
+	for deadline := time.Now().Add(20 * time.Second); extra >= n/20 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		extra = runtime.NumGoroutine() - base
+	}
+	t.Logf("%d %s: %d goroutines more than before dialling", n, what, extra)
+	if extra >= n/20 {
+		t.Fatalf("%d %s hold %d goroutines, want < %d", n, what, extra, n/20)
 	}
 }

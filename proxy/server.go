@@ -211,8 +211,8 @@ func New(opts Options) (*Server, error) {
 		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
 		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, maxHeadBytes: int(lim.MaxHeaderBytes), heap: heap, bufs: bufs,
 	}
-	s.fast.polls = newFastPolls(rt, opts.Bridges, opts.Registerer)
 	s.fast.parker = park.New()
+	s.fast.polls = newFastPolls(rt, opts.Bridges, opts.Registerer)
 	return s, nil
 }
 
@@ -403,7 +403,6 @@ func (s *Server) closeRest() {
 	if s.park != nil {
 		s.park.Close()
 	}
-	s.fast.polls.close()
 	s.fast.parker.Close()
 	s.loops.Wait()
 	s.serveWG.Wait()
