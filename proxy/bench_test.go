@@ -33,8 +33,12 @@ routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, backend.UR
 	tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
 	tr.MaxIdleConnsPerHost = 64
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr}
-	url := s.url("/x")
+	benchGets(b, &http.Client{Transport: tr}, s.url("/x"), 1)
+}
+
+// benchGets runs GETs of url from 16 goroutines per CPU, each response
+// read whole and served over HTTP/major.
+func benchGets(b *testing.B, c *http.Client, url string, major int) {
 	b.SetParallelism(16)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -46,6 +50,10 @@ routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, backend.UR
 			}
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
+			if resp.ProtoMajor != major {
+				b.Errorf("served over %s", resp.Proto)
+				return
+			}
 		}
 	})
 }

@@ -82,25 +82,7 @@ routes: [{path: /, proxy: {backends: ["%s"], max_idle_conns: 256}}]`, server, ba
 			tr := cl.Transport.(*http.Transport).Clone()
 			tr.ForceAttemptHTTP2 = true
 			defer tr.CloseIdleConnections()
-			c := &http.Client{Transport: tr}
-			url := s.url("/x")
-			b.SetParallelism(16)
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					resp, err := c.Get(url)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.ProtoMajor != 2 {
-						b.Errorf("served over %s", resp.Proto)
-						return
-					}
-				}
-			})
+			benchGets(b, &http.Client{Transport: tr}, s.url("/x"), 2)
 		})
 	}
 }
