@@ -125,7 +125,7 @@ func (s *session) schedule(d time.Duration) {
 		defer s.mu.Unlock()
 		if !s.stopped {
 			s.timer = nil
-			if s.afterLoss && s.waiters == 0 && s.attached.Load() == 0 {
+			if s.afterLoss && s.unwaited() {
 				s.dormant = true // the request that waited has been answered
 				return
 			}
@@ -208,7 +208,7 @@ func (s *session) attempt() {
 	}
 	if err != nil {
 		s.b.m.connects.WithLabelValues("error").Inc()
-		if errors.Is(err, errLostOpening) && s.waiters == 0 && s.attached.Load() == 0 {
+		if errors.Is(err, errLostOpening) && s.unwaited() {
 			// Taken while opening, and nobody here waits: another replica
 			// holds the session now. Trying again would take it back and
 			// the two would fight; the device's next request here resumes.
@@ -246,6 +246,10 @@ func (s *session) attempt() {
 	}
 }
 
+// unwaited reports whether no request and no device WebSocket of the
+// device waits on the session here. s.mu is held.
+func (s *session) unwaited() bool { return s.waiters == 0 && s.attached.Load() == 0 }
+
 // linkLost is a link's report that it ended. If it is the session's link
 // and the session goes on, it reconnects after a backoff; a session taken
 // over by another connection is handed over instead.
@@ -262,7 +266,7 @@ func (s *session) linkLost(l link) {
 	s.link = nil
 	s.connected = make(chan struct{})
 	_, mqtt := l.(*mqttConn)
-	dormant := mqtt && s.waiters == 0 && s.attached.Load() == 0
+	dormant := mqtt && s.unwaited()
 	if dormant {
 		// Nobody waits on the session: it reconnects on the device's next
 		// request (resume), not now. A broker that closes a taken-over
