@@ -41,16 +41,15 @@ type directScratch struct {
 	rh        respHead
 }
 
-// directScratches recycle serveDirect's scratch (a pool: the requests of
-// an HTTP/2 connection run concurrently).
-var directScratches = sync.Pool{New: func() any { return &directScratch{buf: make([]byte, 0, 16<<10)} }}
-
 // serveDirect proxies r (directOK) to the route's pool.
 func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 	rp.direct.Add(1)
 	ctx := r.Context()
-	sc := directScratches.Get().(*directScratch)
-	defer directScratches.Put(sc)
+	sc, _ := rp.scratch.Get().(*directScratch)
+	if sc == nil {
+		sc = &directScratch{buf: make([]byte, 0, 16<<10)}
+	}
+	defer rp.scratch.Put(sc)
 	path := r.URL.EscapedPath()
 	// The request line goes in front, per backend, in room.
 	room := len(r.Method) + len(path) + len(r.URL.RawQuery) + rp.fast.maxPath + 20

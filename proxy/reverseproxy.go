@@ -51,6 +51,9 @@ type routeProxy struct {
 	fast     *fastRoute      // nil unless every backend is plain http://
 	fails    *faillog.Log    // backend errors, aggregated
 	direct   atomic.Int64    // requests served by serveDirect (directexchange.go)
+	// scratch recycles serveDirect's *directScratch (a pool: the requests
+	// of an HTTP/2 connection run concurrently).
+	scratch sync.Pool
 }
 
 // closeIdle closes the idle upstream connections of the route's pools.
