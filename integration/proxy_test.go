@@ -95,7 +95,7 @@ limits: {per_ip: {rate: 1000, burst: 1000}}   # h2spec opens a connection per ca
 routes: [{path: /, proxy: {backends: [%q]}}]
 `, backend.URL))
 	port := e.Addr("https")[strings.LastIndex(e.Addr("https"), ":")+1:]
-	out, _ := exec.Command(bin, "-h", "127.0.0.1", "-p", port, "-t", "-k", "--timeout", "2").CombinedOutput()
+	out, _ := exec.Command(bin, "-h", "127.0.0.1", "-p", port, "-t", "-k", "--timeout", "5").CombinedOutput()
 	text := string(out)
 	i := strings.Index(text, "Failures:")
 	if !strings.Contains(text, "tests,") {

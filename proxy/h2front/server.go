@@ -81,6 +81,10 @@ type Server struct {
 	draining bool
 
 	dateCache dateCache
+
+	// afterFinish, if set (by tests), runs between a response's last
+	// frame and its handler's bookkeeping.
+	afterFinish func()
 }
 
 // New returns a Server; it starts nothing.

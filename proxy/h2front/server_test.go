@@ -346,3 +346,33 @@ func TestDrainBeforeSettings(t *testing.T) {
 		t.Fatal("drained connection without streams still served")
 	}
 }
+
+// TestHeadersOnClosedStream: once the client has read a response's
+// END_STREAM, the stream is closed here too, even while its handler
+// still winds down: HEADERS on it is a connection error STREAM_CLOSED
+// (RFC 9113 5.1), not a stream error as on a half-closed stream.
+func TestHeadersOnClosedStream(t *testing.T) {
+	release := make(chan struct{})
+	s := testServer(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "done") })
+	s.afterFinish = func() {
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	defer close(release)
+	cl := newClient(t, s)
+	cl.request(1, "/", true)
+	cl.next(func(f http2.Frame) bool { return f.Header().Flags.Has(http2.FlagDataEndStream) && f.Header().StreamID == 1 })
+	cl.request(1, "/", true)
+	f := cl.next(func(f http2.Frame) bool {
+		switch f.(type) {
+		case *http2.GoAwayFrame, *http2.RSTStreamFrame:
+			return true
+		}
+		return false
+	})
+	if g, ok := f.(*http2.GoAwayFrame); !ok || g.ErrCode != http2.ErrCodeStreamClosed {
+		t.Fatalf("HEADERS on a closed stream answered with %v, want GOAWAY STREAM_CLOSED", f)
+	}
+}

@@ -34,6 +34,10 @@ type stream struct {
 	declared    int64 // Content-Length, -1 if none
 	bodyBytes   int64
 	remoteDone  bool // END_STREAM received
+	// localDone: the frame carrying our END_STREAM is committed (set
+	// before it is written, so that the client, having read it, never
+	// finds the stream still open here).
+	localDone   bool
 	handlerDone bool
 	aborted     bool
 	err         error // why the stream ended early
@@ -83,6 +87,13 @@ func (st *stream) setDeadline(tp **time.Timer, t time.Time) {
 		return
 	}
 	*tp = time.AfterFunc(time.Until(t), st.timedOut)
+}
+
+// ending marks our END_STREAM as committed (see localDone).
+func (st *stream) ending() {
+	st.c.mu.Lock()
+	st.localDone = true
+	st.c.mu.Unlock()
 }
 
 func (st *stream) stopTimers() {
@@ -230,6 +241,10 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	c.mu.Lock()
 	if st := c.streams[id]; st != nil {
 		c.mu.Unlock()
+		if st.remoteDone && st.localDone {
+			// Closed both ways; only its handler still winds down.
+			return http2.ConnectionError(http2.ErrCodeStreamClosed)
+		}
 		if st.remoteDone {
 			return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}, false)
 		}
@@ -466,6 +481,9 @@ func (c *conn) runHandler(st *stream, rw *responseWriter, req *http.Request, h h
 	growStack()
 	h.ServeHTTP(rw, req)
 	clean = rw.finish() == nil
+	if c.s.afterFinish != nil {
+		c.s.afterFinish()
+	}
 }
 
 // handlerStack is what a handler goroutine's stack is grown to before

@@ -199,6 +199,9 @@ func (w *responseWriter) sendHeaders(end bool, last []byte) error {
 			enc("content-type", sniffed)
 		}
 	}
+	if end || last != nil {
+		w.st.ending()
+	}
 	var ended error
 	w.err = c.write(func() error {
 		// Checked under the write lock: a reset written after this
@@ -247,10 +250,13 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 		n := min(int64(len(p)), st.sendWindow, c.sendWindow, int64(c.peerFrame))
 		st.sendWindow -= n
 		c.sendWindow -= n
+		last := end && int64(len(p)) == n
+		if last {
+			st.localDone = true
+		}
 		c.mu.Unlock()
 		chunk := p[:n]
 		p = p[n:]
-		last := end && len(p) == 0
 		var ended error
 		err := c.write(func() error {
 			if ended = st.endedEarly(); ended != nil {
@@ -302,6 +308,7 @@ func (w *responseWriter) finish() error {
 		}
 	}
 	if trailers != nil {
+		w.st.ending()
 		w.err = w.st.c.writeHeaders(w.st.id, 0, trailers, true, nil)
 	}
 	return w.err
