@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits/accesslog"
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 )
 
 // The direct exchange: HTTP/2 requests on fast routes (every backend
@@ -151,7 +152,7 @@ func (rp *routeProxy) appendDirectHead(b []byte, r *http.Request) []byte {
 			continue
 		case "Te":
 			for _, v := range vs {
-				te = te || hasToken([]byte(v), "trailers")
+				te = te || h1.HasToken([]byte(v), "trailers")
 			}
 			continue
 		case "X-Forwarded-For":
@@ -196,23 +197,23 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *respHead, head bool, bu
 	// array for all: two allocations rather than two per field.
 	n, size := 0, 0
 	for i := range rh.fields {
-		if f := &rh.fields[i]; f.kind == fieldPass {
-			n, size = n+1, size+len(f.value)
+		if f := &rh.fields[i]; f.Kind == h1.Pass {
+			n, size = n+1, size+len(f.Value)
 		}
 	}
 	var all strings.Builder
 	all.Grow(size)
 	for i := range rh.fields {
-		if f := &rh.fields[i]; f.kind == fieldPass {
-			all.Write(f.value)
+		if f := &rh.fields[i]; f.Kind == h1.Pass {
+			all.Write(f.Value)
 		}
 	}
 	vals, lists, at := all.String(), make([]string, n), 0
 	for i := range rh.fields {
-		if f := &rh.fields[i]; f.kind == fieldPass {
-			v := vals[at : at+len(f.value)]
-			at += len(f.value)
-			k := respKey(f.name)
+		if f := &rh.fields[i]; f.Kind == h1.Pass {
+			v := vals[at : at+len(f.Value)]
+			at += len(f.Value)
+			k := respKey(f.Name)
 			if old, ok := h[k]; ok {
 				h[k] = append(old, v)
 				continue
@@ -234,7 +235,7 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *respHead, head bool, bu
 	if rh.hasCL && rh.code != http.StatusNoContent {
 		h["Content-Length"] = []string{strconv.FormatInt(rh.cl, 10)}
 	}
-	x.keep = !rh.conn.close && (!rh.http10 || rh.conn.keepAlive) && in != bodyClose
+	x.keep = !rh.conn.Close && (!rh.http10 || rh.conn.KeepAlive) && in != bodyClose
 	br := x.bc.br
 	w.WriteHeader(rh.code)
 	var err error
@@ -299,7 +300,7 @@ var respKeys = [...][2]string{{"content-type", "Content-Type"}, {"date", "Date"}
 // respKey is name's canonical form (http.Header's key).
 func respKey(name []byte) string {
 	for _, k := range respKeys {
-		if equalFoldASCII(name, k[0]) {
+		if h1.EqualFold(name, k[0]) {
 			return k[1]
 		}
 	}
@@ -324,11 +325,11 @@ func readTrailers(br interface{ ReadSlice(byte) ([]byte, error) }, h http.Header
 		if len(line) < 2 || line[len(line)-2] != '\r' {
 			return errBadResponse
 		}
-		f, ok := splitField(line[:len(line)-2])
+		f, ok := h1.SplitField(line[:len(line)-2])
 		if !ok {
 			return errBadResponse
 		}
-		h.Add(http.TrailerPrefix+string(bytes.TrimSpace(f.name)), string(f.value))
+		h.Add(http.TrailerPrefix+string(bytes.TrimSpace(f.Name)), string(f.Value))
 	}
 }
 

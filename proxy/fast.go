@@ -12,6 +12,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/limits/park"
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 )
 
 // The HTTP/1.1 fast path.
@@ -260,9 +261,9 @@ func (fc *fastConn) loop(l *tlsListener) (handoff, parked bool) {
 		t0 := time.Now()
 		n, v := fc.readHead(t0)
 		switch v {
-		case headNotFast:
+		case h1.NotFast:
 			return true, false
-		case headNeedMore: // the connection failed or timed out mid-head
+		case h1.NeedMore: // the connection failed or timed out mid-head
 			return false, false
 		}
 		fr := fs.match(fc)
@@ -295,21 +296,21 @@ func (fc *fastConn) loop(l *tlsListener) (handoff, parked bool) {
 	}
 }
 
-// readHead reads until a whole head is buffered. headNeedMore: the
-// connection failed; headNotFast: the head is not fast (or larger than
+// readHead reads until a whole head is buffered. h1.NeedMore: the
+// connection failed; h1.NotFast: the head is not fast (or larger than
 // the buffer), hand it to net/http.
-func (fc *fastConn) readHead(t0 time.Time) (int, headVerdict) {
+func (fc *fastConn) readHead(t0 time.Time) (int, h1.Verdict) {
 	for waited := false; ; waited = true {
 		b, _ := fc.br.Peek(fc.br.Buffered())
 		n, v := parseHead(b, &fc.h, fc.fs.maxHeaders)
-		if v == headOK && n > fc.fs.maxHeadBytes {
-			return 0, headNotFast
+		if v == h1.OK && n > fc.fs.maxHeadBytes {
+			return 0, h1.NotFast
 		}
-		if v != headNeedMore {
+		if v != h1.NeedMore {
 			return n, v
 		}
 		if fc.br.Buffered() == fc.br.Size() {
-			return 0, headNotFast
+			return 0, h1.NotFast
 		}
 		if !waited && fc.fs.readHeader > 0 {
 			// The head is not all here: it has read_header from its
@@ -317,7 +318,7 @@ func (fc *fastConn) readHead(t0 time.Time) (int, headVerdict) {
 			fc.readDeadline(t0.Add(fc.fs.readHeader), 0)
 		}
 		if _, err := fc.br.Peek(fc.br.Buffered() + 1); err != nil {
-			return 0, headNeedMore
+			return 0, h1.NeedMore
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -156,10 +157,10 @@ type respHead struct {
 	cl           int64
 	hasCL        bool
 	chunked      bool
-	conn         connTokens
+	conn         h1.ConnTokens
 	hasDate      bool
 	hasCT, hasCE bool // Content-Type; a non-empty Content-Encoding
-	fields       []headField
+	fields       []h1.Field
 }
 
 // maxRespHead bounds a backend response head, the size of a backend
@@ -174,9 +175,9 @@ func readRespHead(br *bufio.Reader, h *respHead) (int, error) {
 		b, _ := br.Peek(br.Buffered())
 		n, v := parseRespHead(b, h)
 		switch v {
-		case headOK:
+		case h1.OK:
 			return n, nil
-		case headNotFast:
+		case h1.NotFast:
 			return 0, errBadResponse
 		}
 		if br.Buffered() >= maxRespHead {
@@ -188,69 +189,69 @@ func readRespHead(br *bufio.Reader, h *respHead) (int, error) {
 	}
 }
 
-func parseRespHead(b []byte, h *respHead) (int, headVerdict) {
-	*h = respHead{fields: h.fields[:0], conn: connTokens{names: h.conn.names[:0]}}
-	line, fields, n, v := splitHead(b, h.fields, 200)
+func parseRespHead(b []byte, h *respHead) (int, h1.Verdict) {
+	*h = respHead{fields: h.fields[:0], conn: h1.ConnTokens{Names: h.conn.Names[:0]}}
+	line, fields, n, v := h1.SplitHead(b, h.fields, 200)
 	h.fields = fields
-	if v != headOK {
+	if v != h1.OK {
 		return 0, v
 	}
 	// "HTTP/1.x NNN[ reason]"
 	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) || (line[7] != '0' && line[7] != '1') ||
 		line[8] != ' ' || (len(line) > 12 && line[12] != ' ') {
-		return 0, headNotFast
+		return 0, h1.NotFast
 	}
 	h.http10 = line[7] == '0'
 	for _, c := range line[9:12] {
 		if c < '0' || c > '9' {
-			return 0, headNotFast
+			return 0, h1.NotFast
 		}
 		h.code = h.code*10 + int(c-'0')
 	}
 	if h.code < 100 {
-		return 0, headNotFast
+		return 0, h1.NotFast
 	}
 	nCL := 0
 	for i := range h.fields {
 		f := &h.fields[i]
 		switch {
-		case equalFoldASCII(f.name, "content-length"):
-			n, ok := parseContentLength(f.value)
+		case h1.EqualFold(f.Name, "content-length"):
+			n, ok := h1.ParseContentLength(f.Value)
 			if !ok || (nCL > 0 && int64(n) != h.cl) {
-				return 0, headNotFast
+				return 0, h1.NotFast
 			}
 			nCL++
 			h.cl, h.hasCL = int64(n), true
-			f.kind = fieldHop
-		case equalFoldASCII(f.name, "transfer-encoding"):
-			if h.chunked || !equalFoldASCII(f.value, "chunked") {
-				return 0, headNotFast // only chunked, once, as http.Transport reads it
+			f.Kind = h1.Hop
+		case h1.EqualFold(f.Name, "transfer-encoding"):
+			if h.chunked || !h1.EqualFold(f.Value, "chunked") {
+				return 0, h1.NotFast // only chunked, once, as http.Transport reads it
 			}
 			h.chunked = true
-			f.kind = fieldHop
-		case equalFoldASCII(f.name, "connection"):
-			h.conn.add(f.value)
-			f.kind = fieldHop
-		case isHopHeader(f.name), equalFoldASCII(f.name, "te"), equalFoldASCII(f.name, "upgrade"):
-			f.kind = fieldHop
-		case equalFoldASCII(f.name, "trailer"):
-			f.kind = fieldTrailer
-		case equalFoldASCII(f.name, "date"):
+			f.Kind = h1.Hop
+		case h1.EqualFold(f.Name, "connection"):
+			h.conn.Add(f.Value)
+			f.Kind = h1.Hop
+		case h1.IsHopHeader(f.Name), h1.EqualFold(f.Name, "te"), h1.EqualFold(f.Name, "upgrade"):
+			f.Kind = h1.Hop
+		case h1.EqualFold(f.Name, "trailer"):
+			f.Kind = h1.Trailer
+		case h1.EqualFold(f.Name, "date"):
 			h.hasDate = true
-		case equalFoldASCII(f.name, "content-type"):
+		case h1.EqualFold(f.Name, "content-type"):
 			h.hasCT = true
-		case equalFoldASCII(f.name, "content-encoding"):
-			h.hasCE = h.hasCE || len(f.value) > 0
+		case h1.EqualFold(f.Name, "content-encoding"):
+			h.hasCE = h.hasCE || len(f.Value) > 0
 		}
 	}
 	if h.chunked {
 		h.hasCL, h.cl = false, 0 // Transfer-Encoding wins (RFC 9112 §6.3)
 	}
-	markConnNames(h.fields, h.conn.names)
-	return n, headOK
+	h1.MarkConnNames(h.fields, h.conn.Names)
+	return n, h1.OK
 }
 
 // chunkSizeLine parses "hex[;ext]\r\n" as net/http does.
 func chunkSizeLine(line []byte) (uint64, bool) {
-	return parseChunkSize(bytes.TrimSuffix(line, []byte{'\n'}))
+	return h1.ParseChunkSize(bytes.TrimSuffix(line, []byte{'\n'}))
 }

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"net/http"
 	"testing"
+
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 )
 
 var fastHeadSeeds = []string{
@@ -35,7 +37,7 @@ func FuzzFastHead(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var h fastHead
 		n, v := parseHead(b, &h, 100)
-		if v != headOK {
+		if v != h1.OK {
 			return
 		}
 		r := bytes.NewReader(b)
@@ -52,19 +54,19 @@ func FuzzFastHead(f *testing.F) {
 			t.Fatalf("fast %q %q %q %q %d %v, net/http %q %q %q %q %d %d", h.method, h.target, h.path, h.host, h.contentLength, h.http10,
 				req.Method, req.RequestURI, req.URL.Path, req.Host, req.ContentLength, req.ProtoMinor)
 		}
-		if req.Close != (h.conn.close || h.http10 && !h.conn.keepAlive) {
-			t.Fatalf("close: fast %v/%v, net/http %v", h.conn.close, h.conn.keepAlive, req.Close)
+		if req.Close != (h.conn.Close || h.http10 && !h.conn.KeepAlive) {
+			t.Fatalf("close: fast %v/%v, net/http %v", h.conn.Close, h.conn.KeepAlive, req.Close)
 		}
 		for _, f := range h.fields {
-			if f.kind == fieldHop {
+			if f.Kind == h1.Hop {
 				continue
 			}
 			found := false
-			for _, v := range req.Header.Values(string(f.name)) {
-				found = found || v == string(f.value)
+			for _, v := range req.Header.Values(string(f.Name)) {
+				found = found || v == string(f.Value)
 			}
 			if !found {
-				t.Fatalf("field %q: %q; net/http has %q", f.name, f.value, req.Header.Values(string(f.name)))
+				t.Fatalf("field %q: %q; net/http has %q", f.Name, f.Value, req.Header.Values(string(f.Name)))
 			}
 		}
 	})
@@ -86,7 +88,7 @@ func BenchmarkParseHead(b *testing.B) {
 	var h fastHead
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, v := parseHead(head, &h, 100); v != headOK {
+		if _, v := parseHead(head, &h, 100); v != h1.OK {
 			b.Fatal(v)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/edgeshim/edgeshim/bridge/longpoll"
 	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/park"
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -121,11 +122,11 @@ func (fc *fastConn) servePoll(n int, t0 time.Time) pollOutcome {
 	hdr := make(http.Header, len(h.fields))
 	for i := range h.fields {
 		f := &h.fields[i]
-		if equalFoldASCII(f.name, "host") {
+		if h1.EqualFold(f.Name, "host") {
 			continue // net/http keeps it in Request.Host
 		}
-		k := textproto.CanonicalMIMEHeaderKey(string(f.name))
-		hdr[k] = append(hdr[k], string(f.value))
+		k := textproto.CanonicalMIMEHeaderKey(string(f.Name))
+		hdr[k] = append(hdr[k], string(f.Value))
 	}
 	cs := fc.tc.ConnectionState()
 	rec := &accesslog.Record{Start: t0, Route: r.name, Client: fc.tc.RemoteAddr().String(), Proto: "HTTP/1.1",
@@ -142,7 +143,7 @@ func (fc *fastConn) servePoll(n int, t0 time.Time) pollOutcome {
 	fc.br.Discard(n)
 	fp.served.Inc()
 	fp.n.Add(1)
-	pp := &fastPoll{fc: fc, p: p, r: r, rec: rec, t0: t0, closeAfter: h.conn.close, kick: make(chan struct{}, 1)}
+	pp := &fastPoll{fc: fc, p: p, r: r, rec: rec, t0: t0, closeAfter: h.conn.Close, kick: make(chan struct{}, 1)}
 	pp.wakeFn = pp.wake
 	pp.state.Store(stOwned)
 	return pp.run()
@@ -333,7 +334,7 @@ const answerWriteTimeout = 10 * time.Second
 // write to the bridge and counts and logs the request.
 func (pp *fastPoll) answer(a *longpoll.Answer) pollOutcome {
 	fc := pp.fc
-	keep := !pp.closeAfter && !fc.l.draining.Load() && !hasToken([]byte(a.Header.Get("Connection")), "close")
+	keep := !pp.closeAfter && !fc.l.draining.Load() && !h1.HasToken([]byte(a.Header.Get("Connection")), "close")
 	b := appendStatusLine(nil, false, a.Status)
 	keys := make([]string, 0, len(a.Header))
 	for k := range a.Header {

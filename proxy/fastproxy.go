@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits/accesslog"
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 )
 
 // fastReq is what the fast path keeps of a request once its head is
@@ -34,8 +35,8 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 	h := &fc.h
 	req := fastReq{
 		head: string(h.method) == http.MethodHead, http10: h.http10, body: h.contentLength,
-		closeAfter:  h.conn.close || (h.http10 && !h.conn.keepAlive),
-		keepAlive10: h.http10 && h.conn.keepAlive && !h.conn.close,
+		closeAfter:  h.conn.Close || (h.http10 && !h.conn.KeepAlive),
+		keepAlive10: h.http10 && h.conn.KeepAlive && !h.conn.Close,
 	}
 	req.replayable, req.idempotent = replayableReq(h.method, req.body > 0), idempotentReq(h.method, req.body > 0)
 	if d := rp.route.Proxy.Timeouts.Request.D(); d > 0 {
@@ -101,21 +102,21 @@ func (fc *fastConn) appendOutHead(b []byte, rp *routeProxy, h *fastHead) []byte 
 	b = append(b, h.host...)
 	b = append(b, "\r\n"...)
 	for i := range h.fields {
-		switch fl := &h.fields[i]; fl.kind {
-		case fieldPass:
-			b = appendField(b, fl.name, fl.value)
-		case fieldXFF:
-			f.xff = append(f.xff, fl.value)
-		case fieldXFH:
+		switch fl := &h.fields[i]; fl.Kind {
+		case h1.Pass:
+			b = appendField(b, fl.Name, fl.Value)
+		case h1.XFF:
+			f.xff = append(f.xff, fl.Value)
+		case h1.XFH:
 			if f.xfh == nil {
-				f.xfh = fl.value
+				f.xfh = fl.Value
 			}
-		case fieldXFP:
+		case h1.XFP:
 			if f.xfp == nil {
-				f.xfp = fl.value
+				f.xfp = fl.Value
 			}
-		case fieldFwd:
-			f.fwd = append(f.fwd, fl.value)
+		case h1.Fwd:
+			f.fwd = append(f.fwd, fl.Value)
 		}
 	}
 	fc.xff, fc.fwd = f.xff[:0], f.fwd[:0] // scratch kept for the next request
@@ -412,7 +413,7 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 	}
 	buf = fc.appendRespHead(buf[:0], rh, outF, req, keepClient)
 	bc.br.Discard(n)
-	keepBackend := !rh.conn.close && (!rh.http10 || rh.conn.keepAlive) && in != bodyClose
+	keepBackend := !rh.conn.Close && (!rh.http10 || rh.conn.KeepAlive) && in != bodyClose
 	if in != bodyNone && !(in == bodyLength && int64(bc.br.Buffered()) >= rh.cl) {
 		// The body has the request's deadline, not the head's.
 		bc.c.SetReadDeadline(req.deadline)
@@ -472,8 +473,8 @@ func (fc *fastConn) appendRespHead(b []byte, rh *respHead, out int, req *fastReq
 	b = appendStatusLine(b, req.http10, rh.code)
 	for i := range rh.fields {
 		f := &rh.fields[i]
-		if f.kind == fieldPass || (f.kind == fieldTrailer && out == bodyChunked) {
-			b = appendField(b, f.name, f.value)
+		if f.Kind == h1.Pass || (f.Kind == h1.Trailer && out == bodyChunked) {
+			b = appendField(b, f.Name, f.Value)
 		}
 	}
 	if rh.code >= 200 {
@@ -674,7 +675,7 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte, sent *int64)
 		if len(line) < 2 || line[len(line)-2] != '\r' {
 			return false
 		}
-		if _, ok := splitField(line[:len(line)-2]); !ok {
+		if _, ok := h1.SplitField(line[:len(line)-2]); !ok {
 			return false
 		}
 		trailers = append(trailers, line...)

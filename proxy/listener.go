@@ -15,12 +15,13 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 	"github.com/edgeshim/edgeshim/tlsterm"
 )
 
 // tlsListener terminates TLS itself so that edgeshim sees the plaintext
 // of HTTP/1 connections (net/http hides request framing details from
-// handlers; see h1Scanner). It accepts from the limiting listener, does
+// handlers; see h1.Scanner). It accepts from the limiting listener, does
 // each handshake in a goroutine of its own, bounded by the handshake
 // timeout, then:
 //   - ALPN "h2": serves the connection with serveH2 in that goroutine;
@@ -381,7 +382,7 @@ func recordLooksLikeHTTP(hdr [5]byte) bool {
 // and Transfer-Encoding.
 type framing struct {
 	mu   sync.Mutex
-	scan h1Scanner
+	scan h1.Scanner
 	off  atomic.Bool  // the scanner has stopped
 	bad  atomic.Int64 // 1 + index of the request to refuse; 0 none
 	seen atomic.Int64 // requests handed to the handler
@@ -422,7 +423,7 @@ type scanConn struct {
 
 func newScanConn(tc *tls.Conn) *scanConn {
 	c := &scanConn{Conn: tc}
-	c.scan = newH1Scanner()
+	c.scan = h1.NewScanner()
 	return c
 }
 
@@ -465,7 +466,7 @@ func (l plainScanListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	pc := &plainScanConn{Conn: c}
-	pc.scan = newH1Scanner()
+	pc.scan = h1.NewScanner()
 	return pc, nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -558,7 +559,7 @@ func BenchmarkFastRewrite(b *testing.B) {
 	buf := make([]byte, 0, 4096)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, v := parseHead(head, &fc.h, 100); v != headOK {
+		if _, v := parseHead(head, &fc.h, 100); v != h1.OK {
 			b.Fatal(v)
 		}
 		fc.host = hostForMatch(fc.host, fc.h.host)

@@ -1,8 +1,8 @@
-package proxy
+package h1
 
 import "bytes"
 
-// h1Scanner follows the HTTP/1 request framing of one connection's
+// Scanner follows the HTTP/1 request framing of one connection's
 // plaintext, byte for byte as net/http will read it, to find the first
 // request head that carries both Content-Length and Transfer-Encoding.
 // net/http deletes Content-Length when Transfer-Encoding is chunked
@@ -20,7 +20,7 @@ import "bytes"
 // which is the order net/http hands them to the handler.
 //
 // It keeps O(1) state: at most maxKeep bytes of a line that spans reads.
-type h1Scanner struct {
+type Scanner struct {
 	st      scanState
 	index   int // index of the request head being read
 	flagged int // index of the first head with both CL and TE, or -1
@@ -82,23 +82,24 @@ const (
 	maxHeadLine = 1 << 20
 )
 
-func newH1Scanner() h1Scanner { return h1Scanner{flagged: -1} }
+// NewScanner returns a scanner at the start of a connection.
+func NewScanner() Scanner { return Scanner{flagged: -1} }
 
 // Flagged returns the index of the first request head that carried both
 // Content-Length and Transfer-Encoding, or -1.
-func (s *h1Scanner) Flagged() int { return s.flagged }
+func (s *Scanner) Flagged() int { return s.flagged }
 
 // Stopped reports whether the scanner has stopped: it found a CL+TE head
 // (after which the connection is closed) or lost the framing.
-func (s *h1Scanner) Stopped() bool { return s.st == stStopped }
+func (s *Scanner) Stopped() bool { return s.st == stStopped }
 
-func (s *h1Scanner) stop() {
+func (s *Scanner) stop() {
 	s.st = stStopped
 	s.buf = nil
 }
 
 // Feed scans the next bytes of the stream.
-func (s *h1Scanner) Feed(p []byte) {
+func (s *Scanner) Feed(p []byte) {
 	for len(p) > 0 {
 		switch s.st {
 		case stStopped:
@@ -162,7 +163,7 @@ func (s *h1Scanner) Feed(p []byte) {
 	}
 }
 
-func (s *h1Scanner) maxLine() int {
+func (s *Scanner) maxLine() int {
 	if s.st == stChunkSize {
 		return maxKeep // net/http refuses longer ones; so all of it is kept
 	}
@@ -170,7 +171,7 @@ func (s *h1Scanner) maxLine() int {
 }
 
 // appendLine adds part of a line that spans reads.
-func (s *h1Scanner) appendLine(seg []byte) {
+func (s *Scanner) appendLine(seg []byte) {
 	s.lineLen += len(seg)
 	if room := maxKeep - len(s.buf); room > 0 {
 		s.buf = append(s.buf, seg[:min(room, len(seg))]...)
@@ -186,7 +187,7 @@ func (s *h1Scanner) appendLine(seg []byte) {
 
 // line handles one complete line without its LF. When truncated, line
 // holds only the first maxKeep bytes and tail the last ones.
-func (s *h1Scanner) line(line, tail []byte, truncated bool) {
+func (s *Scanner) line(line, tail []byte, truncated bool) {
 	switch s.st {
 	case stRequestLine:
 		s.requestLine(line, tail)
@@ -206,7 +207,7 @@ func (s *h1Scanner) line(line, tail []byte, truncated bool) {
 	}
 }
 
-func (s *h1Scanner) requestLine(line, tail []byte) {
+func (s *Scanner) requestLine(line, tail []byte) {
 	// "METHOD SP target SP HTTP/1.x": net/http takes everything after
 	// the second space as the version, which must then be the line's
 	// last eight bytes.
@@ -225,7 +226,7 @@ func (s *h1Scanner) requestLine(line, tail []byte) {
 	s.st = stHeader
 }
 
-func (s *h1Scanner) headerLine(line []byte, truncated bool) {
+func (s *Scanner) headerLine(line []byte, truncated bool) {
 	h := &s.h
 	if line[0] == ' ' || line[0] == '\t' {
 		// obs-fold: net/http joins it to the previous field's value.
@@ -246,18 +247,18 @@ func (s *h1Scanner) headerLine(line []byte, truncated bool) {
 	name := bytes.Trim(line[:colon], " \t")
 	val := bytes.Trim(line[colon+1:], " \t\r")
 	switch {
-	case equalFoldASCII(name, "content-length"):
+	case EqualFold(name, "content-length"):
 		h.lastKind = hdrCL
-		n, ok := parseContentLength(val)
+		n, ok := ParseContentLength(val)
 		if h.cl++; h.cl == 1 {
 			h.clLen, h.clN, h.clBad = len(val), n, !ok
 		} else if !ok || len(val) != h.clLen || n != h.clN {
 			h.clBad = true
 		}
-	case equalFoldASCII(name, "transfer-encoding"):
+	case EqualFold(name, "transfer-encoding"):
 		h.lastKind = hdrTE
 		if h.te++; h.te == 1 {
-			h.chunked = equalFoldASCII(val, "chunked")
+			h.chunked = EqualFold(val, "chunked")
 		}
 	default:
 		h.lastKind = hdrOther
@@ -269,7 +270,7 @@ func (s *h1Scanner) headerLine(line []byte, truncated bool) {
 }
 
 // endHead decides the body framing of the head just read.
-func (s *h1Scanner) endHead() {
+func (s *Scanner) endHead() {
 	h := &s.h
 	idx := s.index
 	s.index++
@@ -307,8 +308,8 @@ func (s *h1Scanner) endHead() {
 }
 
 // chunkSize reads "hex[;ext]" CRLF as net/http does.
-func (s *h1Scanner) chunkSize(line []byte) {
-	n, ok := parseChunkSize(line)
+func (s *Scanner) chunkSize(line []byte) {
+	n, ok := ParseChunkSize(line)
 	switch {
 	case !ok:
 		s.stop()
@@ -319,9 +320,9 @@ func (s *h1Scanner) chunkSize(line []byte) {
 	}
 }
 
-// parseChunkSize parses a chunk-size line without its LF as net/http
+// ParseChunkSize parses a chunk-size line without its LF as net/http
 // does: CR required at its end, no other CR, at most 16 hex digits.
-func parseChunkSize(line []byte) (uint64, bool) {
+func ParseChunkSize(line []byte) (uint64, bool) {
 	if len(line) == 0 || bytes.IndexByte(line, '\r') != len(line)-1 {
 		return 0, false
 	}
@@ -349,9 +350,9 @@ func parseChunkSize(line []byte) (uint64, bool) {
 	return n, true
 }
 
-// parseContentLength parses a decimal Content-Length as net/http does
+// ParseContentLength parses a decimal Content-Length as net/http does
 // (strconv.ParseUint(v, 10, 63)), without allocating.
-func parseContentLength(v []byte) (uint64, bool) {
+func ParseContentLength(v []byte) (uint64, bool) {
 	if len(v) == 0 {
 		return 0, false
 	}
@@ -368,7 +369,9 @@ func parseContentLength(v []byte) (uint64, bool) {
 	return n, true
 }
 
-func equalFoldASCII(b []byte, lower string) bool {
+// EqualFold reports whether b is lower, ASCII case folded (lower is in
+// lower case).
+func EqualFold(b []byte, lower string) bool {
 	if len(b) != len(lower) {
 		return false
 	}

@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"bufio"
@@ -11,8 +11,8 @@ import (
 
 // scanAll feeds payload to a new scanner in pieces of size step (0: at
 // once) and returns it.
-func scanAll(payload string, step int) *h1Scanner {
-	s := newH1Scanner()
+func scanAll(payload string, step int) *Scanner {
+	s := NewScanner()
 	p := []byte(payload)
 	if step <= 0 {
 		step = len(p) + 1
@@ -189,7 +189,7 @@ func FuzzH1Scanner(f *testing.F) {
 // keep-alive connection, for a typical small request head.
 func BenchmarkH1Scanner(b *testing.B) {
 	head := []byte("GET /devices/door-17/commands?wait=30 HTTP/1.1\r\nHost: edge.example.com\r\nUser-Agent: door/1.2\r\nAccept: */*\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n")
-	s := newH1Scanner()
+	s := NewScanner()
 	b.SetBytes(int64(len(head)))
 	for b.Loop() {
 		s.Feed(head)
