@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/proxy/internal/h1"
+	"github.com/edgeshim/edgeshim/proxy/upstream"
 )
 
 // The direct exchange: HTTP/2 requests on fast routes (every backend
@@ -39,7 +40,7 @@ func (rp *routeProxy) directOK(r *http.Request) bool {
 // through; line the request line; rh the parsed response head.
 type directScratch struct {
 	buf, line []byte
-	rh        respHead
+	rh        upstream.RespHead
 }
 
 // serveDirect proxies r (directOK) to the route's pool.
@@ -60,24 +61,24 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 		n := len(buf)
 		buf = append(buf, make([]byte, r.ContentLength)...)
 		if _, err := io.ReadFull(r.Body, buf[n:]); err != nil {
-			rp.errorHandler(w, r, why(r, nil, bodyError(err)))
+			rp.errorHandler(w, r, why(r, nil, upstream.BodyError(err)))
 			return
 		}
 	}
 	sc.buf = buf[:0]
-	a := attempts{rp: rp, idempotent: idempotentReq(r.Method, hasBody)}
-	replayable := replayableReq(r.Method, hasBody)
+	a := rp.up.Attempts(upstream.Idempotent(r.Method, hasBody))
+	replayable := upstream.Replayable(r.Method, hasBody)
 	line, rh := sc.line[:0], &sc.rh
 	defer func() { sc.line = line[:0] }()
 	for {
-		b, err := a.next()
+		b, err := a.Next()
 		if err != nil {
 			rp.errorHandler(w, r, err)
 			return
 		}
 		line = append(line[:0], r.Method...)
 		line = append(line, ' ')
-		line = appendOutPath(line, b.fast.path, rp.strip, path)
+		line = upstream.AppendOutPath(line, b.Conns.Path, rp.strip, path)
 		if r.URL.RawQuery != "" || r.URL.ForceQuery {
 			line = append(line, '?')
 			line = append(line, r.URL.RawQuery...)
@@ -86,32 +87,32 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 		out := buf[room-len(line):]
 		copy(out, line)
 		start := time.Now()
-		b.begin()
-		x, err := b.fast.exchange(ctx, replayable, rp.route.Proxy.Timeouts.ResponseHeader.D(), func(bc *bconn) error {
-			if _, err := bc.c.Write(out); err != nil {
+		b.Begin()
+		x, err := exchange(b.Conns, ctx, replayable, rp.route.Proxy.Timeouts.ResponseHeader.D(), func(bc *upstream.Conn) error {
+			if _, err := bc.C.Write(out); err != nil {
 				return err
 			}
 			n, err := readFinalHead(bc, rh)
 			if err == nil {
-				bc.br.Discard(n)
+				bc.R.Discard(n)
 			}
 			return err
 		})
 		if err != nil {
-			b.end()
+			b.End()
 			err = why(r, nil, err)
-			if a.failed(b, err) {
+			if a.Failed(b, err) {
 				continue
 			}
-			accesslog.FromContext(ctx).SetUpstream(b.name)
-			rp.errorHandler(w, r, b.failed(err))
+			accesslog.FromContext(ctx).SetUpstream(b.Name)
+			rp.errorHandler(w, r, b.Failed(err))
 			return
 		}
 		rp.answered(b)
-		accesslog.FromContext(ctx).SetUpstream(b.name)
-		b.fast.codes.inc(rh.code)
-		b.mDuration.Observe(time.Since(start).Seconds())
-		defer b.end()
+		accesslog.FromContext(ctx).SetUpstream(b.Name)
+		b.Metrics.Codes.Inc(rh.Code)
+		b.Metrics.Duration.Observe(time.Since(start).Seconds())
+		defer b.End()
 		relayDirect(w, x, rh, r.Method == http.MethodHead, buf[:cap(buf)])
 		return
 	}
@@ -119,18 +120,18 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 
 // readFinalHead reads the response head after any 1xx (dropped, as
 // syncExchange does); 101 is a bad response (no upgrade is sent).
-func readFinalHead(bc *bconn, rh *respHead) (int, error) {
+func readFinalHead(bc *upstream.Conn, rh *upstream.RespHead) (int, error) {
 	for {
-		n, err := readRespHead(bc.br, rh)
+		n, err := upstream.ReadRespHead(bc.R, rh)
 		switch {
 		case err != nil:
 			return 0, err
-		case rh.code == http.StatusSwitchingProtocols:
-			return 0, errBadResponse
-		case rh.code >= 200:
+		case rh.Code == http.StatusSwitchingProtocols:
+			return 0, upstream.ErrBadResponse
+		case rh.Code >= 200:
 			return n, nil
 		}
-		bc.br.Discard(n)
+		bc.R.Discard(n)
 	}
 }
 
@@ -140,7 +141,7 @@ func readFinalHead(bc *bconn, rh *respHead) (int, error) {
 // trailers; then the blank line.
 func (rp *routeProxy) appendDirectHead(b []byte, r *http.Request) []byte {
 	peer := peerAddr(r.RemoteAddr)
-	f := forwarded[string]{peer: peer, host: r.Host, tls: r.TLS != nil, trusted: rp.trusted.has(peer)}
+	f := upstream.Forwarded[string]{Peer: peer, Host: r.Host, TLS: r.TLS != nil, Trusted: rp.trusted.Has(peer)}
 	b = append(b, "Host: "...)
 	b = append(b, r.Host...)
 	b = append(b, "\r\n"...)
@@ -156,16 +157,16 @@ func (rp *routeProxy) appendDirectHead(b []byte, r *http.Request) []byte {
 			}
 			continue
 		case "X-Forwarded-For":
-			f.xff = vs
+			f.XFF = vs
 			continue
 		case "X-Forwarded-Host":
-			f.xfh = vs[0]
+			f.XFH = vs[0]
 			continue
 		case "X-Forwarded-Proto":
-			f.xfp = vs[0]
+			f.XFP = vs[0]
 			continue
 		case "Forwarded":
-			f.fwd = vs
+			f.Fwd = vs
 			continue
 		}
 		for _, v := range vs {
@@ -175,7 +176,7 @@ func (rp *routeProxy) appendDirectHead(b []byte, r *http.Request) []byte {
 			b = append(b, "\r\n"...)
 		}
 	}
-	b = f.appendLines(b)
+	b = f.AppendLines(b)
 	switch m := r.Method; {
 	case r.ContentLength > 0, m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch:
 		b = append(b, "Content-Length: "...)
@@ -191,26 +192,26 @@ func (rp *routeProxy) appendDirectHead(b []byte, r *http.Request) []byte {
 // relayDirect writes the response head and body to w, then returns the
 // backend connection to its pool if it can be reused. A backend body that
 // breaks off aborts the stream (http.ErrAbortHandler, as ReverseProxy).
-func relayDirect(w http.ResponseWriter, x *syncConn, rh *respHead, head bool, buf []byte) {
+func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head bool, buf []byte) {
 	h := w.Header()
 	// The values, one string for all, and their one-element lists, one
 	// array for all: two allocations rather than two per field.
 	n, size := 0, 0
-	for i := range rh.fields {
-		if f := &rh.fields[i]; f.Kind == h1.Pass {
+	for i := range rh.Fields {
+		if f := &rh.Fields[i]; f.Kind == h1.Pass {
 			n, size = n+1, size+len(f.Value)
 		}
 	}
 	var all strings.Builder
 	all.Grow(size)
-	for i := range rh.fields {
-		if f := &rh.fields[i]; f.Kind == h1.Pass {
+	for i := range rh.Fields {
+		if f := &rh.Fields[i]; f.Kind == h1.Pass {
 			all.Write(f.Value)
 		}
 	}
 	vals, lists, at := all.String(), make([]string, n), 0
-	for i := range rh.fields {
-		if f := &rh.fields[i]; f.Kind == h1.Pass {
+	for i := range rh.Fields {
+		if f := &rh.Fields[i]; f.Kind == h1.Pass {
 			v := vals[at : at+len(f.Value)]
 			at += len(f.Value)
 			k := respKey(f.Name)
@@ -225,26 +226,26 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *respHead, head bool, bu
 	}
 	in := bodyClose
 	switch {
-	case head || rh.code == http.StatusNoContent || rh.code == http.StatusNotModified:
+	case head || rh.Code == http.StatusNoContent || rh.Code == http.StatusNotModified:
 		in = bodyNone
-	case rh.chunked:
+	case rh.Chunked:
 		in = bodyChunked
-	case rh.hasCL:
+	case rh.HasCL:
 		in = bodyLength
 	}
-	if rh.hasCL && rh.code != http.StatusNoContent {
-		h["Content-Length"] = []string{strconv.FormatInt(rh.cl, 10)}
+	if rh.HasCL && rh.Code != http.StatusNoContent {
+		h["Content-Length"] = []string{strconv.FormatInt(rh.CL, 10)}
 	}
-	x.keep = !rh.conn.Close && (!rh.http10 || rh.conn.KeepAlive) && in != bodyClose
-	br := x.bc.br
-	w.WriteHeader(rh.code)
+	x.keep = !rh.Conn.Close && (!rh.HTTP10 || rh.Conn.KeepAlive) && in != bodyClose
+	br := x.bc.R
+	w.WriteHeader(rh.Code)
 	var err error
 	switch in {
 	case bodyNone:
 		x.done(true)
 		return
 	case bodyLength:
-		for left := rh.cl; left > 0 && err == nil; {
+		for left := rh.CL; left > 0 && err == nil; {
 			var n int
 			n, err = br.Read(buf[:min(int64(len(buf)), left)])
 			left -= int64(n)
@@ -317,17 +318,17 @@ func readTrailers(br interface{ ReadSlice(byte) ([]byte, error) }, h http.Header
 			return err
 		}
 		if total += len(line); total > 8<<10 {
-			return errBadResponse
+			return upstream.ErrBadResponse
 		}
 		if string(line) == "\r\n" {
 			return nil
 		}
 		if len(line) < 2 || line[len(line)-2] != '\r' {
-			return errBadResponse
+			return upstream.ErrBadResponse
 		}
 		f, ok := h1.SplitField(line[:len(line)-2])
 		if !ok {
-			return errBadResponse
+			return upstream.ErrBadResponse
 		}
 		h.Add(http.TrailerPrefix+string(bytes.TrimSpace(f.Name)), string(f.Value))
 	}
@@ -336,8 +337,8 @@ func readTrailers(br interface{ ReadSlice(byte) ([]byte, error) }, h http.Header
 // syncConn is a backend connection during a synchronous exchange: the
 // request's context interrupts its reads and writes until done.
 type syncConn struct {
-	bc   *bconn
-	fb   *fastBackend
+	bc   *upstream.Conn
+	fb   *upstream.Conns
 	stop func() bool
 	keep bool
 	once sync.Once
@@ -350,11 +351,11 @@ func (x *syncConn) done(complete bool) {
 	x.once.Do(func() {
 		// stop false: the request's context ended and poisoned the
 		// connection's deadlines.
-		if x.stop() && complete && x.keep && x.bc.br.Buffered() == 0 {
-			x.fb.put(x.bc)
+		if x.stop() && complete && x.keep && x.bc.R.Buffered() == 0 {
+			x.fb.Put(x.bc)
 			return
 		}
-		x.bc.close()
+		x.bc.Close()
 	})
 }
 
@@ -364,45 +365,45 @@ func (x *syncConn) done(complete bool) {
 // ending interrupts both. A reused connection that turns out closed is
 // replaced by a new one for a replayable request (retryFresh). On error
 // the connection is closed.
-func (fb *fastBackend) exchange(ctx context.Context, replayable bool, hdrTimeout time.Duration, send func(*bconn) error) (*syncConn, error) {
+func exchange(fb *upstream.Conns, ctx context.Context, replayable bool, hdrTimeout time.Duration, send func(*upstream.Conn) error) (*syncConn, error) {
 	fresh := false
 	for {
-		bc := (*bconn)(nil)
+		bc := (*upstream.Conn)(nil)
 		if !fresh {
-			bc = fb.getIdle()
+			bc = fb.Idle()
 		}
 		if bc == nil {
 			var err error
-			if bc, err = fb.dialConn(ctx); err != nil {
+			if bc, err = fb.Dial(ctx); err != nil {
 				return nil, err
 			}
 		}
 		dl, _ := ctx.Deadline()
-		bc.c.SetWriteDeadline(dl)
+		bc.C.SetWriteDeadline(dl)
 		hdl := dl
 		if hdrTimeout > 0 {
 			if t := time.Now().Add(hdrTimeout); hdl.IsZero() || t.Before(hdl) {
 				hdl = t
 			}
 		}
-		bc.c.SetReadDeadline(hdl)
+		bc.C.SetReadDeadline(hdl)
 		// The client going away or the request's timeout interrupts the
 		// backend connection's reads and writes.
-		stop := context.AfterFunc(ctx, func() { bc.c.SetDeadline(aLongTimeAgo) })
+		stop := context.AfterFunc(ctx, func() { bc.C.SetDeadline(aLongTimeAgo) })
 		err := send(bc)
 		if err == nil {
-			bc.c.SetReadDeadline(dl)
+			bc.C.SetReadDeadline(dl)
 			return &syncConn{bc: bc, fb: fb, stop: stop}, nil
 		}
 		stop()
-		bc.close()
+		bc.Close()
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 		}
 		// Not the request's timeout: the head's (a client body that
 		// broke is named by the caller).
-		err = headerTimeout(err)
-		if !retryFresh(bc, replayable, err) {
+		err = upstream.HeaderTimeout(err)
+		if !upstream.RetryFresh(bc, replayable, err) {
 			return nil, err
 		}
 		fresh = true

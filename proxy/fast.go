@@ -13,6 +13,7 @@ import (
 	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/limits/park"
 	"github.com/edgeshim/edgeshim/proxy/internal/h1"
+	"github.com/edgeshim/edgeshim/proxy/upstream"
 )
 
 // The HTTP/1.1 fast path.
@@ -86,7 +87,7 @@ type fastConn struct {
 	method, target, line []byte
 	xff, fwd             [][]byte
 	h                    fastHead
-	rh                   respHead
+	rh                   upstream.RespHead
 	host                 []byte // scratch: the Host to match
 
 	// state: connIdle (between requests), connActive, connClosing.
@@ -98,7 +99,7 @@ type fastConn struct {
 	gone    atomic.Bool // the watcher saw the client go
 
 	mu      sync.Mutex
-	bc      *bconn // in use, closed by abort
+	bc      *upstream.Conn // in use, closed by abort
 	aborted bool
 
 	poll atomic.Pointer[fastPoll] // parked long-poll, for abort
@@ -160,7 +161,7 @@ func (fc *fastConn) abort() {
 	fc.mu.Lock()
 	fc.aborted = true
 	if fc.bc != nil {
-		fc.bc.close()
+		fc.bc.Close()
 	}
 	fc.mu.Unlock()
 }
@@ -171,7 +172,7 @@ func (fc *fastConn) isAborted() bool {
 	return fc.aborted
 }
 
-func (fc *fastConn) setBackend(bc *bconn) bool {
+func (fc *fastConn) setBackend(bc *upstream.Conn) bool {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	if fc.aborted {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/proxy/internal/h1"
+	"github.com/edgeshim/edgeshim/proxy/upstream"
 )
 
 // fastReq is what the fast path keeps of a request once its head is
@@ -38,7 +39,7 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 		closeAfter:  h.conn.Close || (h.http10 && !h.conn.KeepAlive),
 		keepAlive10: h.http10 && h.conn.KeepAlive && !h.conn.Close,
 	}
-	req.replayable, req.idempotent = replayableReq(h.method, req.body > 0), idempotentReq(h.method, req.body > 0)
+	req.replayable, req.idempotent = upstream.Replayable(h.method, req.body > 0), upstream.Idempotent(h.method, req.body > 0)
 	if d := rp.route.Proxy.Timeouts.Request.D(); d > 0 {
 		req.deadline = t0.Add(d)
 	}
@@ -77,13 +78,13 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 		buf = buf[:n+int(req.body)]
 		m, err := io.ReadFull(fc.br, buf[n:])
 		if req.bodyLeft -= int64(m); err != nil {
-			res = fc.fail(fr, &req, bodyError(err)) // nothing was sent
+			res = fc.fail(fr, &req, upstream.BodyError(err)) // nothing was sent
 		}
 	}
 	if res.code == 0 {
 		res = fc.roundTrip(fr, &req, buf, room)
 	}
-	fr.requests.inc(res.code)
+	fr.requests.Inc(res.code)
 	fr.duration.Observe(time.Since(t0).Seconds())
 	if al := fs.s.alog; al.Sampled(res.code) && !fs.s.noLog[rp.name] {
 		fc.accessLog(al, rp, &req, &res, t0)
@@ -97,7 +98,7 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 // Content-Length, and Te: trailers if the client sent it; then the blank
 // line. It is rewrite and http.Request.Write on a fastHead.
 func (fc *fastConn) appendOutHead(b []byte, rp *routeProxy, h *fastHead) []byte {
-	f := forwarded[[]byte]{peer: fc.peer, host: h.host, tls: true, trusted: rp.trusted.has(fc.peer), xff: fc.xff[:0], fwd: fc.fwd[:0]}
+	f := upstream.Forwarded[[]byte]{Peer: fc.peer, Host: h.host, TLS: true, Trusted: rp.trusted.Has(fc.peer), XFF: fc.xff[:0], Fwd: fc.fwd[:0]}
 	b = append(b, "Host: "...)
 	b = append(b, h.host...)
 	b = append(b, "\r\n"...)
@@ -106,21 +107,21 @@ func (fc *fastConn) appendOutHead(b []byte, rp *routeProxy, h *fastHead) []byte 
 		case h1.Pass:
 			b = appendField(b, fl.Name, fl.Value)
 		case h1.XFF:
-			f.xff = append(f.xff, fl.Value)
+			f.XFF = append(f.XFF, fl.Value)
 		case h1.XFH:
-			if f.xfh == nil {
-				f.xfh = fl.Value
+			if f.XFH == nil {
+				f.XFH = fl.Value
 			}
 		case h1.XFP:
-			if f.xfp == nil {
-				f.xfp = fl.Value
+			if f.XFP == nil {
+				f.XFP = fl.Value
 			}
 		case h1.Fwd:
-			f.fwd = append(f.fwd, fl.Value)
+			f.Fwd = append(f.Fwd, fl.Value)
 		}
 	}
-	fc.xff, fc.fwd = f.xff[:0], f.fwd[:0] // scratch kept for the next request
-	b = f.appendLines(b)
+	fc.xff, fc.fwd = f.XFF[:0], f.Fwd[:0] // scratch kept for the next request
+	b = f.AppendLines(b)
 	switch m := string(h.method); {
 	case h.contentLength > 0, m == http.MethodPost || m == http.MethodPut || m == http.MethodPatch:
 		b = append(b, "Content-Length: "...)
@@ -145,7 +146,7 @@ func appendField(b, name, value []byte) []byte {
 func appendRequestLine(b, method []byte, base, strip string, req *fastReq) []byte {
 	b = append(b, method...)
 	b = append(b, ' ')
-	b = appendOutPath(b, base, strip, req.path)
+	b = upstream.AppendOutPath(b, base, strip, req.path)
 	b = append(b, req.query...)
 	return append(b, " HTTP/1.1\r\n"...)
 }
@@ -164,28 +165,28 @@ type fastResult struct {
 // request line (and the body if it fits), with room bytes free in front.
 func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int) fastResult {
 	rp := fr.rp
-	a := attempts{rp: rp, idempotent: req.idempotent}
+	a := rp.up.Attempts(req.idempotent)
 	for {
-		b, err := a.next()
+		b, err := a.Next()
 		if err != nil {
 			return fc.fail(fr, req, err)
 		}
-		fc.line = appendRequestLine(fc.line[:0], req.method, b.fast.path, rp.strip, req)
+		fc.line = appendRequestLine(fc.line[:0], req.method, b.Conns.Path, rp.strip, req)
 		out := buf[room-len(fc.line):]
 		copy(out, fc.line)
 		start := time.Now()
-		b.begin()
+		b.Begin()
 		res, err := fc.exchange(fr, b, req, out, start)
-		b.end()
+		b.End()
 		if err == nil {
-			res.backend = b.name
+			res.backend = b.Name
 			return res
 		}
 		err = fc.why(req, err)
-		if a.failed(b, err) {
+		if a.Failed(b, err) {
 			continue
 		}
-		return fc.fail(fr, req, b.failed(err))
+		return fc.fail(fr, req, b.Failed(err))
 	}
 }
 
@@ -195,22 +196,22 @@ func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int)
 func (fc *fastConn) why(req *fastReq, err error) error {
 	switch {
 	case fc.gone.Load():
-		return because(errClientGone, err)
+		return upstream.Because(upstream.ErrClientGone, err)
 	case fc.isAborted():
-		return because(errAborted, err)
+		return upstream.Because(upstream.ErrAborted, err)
 	case !req.deadline.IsZero() && !time.Now().Before(req.deadline):
-		return because(errRequestTimeout, err)
+		return upstream.Because(upstream.ErrRequestTimeout, err)
 	}
 	return err
 }
 
 // exchange sends the request to b and relays the response. An error
 // means nothing was written to the client.
-func (fc *fastConn) exchange(fr *fastRoute, b *backend, req *fastReq, out []byte, start time.Time) (fastResult, error) {
-	fb := b.fast
+func (fc *fastConn) exchange(fr *fastRoute, b *upstream.Backend, req *fastReq, out []byte, start time.Time) (fastResult, error) {
+	fb := b.Conns
 	rp := fr.rp
 	fresh := false
-	var bc *bconn
+	var bc *upstream.Conn
 	defer func() {
 		if bc != nil {
 			fc.setBackend(nil)
@@ -223,9 +224,9 @@ func (fc *fastConn) exchange(fr *fastRoute, b *backend, req *fastReq, out []byte
 			return fastResult{}, err
 		}
 		if !req.deadline.IsZero() {
-			bc.c.SetWriteDeadline(req.deadline)
+			bc.C.SetWriteDeadline(req.deadline)
 		}
-		_, err = bc.c.Write(out)
+		_, err = bc.C.Write(out)
 		if err == nil && req.bodyLeft > 0 {
 			err = fc.sendBody(bc, req, out[:cap(out)])
 		}
@@ -236,8 +237,8 @@ func (fc *fastConn) exchange(fr *fastRoute, b *backend, req *fastReq, out []byte
 				return fc.relay(fr, b, bc, req, n, out[:0], start), nil
 			}
 		}
-		retry := !fc.gone.Load() && retryFresh(bc, req.replayable, err)
-		bc.close()
+		retry := !fc.gone.Load() && upstream.RetryFresh(bc, req.replayable, err)
+		bc.Close()
 		if !retry {
 			return fastResult{}, err
 		}
@@ -247,10 +248,10 @@ func (fc *fastConn) exchange(fr *fastRoute, b *backend, req *fastReq, out []byte
 	}
 }
 
-func (fc *fastConn) getBackendConn(fb *fastBackend, req *fastReq, fresh bool) (*bconn, error) {
-	bc := (*bconn)(nil)
+func (fc *fastConn) getBackendConn(fb *upstream.Conns, req *fastReq, fresh bool) (*upstream.Conn, error) {
+	bc := (*upstream.Conn)(nil)
 	if !fresh {
-		bc = fb.getIdle()
+		bc = fb.Idle()
 	}
 	if bc == nil {
 		ctx, cancel := fc.fs.s.base, context.CancelFunc(func() {})
@@ -258,31 +259,31 @@ func (fc *fastConn) getBackendConn(fb *fastBackend, req *fastReq, fresh bool) (*
 			ctx, cancel = context.WithDeadline(ctx, req.deadline)
 		}
 		var err error
-		bc, err = fb.dialConn(ctx)
+		bc, err = fb.Dial(ctx)
 		cancel()
 		if err != nil {
 			return nil, err
 		}
 	}
 	if !fc.setBackend(bc) {
-		bc.close()
-		return nil, errAborted
+		bc.Close()
+		return nil, upstream.ErrAborted
 	}
 	return bc, nil
 }
 
 // sendBody streams the rest of the request body to the backend.
-func (fc *fastConn) sendBody(bc *bconn, req *fastReq, buf []byte) error {
+func (fc *fastConn) sendBody(bc *upstream.Conn, req *fastReq, buf []byte) error {
 	for req.bodyLeft > 0 {
 		n, err := fc.br.Read(buf[:min(int64(len(buf)), req.bodyLeft)])
 		req.bodyLeft -= int64(n)
 		if n > 0 {
-			if _, werr := bc.c.Write(buf[:n]); werr != nil {
+			if _, werr := bc.C.Write(buf[:n]); werr != nil {
 				return werr
 			}
 		}
 		if err != nil {
-			return bodyError(err)
+			return upstream.BodyError(err)
 		}
 	}
 	return nil
@@ -292,7 +293,7 @@ func (fc *fastConn) sendBody(bc *bconn, req *fastReq, buf []byte) error {
 // header timeout; past watchAfter it watches the client connection in a
 // goroutine (net/http's background read), so that a client that goes
 // away ends the wait.
-func (fc *fastConn) readResponseHead(bc *bconn, req *fastReq, rp *routeProxy, start time.Time) (int, error) {
+func (fc *fastConn) readResponseHead(bc *upstream.Conn, req *fastReq, rp *routeProxy, start time.Time) (int, error) {
 	hdrDeadline := req.deadline
 	if d := rp.route.Proxy.Timeouts.ResponseHeader.D(); d > 0 {
 		if t := start.Add(d); hdrDeadline.IsZero() || t.Before(hdrDeadline) {
@@ -302,49 +303,41 @@ func (fc *fastConn) readResponseHead(bc *bconn, req *fastReq, rp *routeProxy, st
 	quick := start.Add(watchAfter)
 	watch := fc.br.Buffered() == 0 && !fc.stashed && (hdrDeadline.IsZero() || quick.Before(hdrDeadline))
 	if watch {
-		bc.c.SetReadDeadline(quick)
+		bc.C.SetReadDeadline(quick)
 	} else {
-		bc.c.SetReadDeadline(hdrDeadline)
+		bc.C.SetReadDeadline(hdrDeadline)
 	}
-	n, err := readRespHead(bc.br, &fc.rh)
-	if err == nil || !watch || !isTimeout(err) {
-		return n, headerTimeout(err)
+	n, err := upstream.ReadRespHead(bc.R, &fc.rh)
+	if err == nil || !watch || !upstream.IsTimeout(err) {
+		return n, upstream.HeaderTimeout(err)
 	}
-	bc.c.SetReadDeadline(hdrDeadline)
+	bc.C.SetReadDeadline(hdrDeadline)
 	done := make(chan struct{})
 	fc.readDeadline(time.Time{}, 0)
 	go fc.watch(bc, done)
-	n, err = readRespHead(bc.br, &fc.rh)
+	n, err = upstream.ReadRespHead(bc.R, &fc.rh)
 	fc.tc.SetReadDeadline(aLongTimeAgo)
 	<-done
 	fc.tc.SetReadDeadline(time.Time{})
 	if fc.gone.Load() {
-		return 0, errClientGone
+		return 0, upstream.ErrClientGone
 	}
-	return n, headerTimeout(err)
-}
-
-// headerTimeout names a timeout waiting for a response head.
-func headerTimeout(err error) error {
-	if err != nil && isTimeout(err) {
-		return because(errHeaderTimeout, err)
-	}
-	return err
+	return n, upstream.HeaderTimeout(err)
 }
 
 // watch reads one byte from the client: a pipelined request's first byte
 // is kept for Read; an error other than the deadline that stops the
 // watch means the client went away, and the backend wait is cut short.
-func (fc *fastConn) watch(bc *bconn, done chan struct{}) {
+func (fc *fastConn) watch(bc *upstream.Conn, done chan struct{}) {
 	defer close(done)
 	n, err := fc.tc.Read(fc.stash[:])
 	if n == 1 {
 		fc.stashed = true
 		return
 	}
-	if err != nil && !isTimeout(err) {
+	if err != nil && !upstream.IsTimeout(err) {
 		fc.gone.Store(true)
-		bc.c.SetReadDeadline(aLongTimeAgo)
+		bc.C.SetReadDeadline(aLongTimeAgo)
 	}
 }
 
@@ -358,47 +351,47 @@ const (
 
 // relay writes the response head and streams the body to the client,
 // then returns the backend connection to the pool if it can be reused.
-// The backend's head is buffered in bc.br (n bytes).
-func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n int, buf []byte, start time.Time) fastResult {
+// The backend's head is buffered in bc.R (n bytes).
+func (fc *fastConn) relay(fr *fastRoute, b *upstream.Backend, bc *upstream.Conn, req *fastReq, n int, buf []byte, start time.Time) fastResult {
 	rh := &fc.rh
 	rp := fr.rp
-	for rh.code != http.StatusSwitchingProtocols && rh.code < 200 {
+	for rh.Code != http.StatusSwitchingProtocols && rh.Code < 200 {
 		// 1xx: passed on (ReverseProxy does), then the real response.
 		if !req.http10 {
 			buf = fc.appendRespHead(buf[:0], rh, bodyNone, req, false)
 			if _, err := fc.tc.Write(buf); err != nil {
-				bc.close()
-				return fastResult{code: rh.code}
+				bc.Close()
+				return fastResult{code: rh.Code}
 			}
 		}
-		bc.br.Discard(n)
-		bc.c.SetReadDeadline(req.deadline)
+		bc.R.Discard(n)
+		bc.C.SetReadDeadline(req.deadline)
 		var err error
-		if n, err = readRespHead(bc.br, rh); err != nil {
+		if n, err = upstream.ReadRespHead(bc.R, rh); err != nil {
 			// The 1xx went out: counted and logged, nothing more is
 			// answered.
-			bc.close()
-			err = b.failed(fc.why(req, headerTimeout(err)))
-			rp.fault(b, err)
+			bc.Close()
+			err = b.Failed(fc.why(req, upstream.HeaderTimeout(err)))
+			rp.up.Fault(b, err)
 			code, msg, _ := rp.answerFor(err)
-			return fastResult{code: code, backend: b.name, reason: msg}
+			return fastResult{code: code, backend: b.Name, reason: msg}
 		}
 	}
-	if rh.code == http.StatusSwitchingProtocols {
-		bc.close()
-		return fc.fail(fr, req, errBadResponse)
+	if rh.Code == http.StatusSwitchingProtocols {
+		bc.Close()
+		return fc.fail(fr, req, upstream.ErrBadResponse)
 	}
 	rp.answered(b)
-	b.fast.codes.inc(rh.code)
-	b.mDuration.Observe(time.Since(start).Seconds())
+	b.Metrics.Codes.Inc(rh.Code)
+	b.Metrics.Duration.Observe(time.Since(start).Seconds())
 
 	in := bodyClose
 	switch {
-	case req.head || rh.code == http.StatusNoContent || rh.code == http.StatusNotModified:
+	case req.head || rh.Code == http.StatusNoContent || rh.Code == http.StatusNotModified:
 		in = bodyNone
-	case rh.chunked:
+	case rh.Chunked:
 		in = bodyChunked
-	case rh.hasCL:
+	case rh.HasCL:
 		in = bodyLength
 	}
 	outF := in
@@ -412,11 +405,11 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		keepClient = false
 	}
 	buf = fc.appendRespHead(buf[:0], rh, outF, req, keepClient)
-	bc.br.Discard(n)
-	keepBackend := !rh.conn.Close && (!rh.http10 || rh.conn.KeepAlive) && in != bodyClose
-	if in != bodyNone && !(in == bodyLength && int64(bc.br.Buffered()) >= rh.cl) {
+	bc.R.Discard(n)
+	keepBackend := !rh.Conn.Close && (!rh.HTTP10 || rh.Conn.KeepAlive) && in != bodyClose
+	if in != bodyNone && !(in == bodyLength && int64(bc.R.Buffered()) >= rh.CL) {
 		// The body has the request's deadline, not the head's.
-		bc.c.SetReadDeadline(req.deadline)
+		bc.C.SetReadDeadline(req.deadline)
 	}
 	// The backend connection goes back to the pool as soon as its
 	// response is read, before the client has all of it (as with
@@ -426,7 +419,7 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 	// for them. (A streamed body's head is flushed before it, by a timer
 	// that races with the first write: mostly not sniffed; never here.)
 	sniff := -1
-	if in == bodyLength && !rh.hasCT && !rh.hasCE {
+	if in == bodyLength && !rh.HasCT && !rh.HasCE {
 		sniff = len(buf)
 	}
 	ok := true
@@ -438,11 +431,11 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		ok = err == nil
 	case bodyLength:
 		var rest []byte
-		if rest, ok = fc.relayLength(bc, rh.cl, buf, sniff); ok {
+		if rest, ok = fc.relayLength(bc, rh.CL, buf, sniff); ok {
 			fc.releaseBackend(b, bc, keepBackend)
 			_, err := fc.tc.Write(rest)
 			ok = err == nil
-			sent = rh.cl
+			sent = rh.CL
 		}
 	default:
 		if ok = fc.relayStream(bc, in, outF, buf, &sent); ok {
@@ -450,43 +443,43 @@ func (fc *fastConn) relay(fr *fastRoute, b *backend, bc *bconn, req *fastReq, n 
 		}
 	}
 	if !ok {
-		bc.close()
-		return fastResult{code: rh.code, bytes: sent}
+		bc.Close()
+		return fastResult{code: rh.Code, bytes: sent}
 	}
-	return fastResult{code: rh.code, keep: keepClient, bytes: sent}
+	return fastResult{code: rh.Code, keep: keepClient, bytes: sent}
 }
 
 // releaseBackend returns bc to the pool if it can be reused, else
 // closes it.
-func (fc *fastConn) releaseBackend(b *backend, bc *bconn, keep bool) {
-	if fc.setBackend(nil) && keep && bc.br.Buffered() == 0 {
-		b.fast.put(bc)
+func (fc *fastConn) releaseBackend(b *upstream.Backend, bc *upstream.Conn, keep bool) {
+	if fc.setBackend(nil) && keep && bc.R.Buffered() == 0 {
+		b.Conns.Put(bc)
 	} else {
-		bc.close()
+		bc.Close()
 	}
 }
 
 // appendRespHead writes the status line and the backend's fields but the
 // hop-by-hop ones, with the framing headers of out, Date if the backend
 // sent none, Alt-Svc with HTTP/3, and Connection as net/http writes it.
-func (fc *fastConn) appendRespHead(b []byte, rh *respHead, out int, req *fastReq, keep bool) []byte {
-	b = appendStatusLine(b, req.http10, rh.code)
-	for i := range rh.fields {
-		f := &rh.fields[i]
+func (fc *fastConn) appendRespHead(b []byte, rh *upstream.RespHead, out int, req *fastReq, keep bool) []byte {
+	b = appendStatusLine(b, req.http10, rh.Code)
+	for i := range rh.Fields {
+		f := &rh.Fields[i]
 		if f.Kind == h1.Pass || (f.Kind == h1.Trailer && out == bodyChunked) {
 			b = appendField(b, f.Name, f.Value)
 		}
 	}
-	if rh.code >= 200 {
+	if rh.Code >= 200 {
 		switch {
-		case out == bodyLength || (out == bodyNone && rh.hasCL && rh.code != http.StatusNoContent):
+		case out == bodyLength || (out == bodyNone && rh.HasCL && rh.Code != http.StatusNoContent):
 			b = append(b, "Content-Length: "...)
-			b = strconv.AppendInt(b, rh.cl, 10)
+			b = strconv.AppendInt(b, rh.CL, 10)
 			b = append(b, "\r\n"...)
 		case out == bodyChunked:
 			b = append(b, "Transfer-Encoding: chunked\r\n"...)
 		}
-		if !rh.hasDate {
+		if !rh.HasDate {
 			b = fc.fs.appendDate(b)
 		}
 		b = fc.appendConnection(b, req, keep)
@@ -547,7 +540,7 @@ func (fc *fastConn) appendConnection(b []byte, req *fastReq, keep bool) []byte {
 // if not -1, is where the head ends and a sniffed Content-Type goes in
 // front of the first bytes. Data is written when the backend has no more
 // buffered (so that a slow body streams) or buf is full.
-func (fc *fastConn) relayLength(bc *bconn, n int64, buf []byte, sniff int) ([]byte, bool) {
+func (fc *fastConn) relayLength(bc *upstream.Conn, n int64, buf []byte, sniff int) ([]byte, bool) {
 	all := buf[:cap(buf)]
 	buf = buf[: len(buf) : cap(buf)-sniffRoom]
 	for n > 0 {
@@ -557,7 +550,7 @@ func (fc *fastConn) relayLength(bc *bconn, n int64, buf []byte, sniff int) ([]by
 			}
 			buf = buf[:0]
 		}
-		m, err := bc.br.Read(buf[len(buf):min(cap(buf), len(buf)+int(min(n, int64(cap(buf)))))])
+		m, err := bc.R.Read(buf[len(buf):min(cap(buf), len(buf)+int(min(n, int64(cap(buf)))))])
 		buf = buf[:len(buf)+m]
 		n -= int64(m)
 		if sniff >= 0 && m > 0 {
@@ -569,7 +562,7 @@ func (fc *fastConn) relayLength(bc *bconn, n int64, buf []byte, sniff int) ([]by
 		if err != nil {
 			return nil, false
 		}
-		if bc.br.Buffered() > 0 && len(buf) < cap(buf) {
+		if bc.R.Buffered() > 0 && len(buf) < cap(buf) {
 			continue
 		}
 		if _, err := fc.tc.Write(buf); err != nil {
@@ -599,7 +592,7 @@ func insertContentType(buf []byte, at int, body []byte) []byte {
 // relayStream copies a chunked or until-close body, out chunked or
 // raw (then the connection closes). Chunk framing is checked; trailers
 // are passed on when out is chunked.
-func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte, sent *int64) bool {
+func (fc *fastConn) relayStream(bc *upstream.Conn, in, out int, buf []byte, sent *int64) bool {
 	if _, err := fc.tc.Write(buf); err != nil {
 		return false
 	}
@@ -623,7 +616,7 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte, sent *int64)
 	}
 	if in == bodyClose {
 		for {
-			n, err := bc.br.Read(data)
+			n, err := bc.R.Read(data)
 			if n > 0 && !emit(data[:n]) {
 				return false
 			}
@@ -637,11 +630,11 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte, sent *int64)
 		return fc.endChunked(out, nil)
 	}
 	for {
-		line, err := bc.br.ReadSlice('\n')
+		line, err := bc.R.ReadSlice('\n')
 		if err != nil {
 			return false
 		}
-		size, ok := chunkSizeLine(line)
+		size, ok := upstream.ChunkSizeLine(line)
 		if !ok {
 			return false
 		}
@@ -649,7 +642,7 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte, sent *int64)
 			break
 		}
 		for size > 0 {
-			n, err := bc.br.Read(data[:min(uint64(len(data)), size)])
+			n, err := bc.R.Read(data[:min(uint64(len(data)), size)])
 			size -= uint64(n)
 			if n > 0 && !emit(data[:n]) {
 				return false
@@ -658,14 +651,14 @@ func (fc *fastConn) relayStream(bc *bconn, in, out int, buf []byte, sent *int64)
 				return false
 			}
 		}
-		if crlf, err := bc.br.ReadSlice('\n'); err != nil || string(crlf) != "\r\n" {
+		if crlf, err := bc.R.ReadSlice('\n'); err != nil || string(crlf) != "\r\n" {
 			return false
 		}
 	}
 	// Trailer lines, then the blank line.
 	trailers := frame[:0]
 	for {
-		line, err := bc.br.ReadSlice('\n')
+		line, err := bc.R.ReadSlice('\n')
 		if err != nil || len(trailers)+len(line) > 8<<10 {
 			return false
 		}
@@ -697,7 +690,7 @@ func (fc *fastConn) endChunked(out int, trailers []byte) bool {
 // the client is gone or the server closes the connection.
 func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
 	code, msg, retryAfter := fr.rp.answerFor(err)
-	if code == statusClientClosed || errors.Is(err, errAborted) {
+	if code == upstream.StatusClientClosed || errors.Is(err, upstream.ErrAborted) {
 		return fastResult{code: code, reason: msg}
 	}
 	retry := -1
@@ -708,9 +701,9 @@ func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
 	resp := fc.appendError(nil, req, code, msg, retry, keep)
 	_, werr := fc.tc.Write(resp)
 	res := fastResult{code: code, keep: keep && werr == nil, bytes: int64(len(errorBody(msg))), reason: msg}
-	var be *backendError
+	var be *upstream.BackendError
 	if errors.As(err, &be) {
-		res.backend = be.backend
+		res.backend = be.Backend
 	}
 	return res
 }

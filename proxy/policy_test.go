@@ -12,14 +12,13 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/proxy/internal/h1"
+	"github.com/edgeshim/edgeshim/proxy/upstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -265,187 +264,16 @@ routes:
 	})
 }
 
-func TestOutPath(t *testing.T) {
-	for _, tc := range []struct{ base, strip, path, want string }{
-		{"", "", "/x", "/x"},
-		{"/", "", "/x/", "/x/"},
-		{"/base", "", "/x", "/base/x"},
-		{"/base/", "", "/x", "/base/x"},
-		{"/base", "", "/", "/base/"},
-		{"", "/", "/x", "/x"},
-		{"", "/static/", "/static/x", "/x"},
-		{"", "/static/", "/static/", "/"},
-		{"", "/static/", "/static", "/"},
-		{"", "/api", "/api", "/"},
-		{"", "/api", "/api/", "/"},
-		{"", "/api", "/apix/y", "/x/y"}, // the route /api takes /apix: its prefix goes
-		{"/base/", "/static/", "/static/x", "/base/x"},
-		{"/base", "/api", "/api", "/base/"},
-		{"/base", "/a/b/", "/a/b/c/", "/base/c/"},
-		{"", "", "/x//y", "/x//y"},
-		{"/base", "/api/", "/api/a%2Cb", "/base/a%2Cb"}, // an escaped path: the same
+// TestFastRequestLine: the fast path's request line joins the backend
+// path and strips the prefix as upstream.OutPath does (TestOutPath).
+func TestFastRequestLine(t *testing.T) {
+	for _, tc := range []struct{ base, strip, path string }{
+		{"", "", "/x"}, {"/base/", "/static/", "/static/x"}, {"/base", "/api", "/api"}, {"", "/api", "/apix/y"},
 	} {
-		if got := outPath(tc.base, tc.strip, tc.path); got != tc.want {
-			t.Errorf("outPath(%q, %q, %q) = %q, want %q", tc.base, tc.strip, tc.path, got, tc.want)
-		}
-		// The fast path's request line, from bytes.
 		req := fastReq{path: []byte(tc.path), query: []byte("?q=1")}
-		if got, want := string(appendRequestLine(nil, []byte("GET"), tc.base, tc.strip, &req)), "GET "+tc.want+"?q=1 HTTP/1.1\r\n"; got != want {
+		want := "GET " + upstream.OutPath(tc.base, tc.strip, tc.path) + "?q=1 HTTP/1.1\r\n"
+		if got := string(appendRequestLine(nil, []byte("GET"), tc.base, tc.strip, &req)); got != want {
 			t.Errorf("request line for %q %q %q: %q, want %q", tc.base, tc.strip, tc.path, got, want)
-		}
-	}
-}
-
-func TestForwardedValues(t *testing.T) {
-	v4, v6 := netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7")
-	for _, tc := range []struct {
-		name string
-		f    forwarded[string]
-		want string
-	}{
-		{"untrusted", forwarded[string]{peer: v4, host: "h", tls: true, xff: []string{"1.1.1.1"}, xfh: "x", xfp: "http", fwd: []string{"for=1.1.1.1"}},
-			`192.0.2.7|h|https|for=192.0.2.7;host="h";proto=https`},
-		{"trusted", forwarded[string]{peer: v4, host: "h", tls: true, trusted: true, xff: []string{"1.1.1.1", "2.2.2.2"}, xfh: "x", xfp: "http", fwd: []string{"for=1.1.1.1"}},
-			`1.1.1.1, 2.2.2.2, 192.0.2.7|x|http|for=1.1.1.1, for=192.0.2.7;host="h";proto=https`},
-		{"trusted without values", forwarded[string]{peer: v4, host: "h", trusted: true},
-			`192.0.2.7|h|http|for=192.0.2.7;host="h";proto=http`},
-		{"IPv6", forwarded[string]{peer: v6, host: "[::1]:8443", tls: true},
-			`2001:db8::7|[::1]:8443|https|for="[2001:db8::7]";host="[::1]:8443";proto=https`},
-		{"no address", forwarded[string]{host: "h", tls: true},
-			`unknown|h|https|for=unknown;host="h";proto=https`},
-		{"host quoted", forwarded[string]{peer: v4, host: "a\"b\\c\r\nd", tls: true},
-			"192.0.2.7|a\"b\\c\r\nd|https|for=192.0.2.7;host=\"a\\\"b\\\\cd\";proto=https"},
-	} {
-		h := http.Header{}
-		setForwarded(h, &tc.f)
-		got := strings.Join([]string{h.Get("X-Forwarded-For"), h.Get("X-Forwarded-Host"), h.Get("X-Forwarded-Proto"), h.Get("Forwarded")}, "|")
-		if got != tc.want {
-			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
-		}
-		if lines, want := string(asBytes(&tc.f).appendLines(nil)), forwardedLines(h); lines != want {
-			t.Errorf("%s: the fast path writes %q, net/http's path %q", tc.name, lines, want)
-		}
-	}
-}
-
-// asBytes is f as the fast path has it.
-func asBytes(f *forwarded[string]) *forwarded[[]byte] {
-	bs := func(ss []string) (out [][]byte) {
-		for _, s := range ss {
-			out = append(out, []byte(s))
-		}
-		return out
-	}
-	return &forwarded[[]byte]{peer: f.peer, host: []byte(f.host), tls: f.tls, trusted: f.trusted,
-		xff: bs(f.xff), xfh: []byte(f.xfh), xfp: []byte(f.xfp), fwd: bs(f.fwd)}
-}
-
-func forwardedLines(h http.Header) string {
-	var b strings.Builder
-	for _, k := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
-		b.WriteString(k + ": " + h.Get(k) + "\r\n")
-	}
-	return b.String()
-}
-
-// FuzzForwarded: whatever a client sends, both paths write the same
-// forwarded values, and the Host in Forwarded stays one quoted-string.
-func FuzzForwarded(f *testing.F) {
-	f.Add("front.example", "203.0.113.9", "x", "http", "for=1.2.3.4", true, true)
-	f.Add("a\"b\\", "", "", "", "", false, false)
-	f.Fuzz(func(t *testing.T, host, xff, xfh, xfp, fwd string, trusted, tlsOn bool) {
-		fs := forwarded[string]{peer: netip.MustParseAddr("192.0.2.1"), host: host, tls: tlsOn, trusted: trusted,
-			xff: []string{xff}, xfh: xfh, xfp: xfp, fwd: []string{fwd}}
-		h := http.Header{}
-		setForwarded(h, &fs)
-		if got, want := string(asBytes(&fs).appendLines(nil)), forwardedLines(h); got != want {
-			t.Fatalf("fast path %q, net/http's path %q", got, want)
-		}
-		v := h.Get("Forwarded")
-		prefix, suffix := "for=192.0.2.1;host=", ";proto="+fs.proto()
-		if trusted {
-			prefix = fwd + ", " + prefix
-		}
-		if !strings.HasPrefix(v, prefix) || !strings.HasSuffix(v, suffix) {
-			t.Fatalf("Forwarded %q, want %q...%q", v, prefix, suffix)
-		}
-		q := v[len(prefix) : len(v)-len(suffix)]
-		if len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
-			t.Fatalf("host not quoted: %q", v)
-		}
-		for i := 1; i < len(q)-1; i++ {
-			switch c := q[i]; {
-			case c == '\\':
-				i++ // quoted-pair
-			case c == '"', c < ' ' && c != '\t', c == 0x7f:
-				t.Fatalf("byte %q unescaped in the quoted host %q", c, q)
-			}
-		}
-	})
-}
-
-func TestClassify(t *testing.T) {
-	dial := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
-	netTimeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
-	for _, tc := range []struct {
-		name  string
-		err   error
-		code  int
-		fault bool
-	}{
-		{"refused", dial, 502, true},
-		{"backend timeout (net)", netTimeout, 504, true},
-		{"header timeout", because(errHeaderTimeout, context.DeadlineExceeded), 504, true},
-		{"request timeout", because(errRequestTimeout, context.DeadlineExceeded), 504, false},
-		{"malformed response", errBadResponse, 502, true},
-		{"response head too large", errResponseHeadTooLarge, 502, true},
-		{"no backend", fmt.Errorf("after 2 attempts: %w", ErrNoBackend), 503, false},
-		{"client body too large", &clientBodyError{&http.MaxBytesError{Limit: 1}}, 413, false},
-		{"decompression bomb", &clientBodyError{limits.ErrDecompressedTooLarge}, 413, false},
-		{"client body unreadable", &clientBodyError{netTimeout}, 400, false},
-		{"client gone mid-body", because(errClientGone, &clientBodyError{io.ErrUnexpectedEOF}), 499, false},
-		{"client gone while dialing", because(errClientGone, dial), 499, false},
-		{"server closing", because(errAborted, dial), 502, false},
-		{"cancelled by the server", context.Canceled, 502, false},
-		{"other", errors.New("connection reset"), 502, true},
-		{"wrapped by backend", (&backend{name: "b"}).failed(netTimeout), 504, true},
-	} {
-		if c := classify(tc.err); c.code != tc.code || c.backendFault != tc.fault {
-			t.Errorf("%s: %d fault=%v, want %d fault=%v", tc.name, c.code, c.backendFault, tc.code, tc.fault)
-		}
-	}
-}
-
-func TestRetryable(t *testing.T) {
-	dial := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
-	read := &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset")}
-	for _, tc := range []struct {
-		method  string
-		body    bool
-		err     error
-		attempt int
-		want    bool
-	}{
-		{"GET", false, dial, 0, true},
-		{"HEAD", false, dial, 0, true},
-		{"PUT", false, dial, 0, true},
-		{"DELETE", false, dial, 0, true},
-		{"GET", false, dial, 1, false}, // retries: 1
-		{"GET", false, read, 0, false}, // the backend may have had it
-		{"GET", true, dial, 0, false},  // a body is read once
-		{"POST", false, dial, 0, false},
-		{"PATCH", false, dial, 0, false},
-	} {
-		if got := retryable(tc.err, idempotentReq(tc.method, tc.body), tc.attempt, 1); got != tc.want {
-			t.Errorf("%s body=%v %v attempt %d: %v, want %v", tc.method, tc.body, tc.err, tc.attempt, got, tc.want)
-		}
-		if got := retryable(tc.err, idempotentReq([]byte(tc.method), tc.body), tc.attempt, 1); got != tc.want {
-			t.Errorf("%s as bytes: %v, want %v", tc.method, got, tc.want)
-		}
-	}
-	for m, want := range map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "TRACE": true, "PUT": false, "POST": false} {
-		if replayableReq(m, false) != want || replayableReq(m, true) {
-			t.Errorf("replayable %s: want %v without a body, false with one", m, want)
 		}
 	}
 }
@@ -554,7 +382,7 @@ func BenchmarkFastRewrite(b *testing.B) {
 	head := []byte("GET /api/updates?since=1 HTTP/1.1\r\nHost: edge.example.com\r\nUser-Agent: door/1.2\r\nAccept: */*\r\n" +
 		"X-Forwarded-For: 203.0.113.9\r\nAuthorization: Bearer abc\r\n\r\n")
 	rt := &router{routes: []*route{{name: "api", prefix: "/api/"}, {name: "root", prefix: "/"}}}
-	rp := &routeProxy{trusted: newTrustList([]string{"10.0.0.0/8"}), strip: "/api/"}
+	rp := &routeProxy{trusted: upstream.NewTrustList([]string{"10.0.0.0/8"}), strip: "/api/"}
 	fc := &fastConn{peer: netip.MustParseAddr("192.0.2.7")}
 	buf := make([]byte, 0, 4096)
 	b.ReportAllocs()

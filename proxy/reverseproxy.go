@@ -21,25 +21,21 @@ import (
 	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/faillog"
 	"github.com/edgeshim/edgeshim/limits/park"
+	"github.com/edgeshim/edgeshim/proxy/upstream"
 	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// statusClientClosed is logged and counted when the client went away before
-// the backend answered (nginx's 499).
-const statusClientClosed = 499
 
 // routeProxy forwards one route's requests to its backend pool.
 type routeProxy struct {
 	name     string
 	route    config.Route
-	pool     *pool
+	up       upstream.Route // the pool and the retry policy
 	rp       *httputil.ReverseProxy
 	maxBody  int64        // the route's own max_body, 0: none
 	liveMax  func() int64 // limits.max_body, live (reloadable)
-	trusted  trustList
+	trusted  upstream.TrustList
 	strip    string // the route's path when strip_prefix, else ""
-	mRetries prometheus.Counter
 	log      *slog.Logger
 	m        *metrics
 	retry    func() int // Retry-After seconds
@@ -61,9 +57,9 @@ func (rp *routeProxy) closeIdle() {
 	rp.fails.Close()
 	rp.h1.CloseIdleConnections()
 	rp.h2c.CloseIdleConnections()
-	for _, b := range rp.pool.backends {
-		if b.fast != nil {
-			b.fast.closeIdle()
+	for _, b := range rp.up.Pool.Backends() {
+		if b.Conns != nil {
+			b.Conns.CloseIdle()
 		}
 	}
 }
@@ -108,17 +104,17 @@ func (b *bufferPool) Put(buf []byte) {
 
 // countingDialer dials backends and keeps edgeshim_backend_connections_open
 // per backend (by dial address) as connections open and close.
-func countingDialer(d *net.Dialer, backends []*backend, g *prometheus.GaugeVec) func(context.Context, string, string) (net.Conn, error) {
+func countingDialer(d *net.Dialer, backends []*upstream.Backend, g *prometheus.GaugeVec) func(context.Context, string, string) (net.Conn, error) {
 	byAddr := map[string]prometheus.Gauge{}
 	for _, b := range backends {
-		port := b.url.Port()
+		port := b.URL.Port()
 		if port == "" {
 			port = "80"
-			if b.url.Scheme == "https" {
+			if b.URL.Scheme == "https" {
 				port = "443"
 			}
 		}
-		byAddr[net.JoinHostPort(b.url.Hostname(), port)] = g.WithLabelValues(b.name)
+		byAddr[net.JoinHostPort(b.URL.Hostname(), port)] = g.WithLabelValues(b.Name)
 	}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := d.DialContext(ctx, network, addr)
@@ -163,7 +159,6 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 	rp := &routeProxy{
 		name:     name,
 		route:    rc,
-		pool:     newPool(urls, pc.LB, pc.Passive.MaxFails, pc.Passive.EjectFor.D(), d.now),
 		liveMax:  d.maxBody,
 		log:      d.log.With("route", name),
 		fails:    faillog.New(faillog.Options{Logger: d.log.With("route", name)}),
@@ -175,27 +170,32 @@ func newRouteProxy(name string, rc config.Route, d proxyDeps) (*routeProxy, erro
 	if rc.MaxBody > 0 {
 		rp.maxBody = int64(rc.MaxBody)
 	}
-	rp.trusted = newTrustList(d.cfg.TrustedProxies)
-	rp.mRetries = d.m.retries.WithLabelValues(name)
+	rp.trusted = upstream.NewTrustList(d.cfg.TrustedProxies)
+	rp.up = upstream.Route{
+		Pool:    upstream.NewPool(urls, pc.LB, pc.Passive.MaxFails, pc.Passive.EjectFor.D(), d.now),
+		Retries: *pc.Retries,
+		Retried: d.m.retries.WithLabelValues(name),
+		Log:     rp.log,
+	}
 	if rc.StripPrefix {
 		rp.strip = rc.Path
 	}
-	rp.pool.onHealth = func(b *backend, healthy bool) {
+	rp.up.Pool.OnHealth = func(b *upstream.Backend, healthy bool) {
 		v := 0.0
 		if healthy {
 			v = 1
 		}
-		d.m.backendHealthy.WithLabelValues(name, b.name).Set(v)
-		rp.log.Warn("backend health changed", "backend", b.name, "healthy", healthy)
+		d.m.backendHealthy.WithLabelValues(name, b.Name).Set(v)
+		rp.log.Warn("backend health changed", "backend", b.Name, "healthy", healthy)
 	}
-	for _, b := range rp.pool.backends {
-		d.m.backendHealthy.WithLabelValues(name, b.name).Set(1)
-		b.mInflight = d.m.backendInflight.WithLabelValues(name, b.name)
-		b.mDuration = d.m.backendDuration.WithLabelValues(name, b.name)
-		b.mErrors = d.m.backendRequests.WithLabelValues(name, b.name, "error")
+	for _, b := range rp.up.Pool.Backends() {
+		d.m.backendHealthy.WithLabelValues(name, b.Name).Set(1)
+		b.Metrics.Inflight = d.m.backendInflight.WithLabelValues(name, b.Name)
+		b.Metrics.Duration = d.m.backendDuration.WithLabelValues(name, b.Name)
+		b.Metrics.Errors = d.m.backendRequests.WithLabelValues(name, b.Name, "error")
 	}
 	dialer := &net.Dialer{Timeout: pc.Timeouts.Dial.D(), KeepAlive: 30 * time.Second}
-	dial := countingDialer(dialer, rp.pool.backends, d.m.backendConns.MustCurryWith(prometheus.Labels{"route": name}))
+	dial := countingDialer(dialer, rp.up.Pool.Backends(), d.m.backendConns.MustCurryWith(prometheus.Labels{"route": name}))
 	h1 := &http.Transport{
 		Proxy:                  nil,
 		DialContext:            dial,
@@ -311,20 +311,20 @@ func headerHasToken(vals []string, token string) bool {
 func (rp *routeProxy) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
 	peer := peerAddr(in.RemoteAddr)
-	setForwarded(out.Header, &forwarded[string]{
-		peer: peer, host: in.Host, tls: in.TLS != nil, trusted: rp.trusted.has(peer),
-		xff: in.Header["X-Forwarded-For"], xfh: in.Header.Get("X-Forwarded-Host"),
-		xfp: in.Header.Get("X-Forwarded-Proto"), fwd: in.Header["Forwarded"],
+	upstream.SetForwarded(out.Header, &upstream.Forwarded[string]{
+		Peer: peer, Host: in.Host, TLS: in.TLS != nil, Trusted: rp.trusted.Has(peer),
+		XFF: in.Header["X-Forwarded-For"], XFH: in.Header.Get("X-Forwarded-Host"),
+		XFP: in.Header.Get("X-Forwarded-Proto"), Fwd: in.Header["Forwarded"],
 	})
 	out.Host = in.Host
 }
 
 func (rp *routeProxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() == context.Canceled && !errors.Is(err, errClientGone) {
-		err = because(errClientGone, err)
+	if r.Context().Err() == context.Canceled && !errors.Is(err, upstream.ErrClientGone) {
+		err = upstream.Because(upstream.ErrClientGone, err)
 	}
 	code, msg, retryAfter := rp.answerFor(err)
-	if code == statusClientClosed {
+	if code == upstream.StatusClientClosed {
 		w.WriteHeader(code) // logged and counted; nobody reads it
 		return
 	}
@@ -332,16 +332,6 @@ func (rp *routeProxy) errorHandler(w http.ResponseWriter, r *http.Request, err e
 		w.Header().Set("Retry-After", strconv.Itoa(rp.retry()))
 	}
 	writeError(w, code, msg)
-}
-
-// isTimeout: a deadline passed (the route's request timeout, a dial or
-// response header timeout: http.Transport's are net.Errors that say so).
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // poolTransport is the retry loop (attempts) of net/http's paths: it
@@ -361,48 +351,48 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		body = &clientBody{ReadCloser: req.Body}
 		req.Body = body
 	}
-	a := attempts{rp: t.rp, idempotent: idempotentReq(req.Method, hasBody)}
+	a := t.rp.up.Attempts(upstream.Idempotent(req.Method, hasBody))
 	// req is ReverseProxy's own outgoing copy: pointed at each attempt's
 	// backend in turn rather than cloned.
 	path, rawPath := req.URL.Path, req.URL.RawPath
 	for {
-		b, err := a.next()
+		b, err := a.Next()
 		if err != nil {
 			return nil, err
 		}
-		req.URL.Host = b.url.Host
-		req.URL.Path = outPath(b.url.Path, t.rp.strip, path)
+		req.URL.Host = b.URL.Host
+		req.URL.Path = upstream.OutPath(b.URL.Path, t.rp.strip, path)
 		if rawPath != "" {
-			req.URL.RawPath = outPath(b.url.Path, t.rp.strip, rawPath)
+			req.URL.RawPath = upstream.OutPath(b.URL.Path, t.rp.strip, rawPath)
 		}
 		var rt http.RoundTripper = t.h1
-		req.URL.Scheme = b.url.Scheme
-		if b.url.Scheme == "h2c" {
+		req.URL.Scheme = b.URL.Scheme
+		if b.URL.Scheme == "h2c" {
 			req.URL.Scheme = "http"
 			rt = t.h2c
 		}
 		start := time.Now()
-		b.begin()
+		b.Begin()
 		var resp *http.Response
-		if b.fast != nil && syncOK(req) {
-			resp, err = syncExchange(b.fast, req, t.timeoutHdr) // see syncbackend.go
+		if b.Conns != nil && syncOK(req) {
+			resp, err = syncExchange(b.Conns, req, t.timeoutHdr) // see syncbackend.go
 		} else {
 			resp, err = t.roundTrip(rt, req)
 		}
 		if err != nil {
-			b.end()
+			b.End()
 			err = why(req, body, err)
-			if a.failed(b, err) {
+			if a.Failed(b, err) {
 				continue
 			}
-			accesslog.FromContext(req.Context()).SetUpstream(b.name)
-			return nil, b.failed(err)
+			accesslog.FromContext(req.Context()).SetUpstream(b.Name)
+			return nil, b.Failed(err)
 		}
 		t.rp.answered(b)
-		accesslog.FromContext(req.Context()).SetUpstream(b.name)
-		t.rp.m.backendRequests.WithLabelValues(t.rp.name, b.name, strconv.Itoa(resp.StatusCode)).Inc()
-		b.mDuration.Observe(time.Since(start).Seconds())
-		resp.Body = &doneBody{ReadCloser: resp.Body, done: b.end}
+		accesslog.FromContext(req.Context()).SetUpstream(b.Name)
+		t.rp.m.backendRequests.WithLabelValues(t.rp.name, b.Name, strconv.Itoa(resp.StatusCode)).Inc()
+		b.Metrics.Duration.Observe(time.Since(start).Seconds())
+		resp.Body = &doneBody{ReadCloser: resp.Body, done: b.End}
 		return resp, nil
 	}
 }
@@ -419,9 +409,9 @@ func why(req *http.Request, body *clientBody, err error) error {
 	}
 	switch req.Context().Err() {
 	case context.Canceled:
-		return because(errClientGone, err)
+		return upstream.Because(upstream.ErrClientGone, err)
 	case context.DeadlineExceeded:
-		return because(errRequestTimeout, err)
+		return upstream.Because(upstream.ErrRequestTimeout, err)
 	}
 	return err
 }
@@ -439,17 +429,12 @@ func (t *poolTransport) roundTrip(rt http.RoundTripper, req *http.Request) (*htt
 	if err != nil {
 		cancel(nil)
 		if context.Cause(ctx) == context.DeadlineExceeded {
-			return nil, because(errHeaderTimeout, context.DeadlineExceeded)
+			return nil, upstream.Because(upstream.ErrHeaderTimeout, context.DeadlineExceeded)
 		}
 		return nil, err
 	}
 	resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { cancel(nil) }}
 	return resp, nil
-}
-
-func isDialError(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // doneBody calls done once, when the body is closed.
@@ -482,8 +467,8 @@ func (rp *routeProxy) healthLoop(ctx context.Context) {
 	t := time.NewTicker(rp.hc.Interval.D())
 	defer t.Stop()
 	for {
-		for _, b := range rp.pool.backends {
-			rp.pool.setActive(b, rp.check(ctx, b))
+		for _, b := range rp.up.Pool.Backends() {
+			rp.up.Pool.SetActive(b, rp.check(ctx, b))
 		}
 		select {
 		case <-ctx.Done():
@@ -493,14 +478,14 @@ func (rp *routeProxy) healthLoop(ctx context.Context) {
 	}
 }
 
-func (rp *routeProxy) check(ctx context.Context, b *backend) bool {
+func (rp *routeProxy) check(ctx context.Context, b *upstream.Backend) bool {
 	ctx, cancel := context.WithTimeout(ctx, rp.hc.Timeout.D())
 	defer cancel()
-	u := *b.url
+	u := *b.URL
 	if u.Scheme == "h2c" {
 		u.Scheme = "http"
 	}
-	u.Path = outPath(u.Path, "", rp.hc.Path)
+	u.Path = upstream.OutPath(u.Path, "", rp.hc.Path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return false

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sort"
 	"strings"
@@ -177,4 +178,34 @@ func withoutUserinfo(u string) string {
 	}
 	p.User = nil
 	return p.String()
+}
+
+// byteseq is what routeFor reads a request's values from.
+type byteseq interface{ ~string | ~[]byte }
+
+// routeFor is the route of a request to host (hostForMatch's form: lower
+// case, no port, no trailing dot) and its clean path (cleanPath's):
+// the longest prefix first, then exact hosts before wildcards before any
+// (newRouter's order). nil: no route.
+func routeFor[S byteseq](rt *router, host []byte, path S) *route {
+	for _, r := range rt.routes {
+		if hasPrefix(path, r.prefix) && r.matchHost(host) {
+			return r
+		}
+	}
+	return nil
+}
+
+func hasPrefix[S byteseq](s S, prefix string) bool {
+	return len(s) >= len(prefix) && string(s[:len(prefix)]) == prefix
+}
+
+// peerAddr is the client's address of an http.Request's RemoteAddr,
+// IPv4-mapped addresses unmapped; not valid when it is not an address.
+func peerAddr(remote string) netip.Addr {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }

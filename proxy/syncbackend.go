@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/edgeshim/edgeshim/proxy/upstream"
 )
 
 // The synchronous backend exchange of the net/http path (HTTP/2, HTTP/3
@@ -16,7 +18,7 @@ import (
 // caller through channels: for HTTP/2 that was a quarter of edgeshim's
 // CPU per request. The stream's handler goroutine already exists, so the
 // exchange is done in it: a connection from the fast path's backend pool
-// (fastBackend), the request written with Request.Write, the response
+// (upstream.Conns), the request written with Request.Write, the response
 // head read with http.ReadResponse, the body relayed by ReverseProxy from
 // the connection, which goes back to the pool when the body has been read
 // to its end. Everything else — rewrite, hop-by-hop headers, retries on
@@ -45,12 +47,12 @@ var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<
 // syncExchange sends req to fb and returns the response head; the body
 // reads from the backend connection. hdrTimeout bounds the wait for the
 // head (limits of the route: timeouts.response_header).
-func syncExchange(fb *fastBackend, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
-	replayable := replayableReq(req.Method, req.Body != nil && req.Body != http.NoBody)
+func syncExchange(fb *upstream.Conns, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
+	replayable := upstream.Replayable(req.Method, req.Body != nil && req.Body != http.NoBody)
 	var resp *http.Response
-	x, err := fb.exchange(req.Context(), replayable, hdrTimeout, func(bc *bconn) error {
+	x, err := exchange(fb, req.Context(), replayable, hdrTimeout, func(bc *upstream.Conn) error {
 		bw := bufWriters.Get().(*bufio.Writer)
-		bw.Reset(bc.c)
+		bw.Reset(bc.C)
 		err := req.Write(bw)
 		if err == nil {
 			err = bw.Flush()
@@ -58,7 +60,7 @@ func syncExchange(fb *fastBackend, req *http.Request, hdrTimeout time.Duration) 
 		bw.Reset(nil)
 		bufWriters.Put(bw)
 		for err == nil {
-			resp, err = http.ReadResponse(bc.br, req)
+			resp, err = http.ReadResponse(bc.R, req)
 			if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 				break
 			}

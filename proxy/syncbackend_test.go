@@ -65,11 +65,7 @@ func TestHTTP2SyncBackendExchange(t *testing.T) {
 	if n := conns.Load(); n != 2 {
 		t.Errorf("after a backend close: %d backend connections, want 2", n)
 	}
-	fb := s.router.proxies[0].pool.backends[0].fast
-	fb.mu.Lock()
-	idle := len(fb.idle)
-	fb.mu.Unlock()
-	if idle != 1 {
+	if idle := s.router.proxies[0].up.Pool.Backends()[0].Conns.NumIdle(); idle != 1 {
 		t.Errorf("%d idle connections in the backend pool, want 1: the synchronous exchange did not serve HTTP/2", idle)
 	}
 	mu.Lock()

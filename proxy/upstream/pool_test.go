@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"errors"
@@ -22,30 +22,30 @@ func mustURLs(t *testing.T, ss ...string) []*url.URL {
 
 func TestPoolPolicies(t *testing.T) {
 	urls := mustURLs(t, "http://a", "http://b", "http://c")
-	rr := newPool(urls, "round_robin", 3, time.Second, time.Now)
+	rr := NewPool(urls, "round_robin", 3, time.Second, time.Now)
 	var got []string
 	for range 6 {
 		b, _ := rr.pick(nil)
-		got = append(got, b.url.Host)
+		got = append(got, b.URL.Host)
 	}
 	if want := "a b c a b c"; join(got) != want {
 		t.Errorf("round_robin = %q, want %q", join(got), want)
 	}
-	first := newPool(urls, "first", 3, time.Second, time.Now)
+	first := NewPool(urls, "first", 3, time.Second, time.Now)
 	for range 3 {
-		if b, _ := first.pick(nil); b.url.Host != "a" {
-			t.Errorf("first picked %s", b.url.Host)
+		if b, _ := first.pick(nil); b.URL.Host != "a" {
+			t.Errorf("first picked %s", b.URL.Host)
 		}
 	}
-	lc := newPool(urls, "least_conn", 3, time.Second, time.Now)
+	lc := NewPool(urls, "least_conn", 3, time.Second, time.Now)
 	lc.backends[0].inflight.Store(5)
 	lc.backends[1].inflight.Store(1)
 	lc.backends[2].inflight.Store(3)
-	if b, _ := lc.pick(nil); b.url.Host != "b" {
-		t.Errorf("least_conn picked %s, want b", b.url.Host)
+	if b, _ := lc.pick(nil); b.URL.Host != "b" {
+		t.Errorf("least_conn picked %s, want b", b.URL.Host)
 	}
-	if b, _ := lc.pick([]*backend{lc.backends[1]}); b.url.Host != "c" {
-		t.Errorf("least_conn excluding b picked %s, want c", b.url.Host)
+	if b, _ := lc.pick([]*Backend{lc.backends[1]}); b.URL.Host != "c" {
+		t.Errorf("least_conn excluding b picked %s, want c", b.URL.Host)
 	}
 }
 
@@ -64,9 +64,9 @@ func join(ss []string) string {
 // backend for ejectFor; it is picked again once that has passed.
 func TestPoolEjectionAndRecovery(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		p := newPool(mustURLs(t, "http://a", "http://b"), "first", 2, 30*time.Second, time.Now)
+		p := NewPool(mustURLs(t, "http://a", "http://b"), "first", 2, 30*time.Second, time.Now)
 		var events []bool
-		p.onHealth = func(_ *backend, h bool) { events = append(events, h) }
+		p.OnHealth = func(_ *Backend, h bool) { events = append(events, h) }
 		a := p.backends[0]
 		p.failure(a)
 		if b, _ := p.pick(nil); b != a {
@@ -84,7 +84,7 @@ func TestPoolEjectionAndRecovery(t *testing.T) {
 		if b, _ := p.pick(nil); b != a {
 			t.Fatal("backend not picked again after eject_for")
 		}
-		p.success(a)
+		p.Success(a)
 		if len(events) != 2 || events[0] || !events[1] {
 			t.Errorf("health events = %v, want [false true]", events)
 		}
