@@ -87,8 +87,8 @@ routes: [{name: api, path: /, proxy: {backends: ["%s"]}}]`, backend.URL), withAc
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	if s.fast.served.Load() != 1 {
-		t.Fatalf("fast path served %d requests, want the HTTP/1.1 one", s.fast.served.Load())
+	if s.fast.Stats().Served != 1 {
+		t.Fatalf("fast path served %d requests, want the HTTP/1.1 one", s.fast.Stats().Served)
 	}
 	// The lines are written once the answers are out: wait for them.
 	waitFor(t, func() bool { return strings.Count(sink.String(), "\n") >= 2 })

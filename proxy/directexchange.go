@@ -54,7 +54,7 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 	defer rp.scratch.Put(sc)
 	path := r.URL.EscapedPath()
 	// The request line goes in front, per backend, in room.
-	room := len(r.Method) + len(path) + len(r.URL.RawQuery) + rp.fast.maxPath + 20
+	room := len(r.Method) + len(path) + len(r.URL.RawQuery) + rp.fast.MaxPath + 20
 	buf := rp.appendDirectHead(append(sc.buf[:0], make([]byte, room)...), r)
 	hasBody := r.ContentLength > 0
 	if hasBody {
@@ -88,7 +88,7 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 		copy(out, line)
 		start := time.Now()
 		b.Begin()
-		x, err := exchange(b.Conns, ctx, replayable, rp.route.Proxy.Timeouts.ResponseHeader.D(), func(bc *upstream.Conn) error {
+		x, err := exchange(ctx, b.Conns, replayable, rp.route.Proxy.Timeouts.ResponseHeader.D(), func(bc *upstream.Conn) error {
 			if _, err := bc.C.Write(out); err != nil {
 				return err
 			}
@@ -140,7 +140,7 @@ func readFinalHead(bc *upstream.Conn, rh *upstream.RespHead) (int, error) {
 // hop-by-hop ones, the policy's forwarded lines, Content-Length, Te:
 // trailers; then the blank line.
 func (rp *routeProxy) appendDirectHead(b []byte, r *http.Request) []byte {
-	peer := peerAddr(r.RemoteAddr)
+	peer := upstream.PeerAddr(r.RemoteAddr)
 	f := upstream.Forwarded[string]{Peer: peer, Host: r.Host, TLS: r.TLS != nil, Trusted: rp.trusted.Has(peer)}
 	b = append(b, "Host: "...)
 	b = append(b, r.Host...)
@@ -224,27 +224,27 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head
 			h[k] = lists[n : n+1 : n+1]
 		}
 	}
-	in := bodyClose
+	in := upstream.BodyClose
 	switch {
 	case head || rh.Code == http.StatusNoContent || rh.Code == http.StatusNotModified:
-		in = bodyNone
+		in = upstream.BodyNone
 	case rh.Chunked:
-		in = bodyChunked
+		in = upstream.BodyChunked
 	case rh.HasCL:
-		in = bodyLength
+		in = upstream.BodyLength
 	}
 	if rh.HasCL && rh.Code != http.StatusNoContent {
 		h["Content-Length"] = []string{strconv.FormatInt(rh.CL, 10)}
 	}
-	x.keep = !rh.Conn.Close && (!rh.HTTP10 || rh.Conn.KeepAlive) && in != bodyClose
+	x.keep = !rh.Conn.Close && (!rh.HTTP10 || rh.Conn.KeepAlive) && in != upstream.BodyClose
 	br := x.bc.R
 	w.WriteHeader(rh.Code)
 	var err error
 	switch in {
-	case bodyNone:
+	case upstream.BodyNone:
 		x.done(true)
 		return
-	case bodyLength:
+	case upstream.BodyLength:
 		for left := rh.CL; left > 0 && err == nil; {
 			var n int
 			n, err = br.Read(buf[:min(int64(len(buf)), left)])
@@ -261,7 +261,7 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head
 		}
 	default:
 		var src io.Reader = br
-		if in == bodyChunked {
+		if in == upstream.BodyChunked {
 			src = httputil.NewChunkedReader(br)
 		}
 		fl, _ := w.(http.Flusher)
@@ -280,7 +280,7 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head
 		}
 		if err == io.EOF {
 			err = nil
-			if in == bodyChunked {
+			if in == upstream.BodyChunked {
 				err = readTrailers(br, h)
 			}
 		}
@@ -365,7 +365,7 @@ func (x *syncConn) done(complete bool) {
 // ending interrupts both. A reused connection that turns out closed is
 // replaced by a new one for a replayable request (retryFresh). On error
 // the connection is closed.
-func exchange(fb *upstream.Conns, ctx context.Context, replayable bool, hdrTimeout time.Duration, send func(*upstream.Conn) error) (*syncConn, error) {
+func exchange(ctx context.Context, fb *upstream.Conns, replayable bool, hdrTimeout time.Duration, send func(*upstream.Conn) error) (*syncConn, error) {
 	fresh := false
 	for {
 		bc := (*upstream.Conn)(nil)

@@ -117,8 +117,8 @@ func TestFastPipelinedAndFramings(t *testing.T) {
 		t.Errorf("hop-by-hop response headers passed, or no Date: %v", resp.Header)
 	}
 	resp.Body.Close()
-	if n := s.fast.fellBack.Load(); n != 0 || s.fast.served.Load() != 10 {
-		t.Errorf("fast path served %d, fell back %d; want 10, 0", s.fast.served.Load(), n)
+	if n := s.fast.Stats().FellBack; n != 0 || s.fast.Stats().Served != 10 {
+		t.Errorf("fast path served %d, fell back %d; want 10, 0", s.fast.Stats().Served, n)
 	}
 	if n := requests.Load(); n != 10 {
 		t.Errorf("backend saw %d requests, want 10", n)
@@ -143,7 +143,7 @@ routes: [{path: /devices/, bridge: fleet}, {path: /, proxy: {backends: ["http://
 		{"chunked body", "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"},
 		{"upgrade", "GET /x HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"},
 	} {
-		before, fb := requests.Load(), s.fast.fellBack.Load()
+		before, fb := requests.Load(), s.fast.Stats().FellBack
 		c := dialRawTLS(t, s, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"+tc.second)
 		br := bufio.NewReader(c)
 		got := readResponses(t, br, 2, "GET")
@@ -153,7 +153,7 @@ routes: [{path: /devices/, bridge: fleet}, {path: /, proxy: {backends: ["http://
 		if got[0] != `200 OK [] "ok" ""` || got[2] != `200 OK [] "ok" ""` || got[3] != `200 OK [chunked] "bridge /devices/d2 " ""` && got[3] != `200 OK [] "bridge /devices/d2 " ""` {
 			t.Errorf("%s: %q", tc.name, got)
 		}
-		if s.fast.fellBack.Load() != fb+1 {
+		if s.fast.Stats().FellBack != fb+1 {
 			t.Errorf("%s: no fallback", tc.name)
 		}
 		wantBackend := int32(2)
@@ -196,8 +196,8 @@ routes: [{path: /, proxy: {backends: ["http://%s"]}}]`, addr))
 			t.Errorf("%s: %d requests reached the backend", tc.name, n)
 		}
 	}
-	if s.fast.served.Load() != 0 {
-		t.Errorf("fast path served %d of these, want 0", s.fast.served.Load())
+	if s.fast.Stats().Served != 0 {
+		t.Errorf("fast path served %d of these, want 0", s.fast.Stats().Served)
 	}
 }
 
@@ -336,8 +336,8 @@ routes: [{path: /, proxy: {backends: ["http://%s"]}}]`, addr))
 			t.Fatal(got)
 		}
 	}
-	if requests.Load() != 20 || s.fast.served.Load() != 20 {
-		t.Errorf("backend %d, fast %d; want 20", requests.Load(), s.fast.served.Load())
+	if requests.Load() != 20 || s.fast.Stats().Served != 20 {
+		t.Errorf("backend %d, fast %d; want 20", requests.Load(), s.fast.Stats().Served)
 	}
 }
 
@@ -348,7 +348,7 @@ func TestFastSlowBody(t *testing.T) {
 		w.Header().Set("Content-Length", "4")
 		io.WriteString(w, "ab")
 		http.NewResponseController(w).Flush()
-		time.Sleep(3 * watchAfter)
+		time.Sleep(30 * time.Millisecond) // 3 × the fast path's watchAfter
 		io.WriteString(w, "cd")
 	}))
 	t.Cleanup(backend.Close)
@@ -426,8 +426,8 @@ routes: [{path: /, proxy: {backends: [%q]}}]`, backend.URL))
 			t.Errorf("response %d: %d bytes %v %v, want the %d sent", i, len(b), resp.TransferEncoding, err, len(big))
 		}
 	}
-	if s.fast.served.Load() != 2 {
-		t.Errorf("fast path served %d, want 2", s.fast.served.Load())
+	if s.fast.Stats().Served != 2 {
+		t.Errorf("fast path served %d, want 2", s.fast.Stats().Served)
 	}
 }
 

@@ -33,7 +33,7 @@ func getOn(t *testing.T, c *tls.Conn, br *bufio.Reader, path string, want int) {
 }
 
 func parkedIdle(s *Server) func() float64 {
-	return func() float64 { return float64(s.fast.idleParked.Load()) }
+	return func() float64 { return float64(s.fast.Stats().IdleParked) }
 }
 
 // fastConns is the number of connections the listener tracks as fast.
@@ -81,11 +81,11 @@ routes: [{path: /, proxy: {backends: [%q]}}]`, backend.URL))
 	if got := fastConns(s); got != n {
 		t.Errorf("fast connections tracked = %d, want %d", got, n)
 	}
-	served := s.fast.served.Load()
+	served := s.fast.Stats().Served
 	for i := range conns { // served after their park, on the fast path
 		getOn(t, conns[i], brs[i], fmt.Sprint("/b", i), 200)
 	}
-	if got := s.fast.served.Load() - served; got != n {
+	if got := s.fast.Stats().Served - served; got != n {
 		t.Errorf("requests after a park served on the fast path = %d, want %d", got, n)
 	}
 	for _, c := range conns { // the peer closing ends a parked connection
@@ -162,7 +162,7 @@ func TestIdleParkedBridgePolls(t *testing.T) {
 		getOn(t, c, br, "/devices/d1/commands", http.StatusNoContent)
 		awaitCounter(t, fmt.Sprint("idle connection parked after poll ", i), parkedIdle(s), parked+1)
 	}
-	if got := s.fast.polls.n.Load(); got != 3 {
+	if got := s.fast.Stats().Polls; got != 3 {
 		t.Errorf("polls served on the fast path = %d, want 3", got)
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"github.com/edgeshim/edgeshim/bridge"
 	"github.com/edgeshim/edgeshim/bridge/embedded"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // startBridgeProxy serves a fleet bridge (path identity) on a real
@@ -112,14 +111,13 @@ func TestHeldPollsParkedWithoutGoroutines(t *testing.T) {
 		resp.Body.Close()
 	}
 	c.Close()
-	fp := s.fast.polls
 	// The short polls' connection ends; then the baseline, before dialling.
 	base := runtime.NumGoroutine()
 	for range 100 {
 		time.Sleep(20 * time.Millisecond) // settling: no signal for "nothing more ends"
 		base = min(base, runtime.NumGoroutine())
 	}
-	parked0 := testutil.ToFloat64(fp.parked) // the short polls parked too, waiting for their sessions
+	parked0 := float64(s.fast.Stats().PollsParked) // the short polls parked too, waiting for their sessions
 	conns := make([]*tls.Conn, n)
 	for i := range conns {
 		conns[i] = h1()
@@ -128,7 +126,7 @@ func TestHeldPollsParkedWithoutGoroutines(t *testing.T) {
 	awaitCounter(t, "held polls", held, n)
 	// The last ones may still be on their way to the parker.
 	awaitFewGoroutines(t, base, n, "held polls")
-	if p := testutil.ToFloat64(fp.parked) - parked0; p < n {
+	if p := float64(s.fast.Stats().PollsParked) - parked0; p < n {
 		t.Errorf("parked polls = %v, want %d", p, n)
 	}
 	if h := held(); h != n {
@@ -152,7 +150,6 @@ func TestHeldPollsParkedWithoutGoroutines(t *testing.T) {
 // own answer (a malformed wait: 400), served there too.
 func TestParkedPollDeadlineKeepAliveAndRefusal(t *testing.T) {
 	s, _, h1 := startBridgeProxy(t)
-	fp := s.fast.polls
 	c := h1()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReader(c)
@@ -168,7 +165,7 @@ func TestParkedPollDeadlineKeepAliveAndRefusal(t *testing.T) {
 	}
 	sendPoll(t, c, "k1", "") // the session
 	read()
-	parked0 := testutil.ToFloat64(fp.parked)
+	parked0 := float64(s.fast.Stats().PollsParked)
 	start := time.Now()
 	sendPoll(t, c, "k1", "?wait=1")
 	if resp := read(); resp.StatusCode != 204 || resp.Close {
@@ -177,14 +174,14 @@ func TestParkedPollDeadlineKeepAliveAndRefusal(t *testing.T) {
 	if took := time.Since(start); took < time.Second {
 		t.Errorf("answered after %s, before its 1s wait", took)
 	}
-	if testutil.ToFloat64(fp.parked) == parked0 {
+	if float64(s.fast.Stats().PollsParked) == parked0 {
 		t.Error("the held poll was not parked")
 	}
 	sendPoll(t, c, "k1", "?wait=1s")
 	if resp := read(); resp.StatusCode != 400 || resp.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("malformed wait: %d %q, want 400 JSON", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
-	if got := fp.n.Load(); got != 3 {
+	if got := s.fast.Stats().Polls; got != 3 {
 		t.Errorf("polls served on the fast path = %d, want 3", got)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits"
+	"github.com/edgeshim/edgeshim/proxy/fast"
 	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 	"github.com/edgeshim/edgeshim/tlsterm"
 )
@@ -40,7 +41,7 @@ type tlsListener struct {
 	log     *slog.Logger
 	base    context.Context
 	serveH2 func(*tls.Conn)
-	fastSrv *fastServer // nil: HTTP/1 goes to net/http at once
+	fastSrv *fast.Server // nil: HTTP/1 goes to net/http at once
 
 	ready chan net.Conn
 	work  chan *tls.Conn // to an idle worker
@@ -50,9 +51,9 @@ type tlsListener struct {
 
 	mu     sync.Mutex
 	closed bool
-	shake  map[*tls.Conn]struct{} // in their handshake
-	h2     map[*tls.Conn]struct{} // served by serveH2
-	fast   map[*fastConn]struct{} // served by the HTTP/1 fast path
+	shake  map[*tls.Conn]struct{}  // in their handshake
+	h2     map[*tls.Conn]struct{}  // served by serveH2
+	fast   map[*fast.Conn]struct{} // served by the HTTP/1 fast path
 	// draining is set by Close: fast connections end after their
 	// request.
 	draining atomic.Bool
@@ -71,7 +72,7 @@ type tlsListenerOptions struct {
 	ServeH2 func(*tls.Conn)
 	// Fast serves HTTP/1 connections until a request is not fast; nil:
 	// net/http serves them all.
-	Fast *fastServer
+	Fast *fast.Server
 }
 
 func newTLSListener(inner net.Listener, o tlsListenerOptions) *tlsListener {
@@ -79,7 +80,7 @@ func newTLSListener(inner net.Listener, o tlsListenerOptions) *tlsListener {
 		inner: inner, conf: noteHello(o.Config), timeout: o.HandshakeTimeout, failed: o.HandshakeFailed,
 		failLog: o.FailLog, log: o.Logger, base: o.Base, serveH2: o.ServeH2, fastSrv: o.Fast,
 		ready: make(chan net.Conn), work: make(chan *tls.Conn), done: make(chan struct{}),
-		shake: map[*tls.Conn]struct{}{}, h2: map[*tls.Conn]struct{}{}, fast: map[*fastConn]struct{}{},
+		shake: map[*tls.Conn]struct{}{}, h2: map[*tls.Conn]struct{}{}, fast: map[*fast.Conn]struct{}{},
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -113,7 +114,7 @@ func (l *tlsListener) Close() error {
 			c.NetConn().Close() // at once: no close_notify
 		}
 		for c := range l.fast {
-			c.shutdown()
+			c.Shutdown()
 		}
 		l.mu.Unlock()
 	})
@@ -128,12 +129,15 @@ func (l *tlsListener) closeConns() {
 		c.NetConn().Close() // at once: no close_notify
 	}
 	for c := range l.fast {
-		c.abort()
+		c.Abort()
 	}
 }
 
-// trackFast adds a fast connection unless the listener is closed.
-func (l *tlsListener) trackFast(c *fastConn) bool {
+var _ fast.Listener = (*tlsListener)(nil)
+
+// Track adds a fast connection unless the listener is closed
+// (fast.Listener).
+func (l *tlsListener) Track(c *fast.Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -143,10 +147,37 @@ func (l *tlsListener) trackFast(c *fastConn) bool {
 	return true
 }
 
-func (l *tlsListener) untrackFast(c *fastConn) {
+// Untrack removes a fast connection (fast.Listener).
+func (l *tlsListener) Untrack(c *fast.Conn) {
 	l.mu.Lock()
 	delete(l.fast, c)
 	l.mu.Unlock()
+}
+
+// Draining: Close was called; fast connections end after their request
+// (fast.Listener).
+func (l *tlsListener) Draining() bool { return l.draining.Load() }
+
+// Hold and Release count a fast connection parked without a goroutine,
+// which wait waits for as for the listener's goroutines (fast.Listener).
+func (l *tlsListener) Hold()    { l.wg.Add(1) }
+func (l *tlsListener) Release() { l.wg.Done() }
+
+// HandOff gives a connection to net/http as a scanConn, pre replayed
+// first (fast.Listener).
+func (l *tlsListener) HandOff(tc *tls.Conn, pre []byte) {
+	sc := newScanConn(tc)
+	sc.pre = pre
+	l.handOff(sc)
+}
+
+// handOff gives a connection to net/http.
+func (l *tlsListener) handOff(sc net.Conn) {
+	select {
+	case l.ready <- sc:
+	case <-l.done:
+		sc.Close()
+	}
 }
 
 // wait waits until the HTTP/2 and fast connections have ended or ctx is done, then
@@ -281,19 +312,11 @@ func (l *tlsListener) handshake(ctx context.Context, note *helloNote, tc *tls.Co
 		tc.Close()
 		return
 	}
-	var sc net.Conn
 	if l.fastSrv != nil {
-		if sc = l.fastSrv.serve(l, tc); sc == nil {
-			return
-		}
-	} else {
-		sc = newScanConn(tc)
+		l.fastSrv.Serve(l, tc)
+		return
 	}
-	select {
-	case l.ready <- sc:
-	case <-l.done:
-		sc.Close()
-	}
+	l.handOff(newScanConn(tc))
 }
 
 // doHandshake runs the handshake within the timeout. A failure is

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/edgeshim/edgeshim/proxy/internal/h1"
-	"github.com/edgeshim/edgeshim/proxy/upstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -80,12 +78,12 @@ func everyPath(t *testing.T, base *http.Client) []pathClient {
 func onEveryPath(t *testing.T, s *Server, base *http.Client, want []string, run func(t *testing.T, c *http.Client) []string) {
 	t.Helper()
 	for _, p := range everyPath(t, base) {
-		served, fellBack, direct := s.fast.served.Load(), s.fast.fellBack.Load(), s.directServed()
+		served, fellBack, direct := s.fast.Stats().Served, s.fast.Stats().FellBack, s.directServed()
 		got := run(t, p.c)
 		if strings.Join(got, "\n") != strings.Join(want, "\n") {
 			t.Errorf("%s path:\n%s\nwant\n%s", p.name, strings.Join(got, "\n"), strings.Join(want, "\n"))
 		}
-		dServed, dFellBack := s.fast.served.Load()-served, s.fast.fellBack.Load()-fellBack
+		dServed, dFellBack := s.fast.Stats().Served-served, s.fast.Stats().FellBack-fellBack
 		switch {
 		case p.name == "fast" && dServed == 0:
 			t.Errorf("fast path: no request took it")
@@ -264,20 +262,6 @@ routes:
 	})
 }
 
-// TestFastRequestLine: the fast path's request line joins the backend
-// path and strips the prefix as upstream.OutPath does (TestOutPath).
-func TestFastRequestLine(t *testing.T) {
-	for _, tc := range []struct{ base, strip, path string }{
-		{"", "", "/x"}, {"/base/", "/static/", "/static/x"}, {"/base", "/api", "/api"}, {"", "/api", "/apix/y"},
-	} {
-		req := fastReq{path: []byte(tc.path), query: []byte("?q=1")}
-		want := "GET " + upstream.OutPath(tc.base, tc.strip, tc.path) + "?q=1 HTTP/1.1\r\n"
-		if got := string(appendRequestLine(nil, []byte("GET"), tc.base, tc.strip, &req)); got != want {
-			t.Errorf("request line for %q %q %q: %q, want %q", tc.base, tc.strip, tc.path, got, want)
-		}
-	}
-}
-
 func TestRouteFor(t *testing.T) {
 	rt := &router{routes: []*route{ // newRouter's order
 		{name: "api-exact", host: "api.example.com", prefix: "/api/"},
@@ -292,7 +276,7 @@ func TestRouteFor(t *testing.T) {
 		{"b.example.com", "/apix", "root"},
 		{"[::1]:443", "/", "root"},
 	} {
-		h := hostForMatch(nil, []byte(tc.host))
+		h := h1.HostForMatch(nil, []byte(tc.host))
 		for _, r := range []*route{routeFor(rt, h, tc.path), routeFor(rt, h, []byte(tc.path))} {
 			if r == nil || r.name != tc.want {
 				t.Errorf("%s %s: %v, want %s", tc.host, tc.path, r, tc.want)
@@ -373,32 +357,4 @@ func TestPolicy1xxThenBrokenOnEveryPath(t *testing.T) {
 		}
 		return []string{fmt.Sprintf("backend errors counted: %v", testutil.ToFloat64(errs)-before)}
 	})
-}
-
-// BenchmarkFastRewrite is the fast path's per-request policy work on a
-// typical head: parse, route, rewrite the head (forwarded headers), and
-// the request line for a backend with a path (strip_prefix).
-func BenchmarkFastRewrite(b *testing.B) {
-	head := []byte("GET /api/updates?since=1 HTTP/1.1\r\nHost: edge.example.com\r\nUser-Agent: door/1.2\r\nAccept: */*\r\n" +
-		"X-Forwarded-For: 203.0.113.9\r\nAuthorization: Bearer abc\r\n\r\n")
-	rt := &router{routes: []*route{{name: "api", prefix: "/api/"}, {name: "root", prefix: "/"}}}
-	rp := &routeProxy{trusted: upstream.NewTrustList([]string{"10.0.0.0/8"}), strip: "/api/"}
-	fc := &fastConn{peer: netip.MustParseAddr("192.0.2.7")}
-	buf := make([]byte, 0, 4096)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, v := parseHead(head, &fc.h, 100); v != h1.OK {
-			b.Fatal(v)
-		}
-		fc.host = hostForMatch(fc.host, fc.h.host)
-		if routeFor(rt, fc.host, fc.h.path) == nil {
-			b.Fatal("no route")
-		}
-		out := fc.appendOutHead(buf[:0], rp, &fc.h)
-		req := fastReq{path: fc.h.path}
-		fc.line = appendRequestLine(fc.line[:0], fc.h.method, "/base", rp.strip, &req)
-		if len(out) == 0 || len(fc.line) == 0 {
-			b.Fatal("empty")
-		}
-	}
 }

@@ -78,7 +78,7 @@ func startProxy(t testing.TB, yamlCfg string, mods ...func(*Options)) (*Server, 
 	pool := x509Pool(certPEM)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}, ForceAttemptHTTP2: !testH1}
 	t.Cleanup(func() {
-		testFastServed.Add(s.fast.served.Load())
+		testFastServed.Add(s.fast.Stats().Served)
 		for _, rp := range s.router.proxies {
 			testDirectServed.Add(rp.direct.Load())
 		}

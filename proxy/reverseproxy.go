@@ -21,6 +21,7 @@ import (
 	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/faillog"
 	"github.com/edgeshim/edgeshim/limits/park"
+	"github.com/edgeshim/edgeshim/proxy/fast"
 	"github.com/edgeshim/edgeshim/proxy/upstream"
 	"github.com/edgeshim/edgeshim/tlsterm"
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,7 +45,7 @@ type routeProxy struct {
 	client   *http.Client // active health checks
 	h1       *http.Transport
 	h2c      *http.Transport // h2c:// backends: HTTP/2 with prior knowledge
-	fast     *fastRoute      // nil unless every backend is plain http://
+	fast     *fast.Route     // nil unless every backend is plain http://
 	fails    *faillog.Log    // backend errors, aggregated
 	direct   atomic.Int64    // requests served by serveDirect (directexchange.go)
 	// scratch recycles serveDirect's *directScratch (a pool: the requests
@@ -310,7 +311,7 @@ func headerHasToken(vals []string, token string) bool {
 // attempt by poolTransport.
 func (rp *routeProxy) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
-	peer := peerAddr(in.RemoteAddr)
+	peer := upstream.PeerAddr(in.RemoteAddr)
 	upstream.SetForwarded(out.Header, &upstream.Forwarded[string]{
 		Peer: peer, Host: in.Host, TLS: in.TLS != nil, Trusted: rp.trusted.Has(peer),
 		XFF: in.Header["X-Forwarded-For"], XFH: in.Header.Get("X-Forwarded-Host"),

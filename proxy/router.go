@@ -3,7 +3,6 @@ package proxy
 import (
 	"fmt"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"sort"
 	"strings"
@@ -11,6 +10,8 @@ import (
 	"github.com/edgeshim/edgeshim/config"
 	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/limits/accesslog"
+	"github.com/edgeshim/edgeshim/proxy/fast"
+	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 )
 
 // router matches requests by host and longest path prefix.
@@ -27,10 +28,11 @@ type route struct {
 	early   bool // HTTP/3 0-RTT GETs allowed
 	plain   bool // served on listen.http too (allow_http)
 	handler http.Handler
-	fast    *fastRoute // the fast path serves it; nil: net/http only
-	noLog   bool       // access_log: false
-	bridge  string     // the bridge's name, for the access log
-	broker  string     // the bridge's upstream URL without credentials
+	fast    *fast.Route     // the fast path serves it; nil: net/http only
+	poll    *fast.PollRoute // the fast path serves its long-polls; nil: net/http only
+	noLog   bool            // access_log: false
+	bridge  string          // the bridge's name, for the access log
+	broker  string          // the bridge's upstream URL without credentials
 }
 
 func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps) (*router, error) {
@@ -61,7 +63,8 @@ func newRouter(cfg []config.Route, bridges map[string]http.Handler, d proxyDeps)
 			}
 			r.handler = rp
 			rt.proxies = append(rt.proxies, rp)
-			if !rc.Decompress {
+			if !rc.Decompress && rp.fast != nil {
+				rp.fast.NoLog = r.noLog
 				r.fast = rp.fast
 			}
 		case rc.MQTTWS != nil:
@@ -106,7 +109,7 @@ func hostRank(h string) int {
 	return 0
 }
 
-// matchHost: host (hostForMatch's form) is the route's host, or under its
+// matchHost: host (h1.HostForMatch's form) is the route's host, or under its
 // wildcard, or the route takes any.
 func (r *route) matchHost(host []byte) bool {
 	switch {
@@ -121,7 +124,7 @@ func (r *route) matchHost(host []byte) bool {
 // match is the route of req (routeFor), by its Host and clean path.
 func (rt *router) match(req *http.Request) *route {
 	var buf [64]byte
-	return routeFor(rt, hostForMatch(buf[:0], []byte(req.Host)), req.URL.Path)
+	return routeFor(rt, h1.HostForMatch(buf[:0], []byte(req.Host)), req.URL.Path)
 }
 
 // routeName is the name of the route req matches, "none" if none does:
@@ -183,7 +186,7 @@ func withoutUserinfo(u string) string {
 // byteseq is what routeFor reads a request's values from.
 type byteseq interface{ ~string | ~[]byte }
 
-// routeFor is the route of a request to host (hostForMatch's form: lower
+// routeFor is the route of a request to host (h1.HostForMatch's form: lower
 // case, no port, no trailing dot) and its clean path (cleanPath's):
 // the longest prefix first, then exact hosts before wildcards before any
 // (newRouter's order). nil: no route.
@@ -198,14 +201,4 @@ func routeFor[S byteseq](rt *router, host []byte, path S) *route {
 
 func hasPrefix[S byteseq](s S, prefix string) bool {
 	return len(s) >= len(prefix) && string(s[:len(prefix)]) == prefix
-}
-
-// peerAddr is the client's address of an http.Request's RemoteAddr,
-// IPv4-mapped addresses unmapped; not valid when it is not an address.
-func peerAddr(remote string) netip.Addr {
-	ap, err := netip.ParseAddrPort(remote)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/limits/park"
+	"github.com/edgeshim/edgeshim/proxy/fast"
 	"github.com/edgeshim/edgeshim/proxy/h2front"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
@@ -63,7 +64,7 @@ type Server struct {
 	h2in   *h2Handoff      // HTTP/2 connections to https; nil until Start
 	h2f    *h2front.Server // HTTP/2 server of listen.http2_server "edgeshim"; nil: net/http's
 	tln    *tlsListener    // nil until Start
-	fast   *fastServer
+	fast   *fast.Server
 	h3     *http3.Server
 	m      *metrics
 	alog   *accesslog.Logger
@@ -207,12 +208,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Config.Listen.HTTP2Server != config.HTTP2NetHTTP {
 		s.h2f = newH2Front(s.https, s.base, lim, s.log)
 	}
-	s.fast = &fastServer{
-		s: s, readHeader: lim.Timeouts.ReadHeader.D(), read: lim.Timeouts.Read.D(), write: lim.Timeouts.Write.D(),
-		idle: lim.Timeouts.Idle.D(), maxHeaders: lim.MaxHeaders, maxHeadBytes: int(lim.MaxHeaderBytes), heap: heap, bufs: bufs,
-	}
-	s.fast.parker = park.New()
-	s.fast.polls = newFastPolls(rt, opts.Bridges, opts.Registerer)
+	s.fast = fast.New(fast.Config{
+		Routes: fastRouter{rt}, Base: s.base, AccessLog: s.alog, AltSvc: s.altSvcLines, Heap: heap, Buffers: bufs,
+		ReadHeader: lim.Timeouts.ReadHeader.D(), Read: lim.Timeouts.Read.D(), Write: lim.Timeouts.Write.D(),
+		Idle: lim.Timeouts.Idle.D(), MaxHeaders: lim.MaxHeaders, MaxHeadBytes: int(lim.MaxHeaderBytes),
+		Polls: rt.setFastPolls(opts.Bridges, s.m), Registerer: opts.Registerer,
+	})
 	return s, nil
 }
 
@@ -233,6 +234,21 @@ func (rt *router) anyEarly() bool {
 		}
 	}
 	return false
+}
+
+// altSvcLines are the Alt-Svc header lines of TCP responses when HTTP/3
+// is on (altSvc's) for the fast path, which asks once, after Start.
+func (s *Server) altSvcLines() []byte {
+	if s.h3 == nil {
+		return nil
+	}
+	h := http.Header{}
+	_ = s.h3.SetQUICHeaders(h)
+	var b []byte
+	for _, v := range h.Values("Alt-Svc") {
+		b = append(b, "Alt-Svc: "+v+"\r\n"...)
+	}
+	return b
 }
 
 // altSvc advertises HTTP/3 on TCP responses.
@@ -403,7 +419,7 @@ func (s *Server) closeRest() {
 	if s.park != nil {
 		s.park.Close()
 	}
-	s.fast.parker.Close()
+	s.fast.Close()
 	s.loops.Wait()
 	s.serveWG.Wait()
 	for _, rp := range s.router.proxies {

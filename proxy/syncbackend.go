@@ -30,6 +30,10 @@ import (
 // before reading a long body is served best by the Transport's concurrent
 // write and read).
 
+// aLongTimeAgo is a deadline in the past: set on a connection, it
+// interrupts its reads and writes.
+var aLongTimeAgo = time.Unix(1, 0)
+
 // syncMaxBody is the largest request body sent synchronously.
 const syncMaxBody = 64 << 10
 
@@ -50,7 +54,7 @@ var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<
 func syncExchange(fb *upstream.Conns, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
 	replayable := upstream.Replayable(req.Method, req.Body != nil && req.Body != http.NoBody)
 	var resp *http.Response
-	x, err := exchange(fb, req.Context(), replayable, hdrTimeout, func(bc *upstream.Conn) error {
+	x, err := exchange(req.Context(), fb, replayable, hdrTimeout, func(bc *upstream.Conn) error {
 		bw := bufWriters.Get().(*bufio.Writer)
 		bw.Reset(bc.C)
 		err := req.Write(bw)

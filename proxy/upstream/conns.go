@@ -150,6 +150,15 @@ func (cc *CodeCounters) Inc(code int) {
 	(*p).Inc()
 }
 
+// Body framings of a response, as read from a backend and as written
+// to a client.
+const (
+	BodyNone = iota
+	BodyLength
+	BodyChunked
+	BodyClose // until the connection closes
+)
+
 // RespHead is a backend's response head, as ReadRespHead parses it: a
 // strict subset of what http.ReadResponse accepts (anything else is
 // ErrBadResponse). Its slices point into the connection's buffer and are

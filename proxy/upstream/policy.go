@@ -48,7 +48,18 @@ func (t TrustList) Has(a netip.Addr) bool {
 	return false
 }
 
-// forwarded is what the forwarded headers of one request are made of:
+// PeerAddr is the client's address (Forwarded.Peer) of an
+// http.Request's RemoteAddr,
+// IPv4-mapped addresses unmapped; not valid when it is not an address.
+func PeerAddr(remote string) netip.Addr {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// Forwarded is what the forwarded headers of one request are made of:
 // the client's own values are kept only when it is a trusted proxy
 // (trusted), and the edge's hop is added after them.
 type Forwarded[S byteseq] struct {

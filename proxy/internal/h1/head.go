@@ -178,3 +178,29 @@ func HasToken(v []byte, token string) bool {
 	}
 	return false
 }
+
+// HostForMatch is the host a router matches: the Host header without
+// its port (as net.SplitHostPort splits it), lower case, no trailing dot,
+// written into dst.
+func HostForMatch(dst, host []byte) []byte {
+	h := host
+	if last := bytes.LastIndexByte(host, ':'); last >= 0 {
+		if host[0] == '[' {
+			if end := bytes.IndexByte(host, ']'); end+1 == last && bytes.IndexByte(host[end+1:], '[') < 0 &&
+				bytes.IndexByte(host[end+1:], ']') < 0 && bytes.IndexByte(host[1:end], '[') < 0 {
+				h = host[1:end]
+			}
+		} else if bytes.IndexByte(host[:last], ':') < 0 && !bytes.ContainsAny(host[:last], "[]") &&
+			!bytes.ContainsAny(host[last:], "[]") {
+			h = host[:last]
+		}
+	}
+	dst = dst[:0]
+	for _, c := range h {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return bytes.TrimSuffix(dst, []byte{'.'})
+}

@@ -1,10 +1,8 @@
-package proxy
+package fast
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
-	"net"
 	"net/http"
 	"net/textproto"
 	"os"
@@ -51,28 +49,22 @@ const (
 	pollParked                     // parked: the caller must not touch the connection again
 )
 
-// fastPolls are the fast server's long-poll routes; held polls wait in
+// pollStats are the fast server's long-poll counters; held polls wait in
 // the fast server's parker, with its idle keep-alive connections.
-type fastPolls struct {
-	routes map[*route]longpoll.Handler
+type pollStats struct {
 	// served counts polls served on the fast path; parked, the times
 	// one was parked.
 	served, parked prometheus.Counter
-	n              atomic.Int64 // served, for tests
+	n, nParked     atomic.Int64 // served and parked, for tests
 }
 
-// newFastPolls finds the bridge routes whose handler serves long-polls
-// for the fast path; nil if there are none.
-func newFastPolls(rt *router, bridges map[string]http.Handler, reg prometheus.Registerer) *fastPolls {
-	fp := &fastPolls{routes: map[*route]longpoll.Handler{}}
-	for _, r := range rt.routes {
-		if h, ok := bridges[r.bridge].(longpoll.Handler); ok && r.bridge != "" {
-			fp.routes[r] = h
-		}
-	}
-	if len(fp.routes) == 0 {
+// newPollStats registers the polls' counters; nil if there are no poll
+// routes.
+func newPollStats(any bool, reg prometheus.Registerer) *pollStats {
+	if !any {
 		return nil
 	}
+	fp := &pollStats{}
 	fp.served = prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_proxy_fast_polls_total",
 		Help: "Bridge polls served on the HTTP/1.1 fast path (the others went through net/http)."})
 	fp.parked = prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeshim_proxy_fast_polls_parked_total",
@@ -90,11 +82,11 @@ const (
 	stInterrupted              // woken while being parked: its owner keeps it
 )
 
-// fastPoll is one poll served on the fast path.
-type fastPoll struct {
-	fc         *fastConn
+// heldPoll is one poll served on the fast path.
+type heldPoll struct {
+	fc         *Conn
 	p          longpoll.Poll
-	r          *route
+	r          *PollRoute
 	rec        *accesslog.Record
 	t0         time.Time
 	closeAfter bool // the client asked for close
@@ -105,16 +97,15 @@ type fastPoll struct {
 }
 
 // servePoll serves the head just read if it is a bridge long-poll the
-// fast path takes; n is the head's length.
-func (fc *fastConn) servePoll(n int, t0 time.Time) pollOutcome {
+// fast path takes (r); n is the head's length.
+func (fc *Conn) servePoll(r *PollRoute, n int, t0 time.Time) pollOutcome {
 	fs := fc.fs
 	fp := fs.polls
-	if fp == nil {
+	if fp == nil || r == nil {
 		return pollHandoff
 	}
-	r := fs.matchRoute(fc)
 	h := &fc.h
-	lh := fp.routes[r]
+	lh := r.Handler
 	if lh == nil || string(h.method) != http.MethodGet || h.http10 || h.contentLength != 0 || fs.heap.Over() {
 		return pollHandoff
 	}
@@ -129,11 +120,11 @@ func (fc *fastConn) servePoll(n int, t0 time.Time) pollOutcome {
 		hdr[k] = append(hdr[k], string(f.Value))
 	}
 	cs := fc.tc.ConnectionState()
-	rec := &accesslog.Record{Start: t0, Route: r.name, Client: fc.tc.RemoteAddr().String(), Proto: "HTTP/1.1",
-		Host: string(h.host), Method: http.MethodGet, Path: path, RawQuery: query, Bridge: r.bridge, Upstream: r.broker}
+	rec := &accesslog.Record{Start: t0, Route: r.Name, Client: fc.tc.RemoteAddr().String(), Proto: "HTTP/1.1",
+		Host: string(h.host), Method: http.MethodGet, Path: path, RawQuery: query, Bridge: r.Bridge, Upstream: r.Broker}
 	rec.SetTLS(&cs)
-	if !r.noLog {
-		fs.s.alog.Begin(rec)
+	if !r.NoLog {
+		fs.alog.Begin(rec)
 	}
 	p, ok := lh.StartPoll(&longpoll.Request{Path: path, RawQuery: query, Header: hdr, RemoteAddr: rec.Client,
 		TLS: &cs, Conn: fc.tc, Record: rec})
@@ -143,7 +134,7 @@ func (fc *fastConn) servePoll(n int, t0 time.Time) pollOutcome {
 	fc.br.Discard(n)
 	fp.served.Inc()
 	fp.n.Add(1)
-	pp := &fastPoll{fc: fc, p: p, r: r, rec: rec, t0: t0, closeAfter: h.conn.Close, kick: make(chan struct{}, 1)}
+	pp := &heldPoll{fc: fc, p: p, r: r, rec: rec, t0: t0, closeAfter: h.conn.Close, kick: make(chan struct{}, 1)}
 	pp.wakeFn = pp.wake
 	pp.state.Store(stOwned)
 	return pp.run()
@@ -152,7 +143,7 @@ func (fc *fastConn) servePoll(n int, t0 time.Time) pollOutcome {
 // run serves the poll in the owning goroutine until it is answered, the
 // client is gone, or it is parked (pollParked: then another goroutine
 // may own fc already).
-func (pp *fastPoll) run() pollOutcome {
+func (pp *heldPoll) run() pollOutcome {
 	fc := pp.fc
 	for {
 		select { // a kick before this look is seen by it
@@ -183,19 +174,19 @@ func (pp *fastPoll) run() pollOutcome {
 
 // wake is the bridge's callback: a command, the deadline, the session's
 // end or the drain. It must not block.
-func (pp *fastPoll) wake() {
+func (pp *heldPoll) wake() {
 	select {
 	case pp.kick <- struct{}{}:
 	default:
 	}
 	if pp.claim() {
-		go pp.resume(false) // within the parked connection's count in l.wg
+		go pp.resume(false) // within the parked connection's count (Listener.Hold)
 	}
 }
 
 // readable is the parker's callback: the parked socket has data or was
 // closed.
-func (pp *fastPoll) readable() {
+func (pp *heldPoll) readable() {
 	if pp.claim() {
 		pp.resume(true)
 	}
@@ -203,13 +194,13 @@ func (pp *fastPoll) readable() {
 
 // claim takes a parked connection for the caller; a connection being
 // parked is marked so that its owner looks again.
-func (pp *fastPoll) claim() bool { return claimParked(&pp.state) }
+func (pp *heldPoll) claim() bool { return claimParked(&pp.state) }
 
 // park parks the connection; tried is false when it cannot be parked
 // (no poller: the fallback would hold a goroutine anyway), and parked
 // false with tried when it was woken while being parked (the caller
 // keeps it).
-func (pp *fastPoll) park() (parked, tried bool) {
+func (pp *heldPoll) park() (parked, tried bool) {
 	fc := pp.fc
 	fs, l := fc.fs, fc.l
 	// From here a wake marks the state (claim); one that came before
@@ -234,21 +225,22 @@ func (pp *fastPoll) park() (parked, tried bool) {
 	fs.readers.Put(fc.br)
 	fc.br = nil
 	fc.poll.Store(pp)
-	l.wg.Add(1) // the parked connection's; done by whoever ends its turn
+	l.Hold() // the parked connection's; done by whoever ends its turn
 	if h.Park() && pp.state.CompareAndSwap(stSetup, stParked) {
 		fs.polls.parked.Inc()
+		fs.polls.nParked.Add(1)
 		return true, true
 	}
 	// Woken while being parked (or the parker closed): keep it.
 	h.Stop()
 	pp.state.Store(stOwned)
 	fc.poll.Store(nil)
-	l.wg.Done()
+	l.Release()
 	fc.takeReader()
 	return false, true
 }
 
-func (fc *fastConn) takeReader() {
+func (fc *Conn) takeReader() {
 	fc.br, _ = fc.fs.readers.Get().(*bufio.Reader)
 	if fc.br == nil {
 		fc.br = bufio.NewReaderSize(nil, 4096)
@@ -259,10 +251,10 @@ func (fc *fastConn) takeReader() {
 // resume serves a connection claimed from the parker: the poll, then the
 // connection's further requests on the fast path, as serve does.
 // readable: the parker woke it (else the bridge did).
-func (pp *fastPoll) resume(readable bool) {
+func (pp *heldPoll) resume(readable bool) {
 	fc := pp.fc
 	l := fc.l
-	defer l.wg.Done() // the count taken when it was parked
+	defer l.Release() // the count taken when it was parked
 	pp.h.Stop()
 	fc.poll.Store(nil)
 	fc.takeReader()
@@ -284,27 +276,25 @@ func (pp *fastPoll) resume(readable bool) {
 	handoff := false
 	if out == pollServed {
 		fc.state.Store(connIdle)
-		if !l.draining.Load() {
+		if !l.Draining() {
 			var parked bool
 			if handoff, parked = fc.loop(l); parked {
 				return
 			}
 		}
 	}
-	if sc := fc.fs.end(l, fc, handoff); sc != nil {
-		l.handOff(sc)
-	}
+	fc.fs.end(l, fc, handoff)
 }
 
 // abortPoll ends a parked poll whose connection abort closed: the parker
 // never sees a socket closed here.
-func (fc *fastConn) abortPoll() {
+func (fc *Conn) abortPoll() {
 	pp := fc.poll.Load()
 	if pp == nil || !pp.claim() {
 		return
 	}
 	go func() { // abort runs under the listener's lock
-		defer fc.l.wg.Done()
+		defer fc.l.Release()
 		pp.h.Stop()
 		fc.poll.Store(nil)
 		fc.takeReader()
@@ -315,15 +305,14 @@ func (fc *fastConn) abortPoll() {
 
 // cancel ends a poll whose client went away: nothing was taken. As on
 // net/http's path, it is logged and counted as a 200 with no body.
-func (pp *fastPoll) cancel() {
+func (pp *heldPoll) cancel() {
 	pp.p.Cancel()
 	pp.done(http.StatusOK, 0)
 }
 
-func (pp *fastPoll) done(code int, n int64) {
-	m := pp.fc.fs.s.m
-	m.requests.WithLabelValues(pp.r.name, strconv.Itoa(code)).Inc()
-	m.duration.WithLabelValues(pp.r.name).Observe(time.Since(pp.t0).Seconds())
+func (pp *heldPoll) done(code int, n int64) {
+	pp.r.Requests.Inc(code)
+	pp.r.Duration.Observe(time.Since(pp.t0).Seconds())
 	pp.rec.Done(code, n)
 }
 
@@ -332,9 +321,9 @@ const answerWriteTimeout = 10 * time.Second
 
 // answer writes a as net/http writes a handler's response, reports the
 // write to the bridge and counts and logs the request.
-func (pp *fastPoll) answer(a *longpoll.Answer) pollOutcome {
+func (pp *heldPoll) answer(a *longpoll.Answer) pollOutcome {
 	fc := pp.fc
-	keep := !pp.closeAfter && !fc.l.draining.Load() && !h1.HasToken([]byte(a.Header.Get("Connection")), "close")
+	keep := !pp.closeAfter && !fc.l.Draining() && !h1.HasToken([]byte(a.Header.Get("Connection")), "close")
 	b := appendStatusLine(nil, false, a.Status)
 	keys := make([]string, 0, len(a.Header))
 	for k := range a.Header {
@@ -384,7 +373,7 @@ func (pp *fastPoll) answer(a *longpoll.Answer) pollOutcome {
 // went away (gone), reading until deadline (a past one reads nothing
 // from the socket: only what TLS has buffered). A byte read is kept for
 // the next Read.
-func (fc *fastConn) probe(deadline time.Time) (data, gone bool) {
+func (fc *Conn) probe(deadline time.Time) (data, gone bool) {
 	if fc.stashed || fc.br.Buffered() > 0 {
 		return true, false
 	}
@@ -397,23 +386,9 @@ func (fc *fastConn) probe(deadline time.Time) (data, gone bool) {
 	return false, err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// handOff gives a connection to net/http from a goroutine other than the
-// handshake's.
-func (l *tlsListener) handOff(sc net.Conn) {
-	select {
-	case l.ready <- sc:
-	case <-l.done:
-		sc.Close()
-	}
-}
-
-// matchRoute routes the head as router.match does; nil when the path is
-// not clean (net/http's path normalises or refuses it) or nothing
-// matches.
-func (fs *fastServer) matchRoute(fc *fastConn) *route {
-	if !isCleanPath(string(fc.h.path)) || bytes.IndexByte(fc.h.path, '\\') >= 0 {
-		return nil
-	}
-	fc.host = hostForMatch(fc.host, fc.h.host)
-	return routeFor(fs.s.router, fc.host, fc.h.path)
+// match routes the head: the Host in h1.HostForMatch's form (kept in
+// fc.host for the access log), then the router.
+func (fs *Server) match(fc *Conn) Target {
+	fc.host = h1.HostForMatch(fc.host, fc.h.host)
+	return fs.routes.Match(fc.host, fc.h.path)
 }

@@ -1,4 +1,4 @@
-package proxy
+package fast
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 )
 
-// fastHead is one HTTP/1 request head as the fast path reads it: a strict
+// reqHead is one HTTP/1 request head as the fast path reads it: a strict
 // subset of what net/http accepts. Its slices point into the connection's
 // read buffer and are valid until the head is discarded from it.
 //
@@ -18,7 +18,7 @@ import (
 // an absolute or encoded target, odd bytes, ...) is "not fast", and the
 // connection falls back to net/http, whose verdict (400, 431, 501, or
 // serving it) is then exactly today's.
-type fastHead struct {
+type reqHead struct {
 	method []byte
 	target []byte // origin-form: path[?query]
 	path   []byte // the path of target, no '%' in it: raw == decoded
@@ -38,8 +38,8 @@ const maxFastFields = 100
 // parseHead parses the request head at the start of b. It returns the
 // head's length in bytes when the verdict is h1.OK. maxFields is the
 // header count limit (more lines: not fast, net/http answers 431).
-func parseHead(b []byte, h *fastHead, maxFields int) (int, h1.Verdict) {
-	*h = fastHead{fields: h.fields[:0], conn: h1.ConnTokens{Names: h.conn.Names[:0]}}
+func parseHead(b []byte, h *reqHead, maxFields int) (int, h1.Verdict) {
+	*h = reqHead{fields: h.fields[:0], conn: h1.ConnTokens{Names: h.conn.Names[:0]}}
 	line, fields, n, v := h1.SplitHead(b, h.fields, min(maxFields, maxFastFields))
 	h.fields = fields
 	if v != h1.OK {
@@ -98,7 +98,7 @@ func parseHead(b []byte, h *fastHead, maxFields int) (int, h1.Verdict) {
 }
 
 // requestLine accepts "METHOD SP origin-form SP HTTP/1.x".
-func (h *fastHead) requestLine(line []byte) bool {
+func (h *reqHead) requestLine(line []byte) bool {
 	sp := bytes.IndexByte(line, ' ')
 	if sp <= 0 {
 		return false
@@ -162,30 +162,4 @@ func validFastHost(v []byte) bool {
 		}
 	}
 	return true
-}
-
-// hostForMatch is the host the router matches: the Host header without
-// its port (as net.SplitHostPort splits it), lower case, no trailing dot,
-// written into dst.
-func hostForMatch(dst, host []byte) []byte {
-	h := host
-	if last := bytes.LastIndexByte(host, ':'); last >= 0 {
-		if host[0] == '[' {
-			if end := bytes.IndexByte(host, ']'); end+1 == last && bytes.IndexByte(host[end+1:], '[') < 0 &&
-				bytes.IndexByte(host[end+1:], ']') < 0 && bytes.IndexByte(host[1:end], '[') < 0 {
-				h = host[1:end]
-			}
-		} else if bytes.IndexByte(host[:last], ':') < 0 && !bytes.ContainsAny(host[:last], "[]") &&
-			!bytes.ContainsAny(host[last:], "[]") {
-			h = host[:last]
-		}
-	}
-	dst = dst[:0]
-	for _, c := range h {
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		dst = append(dst, c)
-	}
-	return bytes.TrimSuffix(dst, []byte{'.'})
 }

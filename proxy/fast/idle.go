@@ -1,4 +1,4 @@
-package proxy
+package fast
 
 import (
 	"errors"
@@ -45,17 +45,17 @@ const (
 	idleParked                    // parked: the caller must not touch the connection again
 )
 
-// fastIdle is one parking of an idle keep-alive connection.
-type fastIdle struct {
-	fc    *fastConn
+// idlePark is one parking of an idle keep-alive connection.
+type idlePark struct {
+	fc    *Conn
 	h     *park.Handle
 	timer *time.Timer  // the idle timeout; nil: none
-	state atomic.Int32 // stSetup, stParked, stOwned, stInterrupted (fastpoll.go)
+	state atomic.Int32 // stSetup, stParked, stOwned, stInterrupted (poll.go)
 }
 
 // awaitNext waits for the next request of a keep-alive connection, until
 // the idle timeout, parking the connection when it stays idle.
-func (fc *fastConn) awaitNext() idleOutcome {
+func (fc *Conn) awaitNext() idleOutcome {
 	fs := fc.fs
 	if fc.idleEnd.IsZero() && fs.idle > 0 {
 		fc.idleEnd = time.Now().Add(fs.idle)
@@ -101,9 +101,9 @@ const (
 )
 
 // parkIdle parks fc, idle with nothing buffered above its socket.
-func (fc *fastConn) parkIdle() parkResult {
+func (fc *Conn) parkIdle() parkResult {
 	fs, l := fc.fs, fc.l
-	fi := &fastIdle{fc: fc}
+	fi := &idlePark{fc: fc}
 	fi.state.Store(stSetup)
 	h, err := fs.parker.Register(fc.tc, fi.readable)
 	if err != nil {
@@ -125,7 +125,7 @@ func (fc *fastConn) parkIdle() parkResult {
 	fc.br.Reset(nil)
 	fs.readers.Put(fc.br)
 	fc.br = nil
-	l.wg.Add(1) // the parked connection's; done by whoever ends its turn
+	l.Hold() // the parked connection's; done by whoever ends its turn
 	if !fc.idleEnd.IsZero() {
 		fi.timer = time.AfterFunc(time.Until(fc.idleEnd), fi.expire)
 	}
@@ -136,12 +136,12 @@ func (fc *fastConn) parkIdle() parkResult {
 	// Woken while being parked (or the parker closed): keep it.
 	fi.state.Store(stOwned)
 	fi.unpark()
-	l.wg.Done()
+	l.Release()
 	return parkInterrupted
 }
 
 // unpark takes the connection back from the parker and the timer.
-func (fi *fastIdle) unpark() {
+func (fi *idlePark) unpark() {
 	fc := fi.fc
 	fi.h.Stop()
 	if fi.timer != nil {
@@ -151,47 +151,45 @@ func (fi *fastIdle) unpark() {
 	fc.takeReader()
 }
 
-func (fi *fastIdle) claim() bool { return claimParked(&fi.state) }
+func (fi *idlePark) claim() bool { return claimParked(&fi.state) }
 
 // readable is the parker's callback: the next request, or the peer
 // closing (the loop's read tells).
-func (fi *fastIdle) readable() {
+func (fi *idlePark) readable() {
 	if !fi.claim() {
 		return
 	}
 	fc := fi.fc
 	l := fc.l
-	defer l.wg.Done() // the count taken when it was parked
+	defer l.Release() // the count taken when it was parked
 	fi.unpark()
 	handoff, parked := fc.loop(l)
 	if parked {
 		return
 	}
-	if sc := fc.fs.end(l, fc, handoff); sc != nil {
-		l.handOff(sc)
-	}
+	fc.fs.end(l, fc, handoff)
 }
 
 // expire is the idle timeout's timer.
-func (fi *fastIdle) expire() {
+func (fi *idlePark) expire() {
 	if fi.claim() {
 		fi.close()
 	}
 }
 
 // close ends a claimed parked connection.
-func (fi *fastIdle) close() {
+func (fi *idlePark) close() {
 	fc := fi.fc
-	defer fc.l.wg.Done()
+	defer fc.l.Release()
 	fi.unpark()
 	fc.fs.end(fc.l, fc, false)
 }
 
 // closeIdle ends fc if it is parked idle (its socket is closed already:
 // the parker never sees that). It runs under the listener's lock.
-func (fc *fastConn) closeIdle() {
+func (fc *Conn) closeIdle() {
 	if fi := fc.parkedIdle.Load(); fi != nil && fi.claim() {
-		go fi.close() // within the parked connection's count in l.wg
+		go fi.close() // within the parked connection's count (Listener.Hold)
 	}
 }
 

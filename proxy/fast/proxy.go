@@ -1,4 +1,4 @@
-package proxy
+package fast
 
 import (
 	"context"
@@ -13,9 +13,9 @@ import (
 	"github.com/edgeshim/edgeshim/proxy/upstream"
 )
 
-// fastReq is what the fast path keeps of a request once its head is
+// request is what the fast path keeps of a request once its head is
 // consumed.
-type fastReq struct {
+type request struct {
 	head        bool // HEAD: no response body
 	http10      bool
 	closeAfter  bool // the client asked for close (or HTTP/1.0 without keep-alive)
@@ -31,16 +31,16 @@ type fastReq struct {
 
 // proxy serves one fast request. It returns whether the connection goes
 // on.
-func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
-	fs, rp := fc.fs, fr.rp
+func (fc *Conn) proxy(fr *Route, headLen int, t0 time.Time) bool {
+	fs, rp := fc.fs, fr
 	h := &fc.h
-	req := fastReq{
+	req := request{
 		head: string(h.method) == http.MethodHead, http10: h.http10, body: h.contentLength,
 		closeAfter:  h.conn.Close || (h.http10 && !h.conn.KeepAlive),
 		keepAlive10: h.http10 && h.conn.KeepAlive && !h.conn.Close,
 	}
 	req.replayable, req.idempotent = upstream.Replayable(h.method, req.body > 0), upstream.Idempotent(h.method, req.body > 0)
-	if d := rp.route.Proxy.Timeouts.Request.D(); d > 0 {
+	if d := rp.RequestTimeout; d > 0 {
 		req.deadline = t0.Add(d)
 	}
 	bufp := fs.bufs.Get()
@@ -48,7 +48,7 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 
 	// The outgoing head after its request line; the request line goes in
 	// front of it, per backend, in the room left at the start of buf.
-	room := len(h.method) + len(h.target) + fr.maxPath + 16
+	room := len(h.method) + len(h.target) + fr.MaxPath + 16
 	buf := fc.appendOutHead(bufp[:room], rp, h)
 	fc.method = append(fc.method[:0], h.method...)
 	req.method = fc.method
@@ -72,7 +72,7 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 	}
 	// A body that fits goes in the same write as the head.
 	req.bodyLeft = req.body
-	var res fastResult
+	var res result
 	if req.body > 0 && req.body <= int64(cap(buf)-len(buf)) {
 		n := len(buf)
 		buf = buf[:n+int(req.body)]
@@ -84,21 +84,21 @@ func (fc *fastConn) proxy(fr *fastRoute, headLen int, t0 time.Time) bool {
 	if res.code == 0 {
 		res = fc.roundTrip(fr, &req, buf, room)
 	}
-	fr.requests.Inc(res.code)
-	fr.duration.Observe(time.Since(t0).Seconds())
-	if al := fs.s.alog; al.Sampled(res.code) && !fs.s.noLog[rp.name] {
+	fr.Requests.Inc(res.code)
+	fr.Duration.Observe(time.Since(t0).Seconds())
+	if al := fs.alog; al.Sampled(res.code) && !rp.NoLog {
 		fc.accessLog(al, rp, &req, &res, t0)
 	}
-	return res.keep && !fc.l.draining.Load()
+	return res.keep && !fc.l.Draining()
 }
 
 // appendOutHead appends the outgoing header lines: Host, the client's
 // fields but the hop-by-hop ones, X-Forwarded-For/-Host/-Proto and
-// Forwarded (the policy's forwarded, as routeProxy.rewrite sets them),
+// Forwarded (upstream.Forwarded, as net/http's path sets them),
 // Content-Length, and Te: trailers if the client sent it; then the blank
-// line. It is rewrite and http.Request.Write on a fastHead.
-func (fc *fastConn) appendOutHead(b []byte, rp *routeProxy, h *fastHead) []byte {
-	f := upstream.Forwarded[[]byte]{Peer: fc.peer, Host: h.host, TLS: true, Trusted: rp.trusted.Has(fc.peer), XFF: fc.xff[:0], Fwd: fc.fwd[:0]}
+// line. It is rewrite and http.Request.Write on a reqHead.
+func (fc *Conn) appendOutHead(b []byte, rp *Route, h *reqHead) []byte {
+	f := upstream.Forwarded[[]byte]{Peer: fc.peer, Host: h.host, TLS: true, Trusted: rp.Trusted.Has(fc.peer), XFF: fc.xff[:0], Fwd: fc.fwd[:0]}
 	b = append(b, "Host: "...)
 	b = append(b, h.host...)
 	b = append(b, "\r\n"...)
@@ -143,7 +143,7 @@ func appendField(b, name, value []byte) []byte {
 
 // appendRequestLine writes "METHOD path HTTP/1.1\r\n" for a backend whose
 // URL path is base (appendOutPath, strip_prefix with strip).
-func appendRequestLine(b, method []byte, base, strip string, req *fastReq) []byte {
+func appendRequestLine(b, method []byte, base, strip string, req *request) []byte {
 	b = append(b, method...)
 	b = append(b, ' ')
 	b = upstream.AppendOutPath(b, base, strip, req.path)
@@ -151,7 +151,7 @@ func appendRequestLine(b, method []byte, base, strip string, req *fastReq) []byt
 	return append(b, " HTTP/1.1\r\n"...)
 }
 
-type fastResult struct {
+type result struct {
 	code    int
 	keep    bool
 	bytes   int64  // response body bytes written
@@ -163,15 +163,15 @@ type fastResult struct {
 // exchanges the request and response with a backend, or answers the error
 // as errorHandler does (classify). buf holds the outgoing head after its
 // request line (and the body if it fits), with room bytes free in front.
-func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int) fastResult {
-	rp := fr.rp
-	a := rp.up.Attempts(req.idempotent)
+func (fc *Conn) roundTrip(fr *Route, req *request, buf []byte, room int) result {
+	rp := fr
+	a := rp.Up.Attempts(req.idempotent)
 	for {
 		b, err := a.Next()
 		if err != nil {
 			return fc.fail(fr, req, err)
 		}
-		fc.line = appendRequestLine(fc.line[:0], req.method, b.Conns.Path, rp.strip, req)
+		fc.line = appendRequestLine(fc.line[:0], req.method, b.Conns.Path, rp.Strip, req)
 		out := buf[room-len(fc.line):]
 		copy(out, fc.line)
 		start := time.Now()
@@ -193,7 +193,7 @@ func (fc *fastConn) roundTrip(fr *fastRoute, req *fastReq, buf []byte, room int)
 // why adds what the fast path knows of a failed exchange to err: the
 // client went away, the server is closing the connection, the route's
 // request timeout passed.
-func (fc *fastConn) why(req *fastReq, err error) error {
+func (fc *Conn) why(req *request, err error) error {
 	switch {
 	case fc.gone.Load():
 		return upstream.Because(upstream.ErrClientGone, err)
@@ -207,9 +207,9 @@ func (fc *fastConn) why(req *fastReq, err error) error {
 
 // exchange sends the request to b and relays the response. An error
 // means nothing was written to the client.
-func (fc *fastConn) exchange(fr *fastRoute, b *upstream.Backend, req *fastReq, out []byte, start time.Time) (fastResult, error) {
+func (fc *Conn) exchange(fr *Route, b *upstream.Backend, req *request, out []byte, start time.Time) (result, error) {
 	fb := b.Conns
-	rp := fr.rp
+	rp := fr
 	fresh := false
 	var bc *upstream.Conn
 	defer func() {
@@ -221,7 +221,7 @@ func (fc *fastConn) exchange(fr *fastRoute, b *upstream.Backend, req *fastReq, o
 		var err error
 		bc, err = fc.getBackendConn(fb, req, fresh)
 		if err != nil {
-			return fastResult{}, err
+			return result{}, err
 		}
 		if !req.deadline.IsZero() {
 			bc.C.SetWriteDeadline(req.deadline)
@@ -240,7 +240,7 @@ func (fc *fastConn) exchange(fr *fastRoute, b *upstream.Backend, req *fastReq, o
 		retry := !fc.gone.Load() && upstream.RetryFresh(bc, req.replayable, err)
 		bc.Close()
 		if !retry {
-			return fastResult{}, err
+			return result{}, err
 		}
 		// A reused connection the backend had closed: again on a new one,
 		// as http.Transport does.
@@ -248,13 +248,13 @@ func (fc *fastConn) exchange(fr *fastRoute, b *upstream.Backend, req *fastReq, o
 	}
 }
 
-func (fc *fastConn) getBackendConn(fb *upstream.Conns, req *fastReq, fresh bool) (*upstream.Conn, error) {
+func (fc *Conn) getBackendConn(fb *upstream.Conns, req *request, fresh bool) (*upstream.Conn, error) {
 	bc := (*upstream.Conn)(nil)
 	if !fresh {
 		bc = fb.Idle()
 	}
 	if bc == nil {
-		ctx, cancel := fc.fs.s.base, context.CancelFunc(func() {})
+		ctx, cancel := fc.fs.base, context.CancelFunc(func() {})
 		if !req.deadline.IsZero() {
 			ctx, cancel = context.WithDeadline(ctx, req.deadline)
 		}
@@ -273,7 +273,7 @@ func (fc *fastConn) getBackendConn(fb *upstream.Conns, req *fastReq, fresh bool)
 }
 
 // sendBody streams the rest of the request body to the backend.
-func (fc *fastConn) sendBody(bc *upstream.Conn, req *fastReq, buf []byte) error {
+func (fc *Conn) sendBody(bc *upstream.Conn, req *request, buf []byte) error {
 	for req.bodyLeft > 0 {
 		n, err := fc.br.Read(buf[:min(int64(len(buf)), req.bodyLeft)])
 		req.bodyLeft -= int64(n)
@@ -293,9 +293,9 @@ func (fc *fastConn) sendBody(bc *upstream.Conn, req *fastReq, buf []byte) error 
 // header timeout; past watchAfter it watches the client connection in a
 // goroutine (net/http's background read), so that a client that goes
 // away ends the wait.
-func (fc *fastConn) readResponseHead(bc *upstream.Conn, req *fastReq, rp *routeProxy, start time.Time) (int, error) {
+func (fc *Conn) readResponseHead(bc *upstream.Conn, req *request, rp *Route, start time.Time) (int, error) {
 	hdrDeadline := req.deadline
-	if d := rp.route.Proxy.Timeouts.ResponseHeader.D(); d > 0 {
+	if d := rp.HeaderTimeout; d > 0 {
 		if t := start.Add(d); hdrDeadline.IsZero() || t.Before(hdrDeadline) {
 			hdrDeadline = t
 		}
@@ -328,7 +328,7 @@ func (fc *fastConn) readResponseHead(bc *upstream.Conn, req *fastReq, rp *routeP
 // watch reads one byte from the client: a pipelined request's first byte
 // is kept for Read; an error other than the deadline that stops the
 // watch means the client went away, and the backend wait is cut short.
-func (fc *fastConn) watch(bc *upstream.Conn, done chan struct{}) {
+func (fc *Conn) watch(bc *upstream.Conn, done chan struct{}) {
 	defer close(done)
 	n, err := fc.tc.Read(fc.stash[:])
 	if n == 1 {
@@ -341,27 +341,19 @@ func (fc *fastConn) watch(bc *upstream.Conn, done chan struct{}) {
 	}
 }
 
-// Body framings of a response, in and out.
-const (
-	bodyNone = iota
-	bodyLength
-	bodyChunked
-	bodyClose // until the connection closes
-)
-
 // relay writes the response head and streams the body to the client,
 // then returns the backend connection to the pool if it can be reused.
 // The backend's head is buffered in bc.R (n bytes).
-func (fc *fastConn) relay(fr *fastRoute, b *upstream.Backend, bc *upstream.Conn, req *fastReq, n int, buf []byte, start time.Time) fastResult {
+func (fc *Conn) relay(fr *Route, b *upstream.Backend, bc *upstream.Conn, req *request, n int, buf []byte, start time.Time) result {
 	rh := &fc.rh
-	rp := fr.rp
+	rp := fr
 	for rh.Code != http.StatusSwitchingProtocols && rh.Code < 200 {
 		// 1xx: passed on (ReverseProxy does), then the real response.
 		if !req.http10 {
-			buf = fc.appendRespHead(buf[:0], rh, bodyNone, req, false)
+			buf = fc.appendRespHead(buf[:0], rh, upstream.BodyNone, req, false)
 			if _, err := fc.tc.Write(buf); err != nil {
 				bc.Close()
-				return fastResult{code: rh.Code}
+				return result{code: rh.Code}
 			}
 		}
 		bc.R.Discard(n)
@@ -372,42 +364,42 @@ func (fc *fastConn) relay(fr *fastRoute, b *upstream.Backend, bc *upstream.Conn,
 			// answered.
 			bc.Close()
 			err = b.Failed(fc.why(req, upstream.HeaderTimeout(err)))
-			rp.up.Fault(b, err)
-			code, msg, _ := rp.answerFor(err)
-			return fastResult{code: code, backend: b.Name, reason: msg}
+			rp.Up.Fault(b, err)
+			code, msg, _ := rp.Policy.Answer(err)
+			return result{code: code, backend: b.Name, reason: msg}
 		}
 	}
 	if rh.Code == http.StatusSwitchingProtocols {
 		bc.Close()
 		return fc.fail(fr, req, upstream.ErrBadResponse)
 	}
-	rp.answered(b)
+	rp.Policy.Answered(b)
 	b.Metrics.Codes.Inc(rh.Code)
 	b.Metrics.Duration.Observe(time.Since(start).Seconds())
 
-	in := bodyClose
+	in := upstream.BodyClose
 	switch {
 	case req.head || rh.Code == http.StatusNoContent || rh.Code == http.StatusNotModified:
-		in = bodyNone
+		in = upstream.BodyNone
 	case rh.Chunked:
-		in = bodyChunked
+		in = upstream.BodyChunked
 	case rh.HasCL:
-		in = bodyLength
+		in = upstream.BodyLength
 	}
 	outF := in
-	if (in == bodyChunked || in == bodyClose) && req.http10 {
-		outF = bodyClose // HTTP/1.0 has no chunked: the body ends with the connection
-	} else if in == bodyClose {
-		outF = bodyChunked
+	if (in == upstream.BodyChunked || in == upstream.BodyClose) && req.http10 {
+		outF = upstream.BodyClose // HTTP/1.0 has no chunked: the body ends with the connection
+	} else if in == upstream.BodyClose {
+		outF = upstream.BodyChunked
 	}
-	keepClient := !req.closeAfter && outF != bodyClose && req.bodyLeft == 0 && !fc.l.draining.Load()
-	if req.http10 && outF != bodyLength && outF != bodyNone {
+	keepClient := !req.closeAfter && outF != upstream.BodyClose && req.bodyLeft == 0 && !fc.l.Draining()
+	if req.http10 && outF != upstream.BodyLength && outF != upstream.BodyNone {
 		keepClient = false
 	}
 	buf = fc.appendRespHead(buf[:0], rh, outF, req, keepClient)
 	bc.R.Discard(n)
-	keepBackend := !rh.Conn.Close && (!rh.HTTP10 || rh.Conn.KeepAlive) && in != bodyClose
-	if in != bodyNone && !(in == bodyLength && int64(bc.R.Buffered()) >= rh.CL) {
+	keepBackend := !rh.Conn.Close && (!rh.HTTP10 || rh.Conn.KeepAlive) && in != upstream.BodyClose
+	if in != upstream.BodyNone && !(in == upstream.BodyLength && int64(bc.R.Buffered()) >= rh.CL) {
 		// The body has the request's deadline, not the head's.
 		bc.C.SetReadDeadline(req.deadline)
 	}
@@ -419,17 +411,17 @@ func (fc *fastConn) relay(fr *fastRoute, b *upstream.Backend, bc *upstream.Conn,
 	// for them. (A streamed body's head is flushed before it, by a timer
 	// that races with the first write: mostly not sniffed; never here.)
 	sniff := -1
-	if in == bodyLength && !rh.HasCT && !rh.HasCE {
+	if in == upstream.BodyLength && !rh.HasCT && !rh.HasCE {
 		sniff = len(buf)
 	}
 	ok := true
 	var sent int64
 	switch in {
-	case bodyNone:
+	case upstream.BodyNone:
 		fc.releaseBackend(b, bc, keepBackend)
 		_, err := fc.tc.Write(buf)
 		ok = err == nil
-	case bodyLength:
+	case upstream.BodyLength:
 		var rest []byte
 		if rest, ok = fc.relayLength(bc, rh.CL, buf, sniff); ok {
 			fc.releaseBackend(b, bc, keepBackend)
@@ -444,14 +436,14 @@ func (fc *fastConn) relay(fr *fastRoute, b *upstream.Backend, bc *upstream.Conn,
 	}
 	if !ok {
 		bc.Close()
-		return fastResult{code: rh.Code, bytes: sent}
+		return result{code: rh.Code, bytes: sent}
 	}
-	return fastResult{code: rh.Code, keep: keepClient, bytes: sent}
+	return result{code: rh.Code, keep: keepClient, bytes: sent}
 }
 
 // releaseBackend returns bc to the pool if it can be reused, else
 // closes it.
-func (fc *fastConn) releaseBackend(b *upstream.Backend, bc *upstream.Conn, keep bool) {
+func (fc *Conn) releaseBackend(b *upstream.Backend, bc *upstream.Conn, keep bool) {
 	if fc.setBackend(nil) && keep && bc.R.Buffered() == 0 {
 		b.Conns.Put(bc)
 	} else {
@@ -462,21 +454,21 @@ func (fc *fastConn) releaseBackend(b *upstream.Backend, bc *upstream.Conn, keep 
 // appendRespHead writes the status line and the backend's fields but the
 // hop-by-hop ones, with the framing headers of out, Date if the backend
 // sent none, Alt-Svc with HTTP/3, and Connection as net/http writes it.
-func (fc *fastConn) appendRespHead(b []byte, rh *upstream.RespHead, out int, req *fastReq, keep bool) []byte {
+func (fc *Conn) appendRespHead(b []byte, rh *upstream.RespHead, out int, req *request, keep bool) []byte {
 	b = appendStatusLine(b, req.http10, rh.Code)
 	for i := range rh.Fields {
 		f := &rh.Fields[i]
-		if f.Kind == h1.Pass || (f.Kind == h1.Trailer && out == bodyChunked) {
+		if f.Kind == h1.Pass || (f.Kind == h1.Trailer && out == upstream.BodyChunked) {
 			b = appendField(b, f.Name, f.Value)
 		}
 	}
 	if rh.Code >= 200 {
 		switch {
-		case out == bodyLength || (out == bodyNone && rh.HasCL && rh.Code != http.StatusNoContent):
+		case out == upstream.BodyLength || (out == upstream.BodyNone && rh.HasCL && rh.Code != http.StatusNoContent):
 			b = append(b, "Content-Length: "...)
 			b = strconv.AppendInt(b, rh.CL, 10)
 			b = append(b, "\r\n"...)
-		case out == bodyChunked:
+		case out == upstream.BodyChunked:
 			b = append(b, "Transfer-Encoding: chunked\r\n"...)
 		}
 		if !rh.HasDate {
@@ -505,7 +497,7 @@ func appendStatusLine(b []byte, http10 bool, code int) []byte {
 }
 
 // appendDate adds a Date line, formatted once a second.
-func (fs *fastServer) appendDate(b []byte) []byte {
+func (fs *Server) appendDate(b []byte) []byte {
 	now := time.Now()
 	d := fs.date.Load()
 	if d == nil || d.sec != now.Unix() {
@@ -524,7 +516,7 @@ type dateCache struct {
 // appendConnection adds Alt-Svc (HTTP/3 on) and Connection as net/http
 // does: close when the connection ends after this response (HTTP/1.1),
 // keep-alive for an HTTP/1.0 keep-alive.
-func (fc *fastConn) appendConnection(b []byte, req *fastReq, keep bool) []byte {
+func (fc *Conn) appendConnection(b []byte, req *request, keep bool) []byte {
 	b = append(b, fc.fs.altSvcLine()...)
 	switch {
 	case !keep && !req.http10:
@@ -540,7 +532,7 @@ func (fc *fastConn) appendConnection(b []byte, req *fastReq, keep bool) []byte {
 // if not -1, is where the head ends and a sniffed Content-Type goes in
 // front of the first bytes. Data is written when the backend has no more
 // buffered (so that a slow body streams) or buf is full.
-func (fc *fastConn) relayLength(bc *upstream.Conn, n int64, buf []byte, sniff int) ([]byte, bool) {
+func (fc *Conn) relayLength(bc *upstream.Conn, n int64, buf []byte, sniff int) ([]byte, bool) {
 	all := buf[:cap(buf)]
 	buf = buf[: len(buf) : cap(buf)-sniffRoom]
 	for n > 0 {
@@ -592,7 +584,7 @@ func insertContentType(buf []byte, at int, body []byte) []byte {
 // relayStream copies a chunked or until-close body, out chunked or
 // raw (then the connection closes). Chunk framing is checked; trailers
 // are passed on when out is chunked.
-func (fc *fastConn) relayStream(bc *upstream.Conn, in, out int, buf []byte, sent *int64) bool {
+func (fc *Conn) relayStream(bc *upstream.Conn, in, out int, buf []byte, sent *int64) bool {
 	if _, err := fc.tc.Write(buf); err != nil {
 		return false
 	}
@@ -603,7 +595,7 @@ func (fc *fastConn) relayStream(bc *upstream.Conn, in, out int, buf []byte, sent
 	data := frame[front:]
 	emit := func(p []byte) bool { // p is data[:len(p)]
 		*sent += int64(len(p))
-		if out == bodyChunked {
+		if out == upstream.BodyChunked {
 			var hdr [20]byte
 			h := strconv.AppendUint(hdr[:0], uint64(len(p)), 16)
 			h = append(h, "\r\n"...)
@@ -614,7 +606,7 @@ func (fc *fastConn) relayStream(bc *upstream.Conn, in, out int, buf []byte, sent
 		_, err := fc.tc.Write(p)
 		return err == nil
 	}
-	if in == bodyClose {
+	if in == upstream.BodyClose {
 		for {
 			n, err := bc.R.Read(data)
 			if n > 0 && !emit(data[:n]) {
@@ -677,8 +669,8 @@ func (fc *fastConn) relayStream(bc *upstream.Conn, in, out int, buf []byte, sent
 }
 
 // endChunked writes the last chunk and the trailers when out is chunked.
-func (fc *fastConn) endChunked(out int, trailers []byte) bool {
-	if out != bodyChunked {
+func (fc *Conn) endChunked(out int, trailers []byte) bool {
+	if out != upstream.BodyChunked {
 		return true
 	}
 	last := append(append(append(make([]byte, 0, len(trailers)+5), "0\r\n"...), trailers...), "\r\n"...)
@@ -688,19 +680,19 @@ func (fc *fastConn) endChunked(out int, trailers []byte) bool {
 
 // fail answers an error as errorHandler does (answerFor): nothing when
 // the client is gone or the server closes the connection.
-func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
-	code, msg, retryAfter := fr.rp.answerFor(err)
+func (fc *Conn) fail(fr *Route, req *request, err error) result {
+	code, msg, retryAfter := fr.Policy.Answer(err)
 	if code == upstream.StatusClientClosed || errors.Is(err, upstream.ErrAborted) {
-		return fastResult{code: code, reason: msg}
+		return result{code: code, reason: msg}
 	}
 	retry := -1
 	if retryAfter {
-		retry = fr.rp.retry()
+		retry = fr.Policy.RetryAfter()
 	}
-	keep := !req.closeAfter && req.bodyLeft == 0 && !fc.l.draining.Load()
+	keep := !req.closeAfter && req.bodyLeft == 0 && !fc.l.Draining()
 	resp := fc.appendError(nil, req, code, msg, retry, keep)
 	_, werr := fc.tc.Write(resp)
-	res := fastResult{code: code, keep: keep && werr == nil, bytes: int64(len(errorBody(msg))), reason: msg}
+	res := result{code: code, keep: keep && werr == nil, bytes: int64(len(errorBody(msg))), reason: msg}
 	var be *upstream.BackendError
 	if errors.As(err, &be) {
 		res.backend = be.Backend
@@ -709,11 +701,11 @@ func (fc *fastConn) fail(fr *fastRoute, req *fastReq, err error) fastResult {
 }
 
 // accessLog writes a fast request's access log line.
-func (fc *fastConn) accessLog(al *accesslog.Logger, rp *routeProxy, req *fastReq, res *fastResult, t0 time.Time) {
+func (fc *Conn) accessLog(al *accesslog.Logger, rp *Route, req *request, res *result, t0 time.Time) {
 	cs := fc.tc.ConnectionState()
 	target := fc.target[:len(fc.target)-len(req.query)]
 	rec := &accesslog.Record{Start: t0, Client: fc.tc.RemoteAddr().String(), Proto: "HTTP/1.1", Host: string(fc.host),
-		Method: string(req.method), Path: string(target), Route: rp.name, Upstream: res.backend, Reason: res.reason}
+		Method: string(req.method), Path: string(target), Route: rp.Name, Upstream: res.backend, Reason: res.reason}
 	if req.http10 {
 		rec.Proto = "HTTP/1.0"
 	}
@@ -728,7 +720,7 @@ func (fc *fastConn) accessLog(al *accesslog.Logger, rp *routeProxy, req *fastReq
 func errorBody(msg string) string { return `{"error":` + strconv.Quote(msg) + "}\n" }
 
 // appendError writes limits.WriteError's response as net/http sends it.
-func (fc *fastConn) appendError(b []byte, req *fastReq, code int, msg string, retry int, keep bool) []byte {
+func (fc *Conn) appendError(b []byte, req *request, code int, msg string, retry int, keep bool) []byte {
 	body := errorBody(msg)
 	b = appendStatusLine(b, req.http10, code)
 	b = append(b, "Content-Type: application/json\r\n"...)

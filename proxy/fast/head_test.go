@@ -1,4 +1,4 @@
-package proxy
+package fast
 
 import (
 	"bufio"
@@ -35,7 +35,7 @@ func FuzzFastHead(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var h fastHead
+		var h reqHead
 		n, v := parseHead(b, &h, 100)
 		if v != h1.OK {
 			return
@@ -72,20 +72,9 @@ func FuzzFastHead(f *testing.F) {
 	})
 }
 
-func TestHostForMatch(t *testing.T) {
-	for in, want := range map[string]string{
-		"Example.COM": "example.com", "example.com:8443": "example.com", "[::1]:443": "::1", "[::1]": "[::1]",
-		"a:b:c": "a:b:c", "example.com.": "example.com", "x:": "x",
-	} {
-		if got := string(hostForMatch(nil, []byte(in))); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
-		}
-	}
-}
-
 func BenchmarkParseHead(b *testing.B) {
 	head := []byte("GET /api/updates?since=1 HTTP/1.1\r\nHost: edge.example.com\r\nUser-Agent: door/1.2\r\nAccept: */*\r\nAuthorization: Bearer abc\r\n\r\n")
-	var h fastHead
+	var h reqHead
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, v := parseHead(head, &h, 100); v != h1.OK {
