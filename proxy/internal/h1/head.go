@@ -41,9 +41,9 @@ const (
 type Verdict uint8
 
 const (
-	OK       Verdict = iota
-	NeedMore         // no complete head yet, nothing wrong so far
-	NotFast          // hand the connection to net/http
+	OK       Verdict = iota // a whole head, accepted
+	NeedMore                // no complete head yet, nothing wrong so far
+	NotFast                 // not taken: net/http serves it (request), malformed (response)
 )
 
 // IsHopHeader: the hop-by-hop headers (ReverseProxy's list) that need no
