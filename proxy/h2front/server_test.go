@@ -363,7 +363,9 @@ func TestHeadersOnClosedStream(t *testing.T) {
 	defer close(release)
 	cl := newClient(t, s)
 	cl.request(1, "/", true)
-	cl.next(func(f http2.Frame) bool { return f.Header().Flags.Has(http2.FlagDataEndStream) && f.Header().StreamID == 1 })
+	cl.next(func(f http2.Frame) bool {
+		return f.Header().Flags.Has(http2.FlagDataEndStream) && f.Header().StreamID == 1
+	})
 	cl.request(1, "/", true)
 	f := cl.next(func(f http2.Frame) bool {
 		switch f.(type) {
