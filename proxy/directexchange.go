@@ -2,14 +2,11 @@ package proxy
 
 import (
 	"bytes"
-	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/edgeshim/edgeshim/limits/accesslog"
@@ -88,7 +85,7 @@ func (rp *routeProxy) serveDirect(w http.ResponseWriter, r *http.Request) {
 		copy(out, line)
 		start := time.Now()
 		b.Begin()
-		x, err := exchange(ctx, b.Conns, replayable, rp.route.Proxy.Timeouts.ResponseHeader.D(), func(bc *upstream.Conn) error {
+		x, err := b.Conns.Exchange(ctx, replayable, rp.route.Proxy.Timeouts.ResponseHeader.D(), func(bc *upstream.Conn) error {
 			if _, err := bc.C.Write(out); err != nil {
 				return err
 			}
@@ -192,7 +189,7 @@ func (rp *routeProxy) appendDirectHead(b []byte, r *http.Request) []byte {
 // relayDirect writes the response head and body to w, then returns the
 // backend connection to its pool if it can be reused. A backend body that
 // breaks off aborts the stream (http.ErrAbortHandler, as ReverseProxy).
-func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head bool, buf []byte) {
+func relayDirect(w http.ResponseWriter, x *upstream.Exchange, rh *upstream.RespHead, head bool, buf []byte) {
 	h := w.Header()
 	// The values, one string for all, and their one-element lists, one
 	// array for all: two allocations rather than two per field.
@@ -236,13 +233,13 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head
 	if rh.HasCL && rh.Code != http.StatusNoContent {
 		h["Content-Length"] = []string{strconv.FormatInt(rh.CL, 10)}
 	}
-	x.keep = !rh.Conn.Close && (!rh.HTTP10 || rh.Conn.KeepAlive) && in != upstream.BodyClose
-	br := x.bc.R
+	x.Keep = !rh.Conn.Close && (!rh.HTTP10 || rh.Conn.KeepAlive) && in != upstream.BodyClose
+	br := x.Conn.R
 	w.WriteHeader(rh.Code)
 	var err error
 	switch in {
 	case upstream.BodyNone:
-		x.done(true)
+		x.Done(true)
 		return
 	case upstream.BodyLength:
 		for left := rh.CL; left > 0 && err == nil; {
@@ -251,7 +248,7 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head
 			left -= int64(n)
 			if n > 0 {
 				if _, werr := w.Write(buf[:n]); werr != nil {
-					x.done(false)
+					x.Done(false)
 					return // the client is gone: nothing more to send
 				}
 			}
@@ -270,7 +267,7 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head
 			n, err = src.Read(buf)
 			if n > 0 {
 				if _, werr := w.Write(buf[:n]); werr != nil {
-					x.done(false)
+					x.Done(false)
 					return
 				}
 				if fl != nil {
@@ -285,7 +282,7 @@ func relayDirect(w http.ResponseWriter, x *syncConn, rh *upstream.RespHead, head
 			}
 		}
 	}
-	x.done(err == nil)
+	x.Done(err == nil)
 	if err != nil {
 		panic(http.ErrAbortHandler)
 	}
@@ -331,81 +328,5 @@ func readTrailers(br interface{ ReadSlice(byte) ([]byte, error) }, h http.Header
 			return upstream.ErrBadResponse
 		}
 		h.Add(http.TrailerPrefix+string(bytes.TrimSpace(f.Name)), string(f.Value))
-	}
-}
-
-// syncConn is a backend connection during a synchronous exchange: the
-// request's context interrupts its reads and writes until done.
-type syncConn struct {
-	bc   *upstream.Conn
-	fb   *upstream.Conns
-	stop func() bool
-	keep bool
-	once sync.Once
-}
-
-// done ends the exchange: the connection goes back to the pool when the
-// response was read to its end (complete) and it can be reused, else it
-// is closed.
-func (x *syncConn) done(complete bool) {
-	x.once.Do(func() {
-		// stop false: the request's context ended and poisoned the
-		// connection's deadlines.
-		if x.stop() && complete && x.keep && x.bc.R.Buffered() == 0 {
-			x.fb.Put(x.bc)
-			return
-		}
-		x.bc.Close()
-	})
-}
-
-// exchange runs send on a backend connection of fb (idle, else new)
-// until it succeeds: the request written and the response head read. The
-// write is bounded by ctx's deadline, the head by hdrTimeout too; ctx
-// ending interrupts both. A reused connection that turns out closed is
-// replaced by a new one for a replayable request (retryFresh). On error
-// the connection is closed.
-func exchange(ctx context.Context, fb *upstream.Conns, replayable bool, hdrTimeout time.Duration, send func(*upstream.Conn) error) (*syncConn, error) {
-	fresh := false
-	for {
-		bc := (*upstream.Conn)(nil)
-		if !fresh {
-			bc = fb.Idle()
-		}
-		if bc == nil {
-			var err error
-			if bc, err = fb.Dial(ctx); err != nil {
-				return nil, err
-			}
-		}
-		dl, _ := ctx.Deadline()
-		bc.C.SetWriteDeadline(dl)
-		hdl := dl
-		if hdrTimeout > 0 {
-			if t := time.Now().Add(hdrTimeout); hdl.IsZero() || t.Before(hdl) {
-				hdl = t
-			}
-		}
-		bc.C.SetReadDeadline(hdl)
-		// The client going away or the request's timeout interrupts the
-		// backend connection's reads and writes.
-		stop := context.AfterFunc(ctx, func() { bc.C.SetDeadline(aLongTimeAgo) })
-		err := send(bc)
-		if err == nil {
-			bc.C.SetReadDeadline(dl)
-			return &syncConn{bc: bc, fb: fb, stop: stop}, nil
-		}
-		stop()
-		bc.Close()
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w (%w)", context.Cause(ctx), err)
-		}
-		// Not the request's timeout: the head's (a client body that
-		// broke is named by the caller).
-		err = upstream.HeaderTimeout(err)
-		if !upstream.RetryFresh(bc, replayable, err) {
-			return nil, err
-		}
-		fresh = true
 	}
 }

@@ -30,10 +30,6 @@ import (
 // before reading a long body is served best by the Transport's concurrent
 // write and read).
 
-// aLongTimeAgo is a deadline in the past: set on a connection, it
-// interrupts its reads and writes.
-var aLongTimeAgo = time.Unix(1, 0)
-
 // syncMaxBody is the largest request body sent synchronously.
 const syncMaxBody = 64 << 10
 
@@ -54,7 +50,7 @@ var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<
 func syncExchange(fb *upstream.Conns, req *http.Request, hdrTimeout time.Duration) (*http.Response, error) {
 	replayable := upstream.Replayable(req.Method, req.Body != nil && req.Body != http.NoBody)
 	var resp *http.Response
-	x, err := exchange(req.Context(), fb, replayable, hdrTimeout, func(bc *upstream.Conn) error {
+	x, err := fb.Exchange(req.Context(), replayable, hdrTimeout, func(bc *upstream.Conn) error {
 		bw := bufWriters.Get().(*bufio.Writer)
 		bw.Reset(bc.C)
 		err := req.Write(bw)
@@ -76,7 +72,7 @@ func syncExchange(fb *upstream.Conns, req *http.Request, hdrTimeout time.Duratio
 	if err != nil {
 		return nil, err
 	}
-	x.keep = !resp.Close
+	x.Keep = !resp.Close
 	resp.Body = &syncBody{rc: resp.Body, x: x}
 	return resp, nil
 }
@@ -85,7 +81,7 @@ func syncExchange(fb *upstream.Conns, req *http.Request, hdrTimeout time.Duratio
 // to its end it puts the connection back, else closes it.
 type syncBody struct {
 	rc  io.ReadCloser
-	x   *syncConn
+	x   *upstream.Exchange
 	eof bool
 }
 
@@ -93,13 +89,13 @@ func (b *syncBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.eof = true
-		b.x.done(true)
+		b.x.Done(true)
 	}
 	return n, err
 }
 
 func (b *syncBody) Close() error {
 	err := b.rc.Close()
-	b.x.done(b.eof)
+	b.x.Done(b.eof)
 	return err
 }
