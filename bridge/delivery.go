@@ -162,7 +162,7 @@ func (b *Bridge) beginPoll(pr pollRequest) (*poll, *longpoll.Answer) {
 	if s.link == nil && wait < connectGrace {
 		// A new session gets the commands the broker queued right after
 		// it connects: give it a moment (connecting wakes the poll).
-		limit, p.early = connectGrace, time.Now().Add(wait)
+		limit, p.early = connectGrace, b.now().Add(wait)
 	}
 	s.mu.Unlock()
 	if limit > 0 {
@@ -238,7 +238,7 @@ func (p *poll) unregister() func() {
 // held.
 func (p *poll) over() bool {
 	return p.expired || p.s.ctx.Err() != nil || p.b.draining() ||
-		(!p.early.IsZero() && p.s.link != nil && !time.Now().Before(p.early))
+		(!p.early.IsZero() && p.s.link != nil && !p.b.now().Before(p.early))
 }
 
 // endWait ends the poll's wait on its session, once.
