@@ -422,6 +422,9 @@ func (s *Server) closeRest() {
 	s.fast.Close()
 	s.loops.Wait()
 	s.serveWG.Wait()
+	if s.h2f != nil {
+		s.h2f.Close() // its idle handler goroutines
+	}
 	for _, rp := range s.router.proxies {
 		rp.closeIdle()
 	}

@@ -54,5 +54,6 @@ func FuzzServeConn(f *testing.F) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("ServeConn did not return after the client closed")
 		}
+		s.Close()
 	})
 }

@@ -81,6 +81,7 @@ type Server struct {
 	draining bool
 
 	dateCache dateCache
+	workers   workers
 
 	// afterFinish, if set (by tests), runs between a response's last
 	// frame and its handler's bookkeeping.
@@ -118,7 +119,17 @@ func New(o Options) *Server {
 	if o.BaseContext == nil {
 		o.BaseContext = context.Background()
 	}
-	return &Server{o: o, conns: map[*conn]struct{}{}}
+	s := &Server{o: o, conns: map[*conn]struct{}{}}
+	s.workers.now = time.Now
+	return s
+}
+
+// Close ends the Server's idle handler goroutines and waits for all of
+// them: call it once its connections are served (ServeConn returned).
+// Connections served after Close run each handler in a goroutine of its
+// own.
+func (s *Server) Close() {
+	s.workers.close()
 }
 
 // ServeConn serves c, whose TLS handshake (ALPN "h2") is done, until the

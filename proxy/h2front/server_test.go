@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -65,6 +66,7 @@ func newClient(t *testing.T, s *Server, settings ...http2.Setting) *client {
 	t.Cleanup(func() {
 		c.Close()
 		<-cl.done
+		s.Close()
 	})
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	io.WriteString(c, preface)
@@ -377,4 +379,104 @@ func TestHeadersOnClosedStream(t *testing.T) {
 	if g, ok := f.(*http2.GoAwayFrame); !ok || g.ErrCode != http2.ErrCodeStreamClosed {
 		t.Fatalf("HEADERS on a closed stream answered with %v, want GOAWAY STREAM_CLOSED", f)
 	}
+}
+
+// TestHandlerGoroutinesReused: streams one after another run on the same
+// worker (its stack grown once), a panicking handler does not cost its
+// worker, and Close ends the idle ones (goleak checks at the end).
+func TestHandlerGoroutinesReused(t *testing.T) {
+	s := testServer(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/panic" {
+			panic(http.ErrAbortHandler)
+		}
+		io.WriteString(w, "ok")
+	})
+	cl := newClient(t, s)
+	for i := uint32(0); i < 50; i++ {
+		path := "/"
+		if i == 10 {
+			path = "/panic"
+		}
+		cl.roundTrip(2*i+1, path)
+	}
+	// The last handler may still be winding down when its answer
+	// arrives: one more worker at most.
+	if n := s.workers.startedN(); n > 2 {
+		t.Errorf("%d workers started for 50 streams in turn, want 1 (2 at most)", n)
+	}
+}
+
+// roundTrip sends a GET on stream id and waits for its end (END_STREAM
+// or RST_STREAM).
+func (cl *client) roundTrip(id uint32, path string) {
+	cl.t.Helper()
+	cl.request(id, path, true)
+	cl.next(func(f http2.Frame) bool {
+		if f.Header().StreamID != id {
+			return false
+		}
+		_, rst := f.(*http2.RSTStreamFrame)
+		return rst || f.Header().Flags.Has(http2.FlagDataEndStream)
+	})
+}
+
+// TestIdleWorkersReaped: a worker idle for workerIdle ends; the next
+// stream starts a new one.
+func TestIdleWorkersReaped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := testServer(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+		srv, c := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.ServeConn(srv)
+			srv.Close()
+		}()
+		cl := &client{t: t, c: c, done: done}
+		cl.fr = http2.NewFramer(c, c)
+		cl.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		// net.Pipe has no buffer: the client writes in a goroutine while
+		// this one reads (and acks the server's SETTINGS from there too,
+		// through the same writer goroutine).
+		writes := make(chan func(), 8)
+		go func() {
+			for w := range writes {
+				w()
+			}
+		}()
+		defer close(writes)
+		writes <- func() { io.WriteString(c, preface); cl.fr.WriteSettings() }
+		roundTrip := func(id uint32) {
+			writes <- func() { cl.request(id, "/", true) }
+			for {
+				f, err := cl.fr.ReadFrame()
+				if err != nil {
+					t.Fatalf("read: %v", err)
+				}
+				if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+					writes <- func() { cl.fr.WriteSettingsAck() }
+				}
+				if f.Header().StreamID == id && f.Header().Flags.Has(http2.FlagDataEndStream) {
+					return
+				}
+			}
+		}
+		roundTrip(1)
+		synctest.Wait() // the worker is idle
+		if n := s.workers.idleN(); n != 1 {
+			t.Fatalf("%d idle workers after a stream, want 1", n)
+		}
+		time.Sleep(2*workerIdle + time.Second)
+		synctest.Wait()
+		if n := s.workers.idleN(); n != 0 {
+			t.Fatalf("%d idle workers after %v, want 0", n, 2*workerIdle)
+		}
+		roundTrip(3)
+		if n := s.workers.startedN(); n != 2 {
+			t.Errorf("%d workers started, want 2 (the reaped one's successor)", n)
+		}
+		c.Close()
+		<-done
+		s.Close()
+	})
 }

@@ -329,7 +329,7 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if f.Truncated {
 		handler = http.HandlerFunc(headerTooLarge)
 	}
-	go c.runHandler(st, rw, req, handler)
+	c.s.workers.run(job{c: c, st: st, rw: rw, req: req, h: handler})
 	return nil
 }
 
@@ -478,7 +478,6 @@ func (c *conn) runHandler(st *stream, rw *responseWriter, req *http.Request, h h
 		st.cancel()
 		c.handlerDone(st, clean)
 	}()
-	growStack()
 	h.ServeHTTP(rw, req)
 	clean = rw.finish() == nil
 	if c.s.afterFinish != nil {
@@ -486,11 +485,12 @@ func (c *conn) runHandler(st *stream, rw *responseWriter, req *http.Request, h h
 	}
 }
 
-// handlerStack is what a handler goroutine's stack is grown to before
-// the handler runs. A goroutine starts with a small stack (the runtime's
-// average); a proxy handler chain is deeper, and the stack was copied,
-// frame by frame, once or more per request deep in the chain (8 % of the
-// CPU under h2load). Grown here, at the bottom, the copy has two frames.
+// handlerStack is what a worker's stack is grown to before it serves
+// its first stream (workers.go). A goroutine starts with a small stack
+// (the runtime's average); a proxy handler chain is deeper, and the
+// stack was copied, frame by frame, once or more per request deep in the
+// chain (8 % of the CPU under h2load). Grown here, at the bottom, the
+// copy has two frames.
 const handlerStack = 12 << 10
 
 // growStack makes the stack at least handlerStack (the runtime rounds up
