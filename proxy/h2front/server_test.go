@@ -399,10 +399,11 @@ func TestHandlerGoroutinesReused(t *testing.T) {
 		}
 		cl.roundTrip(2*i+1, path)
 	}
-	// The last handler may still be winding down when its answer
-	// arrives: one more worker at most.
-	if n := s.workers.startedN(); n > 2 {
-		t.Errorf("%d workers started for 50 streams in turn, want 1 (2 at most)", n)
+	// A handler may still be winding down when its answer arrives, and
+	// the next stream then starts a worker: a few at most on a loaded
+	// machine; one per stream without reuse.
+	if n := s.workers.startedN(); n > 5 {
+		t.Errorf("%d workers started for 50 streams in turn, want 1 (5 at most)", n)
 	}
 }
 
