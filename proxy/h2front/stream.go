@@ -240,8 +240,9 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	c.mu.Lock()
 	if st := c.streams[id]; st != nil {
+		closed := st.remoteDone && st.localDone // localDone is the handler's: read under c.mu
 		c.mu.Unlock()
-		if st.remoteDone && st.localDone {
+		if closed {
 			// Closed both ways; only its handler still winds down.
 			return http2.ConnectionError(http2.ErrCodeStreamClosed)
 		}
