@@ -38,12 +38,7 @@ func FuzzServeConn(f *testing.F) {
 				io.Copy(w, io.LimitReader(r.Body, 1<<16))
 			})})
 		srv, cl := net.Pipe()
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			s.ServeConn(srv)
-			srv.Close()
-		}()
+		done := serve(s, srv)
 		go io.Copy(io.Discard, cl) // the client reads whatever comes
 		cl.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		io.WriteString(cl, preface)

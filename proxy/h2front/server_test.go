@@ -57,12 +57,8 @@ func newClient(t *testing.T, s *Server, settings ...http2.Setting) *client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &client{t: t, c: c, sc: &countingConn{Conn: raw}, done: make(chan struct{})}
-	go func() {
-		defer close(cl.done)
-		s.ServeConn(cl.sc)
-		raw.Close()
-	}()
+	cl := &client{t: t, c: c, sc: &countingConn{Conn: raw}}
+	cl.done = serve(s, cl.sc)
 	t.Cleanup(func() {
 		c.Close()
 		<-cl.done
@@ -102,6 +98,18 @@ func (cl *client) next(fn func(http2.Frame) bool) http2.Frame {
 			return f
 		}
 	}
+}
+
+// serve serves c in a goroutine and closes it when ServeConn returns;
+// the channel is closed then.
+func serve(s *Server, c net.Conn) chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.ServeConn(c)
+		c.Close()
+	}()
+	return done
 }
 
 func testServer(h http.HandlerFunc) *Server {
@@ -427,12 +435,7 @@ func TestIdleWorkersReaped(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := testServer(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
 		srv, c := net.Pipe()
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			s.ServeConn(srv)
-			srv.Close()
-		}()
+		done := serve(s, srv)
 		cl := &client{t: t, c: c, done: done}
 		cl.fr = http2.NewFramer(c, c)
 		cl.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
