@@ -530,10 +530,10 @@ func TestDirectFramings(t *testing.T) {
 	}
 }
 
-func TestRespKey(t *testing.T) {
-	for in, want := range map[string]string{"content-type": "Content-Type", "DATE": "Date", "x-trace-id": "X-Trace-Id", "ETag": "Etag", "set-cookie": "Set-Cookie"} {
-		if got := respKey([]byte(in)); got != want {
-			t.Errorf("respKey(%q) = %q, want %q", in, got, want)
+func TestLowerName(t *testing.T) {
+	for in, want := range map[string]string{"content-type": "content-type", "DATE": "date", "X-Trace-Id": "x-trace-id", "ETag": "etag", "Set-Cookie": "set-cookie"} {
+		if got := lowerName([]byte(in)); got != want {
+			t.Errorf("lowerName(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

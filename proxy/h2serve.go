@@ -133,9 +133,10 @@ func (h *h2Handoff) connState(c net.Conn, st http.ConnState) {
 
 // newH2Front is the HTTP/2 server of listen.http2_server "edgeshim"
 // (see package h2front) with the settings http2Config gives net/http's.
-func newH2Front(hs *http.Server, base context.Context, lim config.Limits, log *slog.Logger) *h2front.Server {
+func newH2Front(hs *http.Server, base context.Context, lim config.Limits, log *slog.Logger, direct h2front.Direct) *h2front.Server {
 	return h2front.New(h2front.Options{
 		Handler: hs.Handler,
+		Direct:  direct,
 		// http.ServerContextKey: httputil.ReverseProxy aborts a response
 		// whose body copy failed (RST_STREAM) only when it is set.
 		BaseContext:          context.WithValue(base, http.ServerContextKey, hs),

@@ -47,10 +47,7 @@ type routeProxy struct {
 	h2c      *http.Transport // h2c:// backends: HTTP/2 with prior knowledge
 	fast     *fast.Route     // nil unless every backend is plain http://
 	fails    *faillog.Log    // backend errors, aggregated
-	direct   atomic.Int64    // requests served by serveDirect (directexchange.go)
-	// scratch recycles serveDirect's *directScratch (a pool: the requests
-	// of an HTTP/2 connection run concurrently).
-	scratch sync.Pool
+	direct   atomic.Int64    // requests served by the HTTP/2 direct exchange (h2direct.go)
 }
 
 // closeIdle closes the idle upstream connections of the route's pools.
@@ -270,10 +267,6 @@ func (rp *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if isUpgrade(r) {
 		rp.upgrades.Add(1)
 		defer rp.upgrades.Done()
-	}
-	if rp.directOK(r) {
-		rp.serveDirect(w, r) // directexchange.go
-		return
 	}
 	rp.rp.ServeHTTP(w, r)
 }

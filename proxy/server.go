@@ -206,7 +206,10 @@ func New(opts Options) (*Server, error) {
 	}
 	enableHTTP2(s.https, http2Config(lim.Timeouts.Idle.D(), lim.Timeouts.Write.D(), s.log))
 	if opts.Config.Listen.HTTP2Server != config.HTTP2NetHTTP {
-		s.h2f = newH2Front(s.https, s.base, lim, s.log)
+		s.h2f = newH2Front(s.https, s.base, lim, s.log, &h2Direct{
+			base: s.base, routes: fastRouter{rt}, heap: heap, maxHeaders: lim.MaxHeaders,
+			maxHeadBytes: int64(lim.MaxHeaderBytes), alog: s.alog, altSvcLines: s.altSvcLines,
+		})
 	}
 	s.fast = fast.New(fast.Config{
 		Routes: fastRouter{rt}, Base: s.base, AccessLog: s.alog, AltSvc: s.altSvcLines, Heap: heap, Buffers: bufs,

@@ -31,8 +31,10 @@ import (
 
 // Options configure a Server.
 type Options struct {
-	// Handler serves every request. Required.
+	// Handler serves every request Direct does not. Required.
 	Handler http.Handler
+	// Direct, if set, is offered each request first (see Direct).
+	Direct Direct
 	// BaseContext is the parent of a connection's request contexts.
 	// Default: context.Background().
 	BaseContext context.Context

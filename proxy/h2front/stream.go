@@ -26,7 +26,7 @@ type stream struct {
 	// wake is signalled when the send windows grow, data arrives or the
 	// stream ends.
 	wake       sync.Cond
-	cancel     context.CancelFunc
+	cancel     context.CancelFunc // of the request's context; nil until it has one
 	sendWindow int64
 	recvWindow int64
 	// recvUnacked: consumed body bytes not yet given back.
@@ -40,9 +40,14 @@ type stream struct {
 	localDone   bool
 	handlerDone bool
 	aborted     bool
-	err         error // why the stream ended early
-	body        *body
-	trailer     http.Header // request trailers declared, filled when they arrive
+	truncated   bool    // the header list was over MaxHeaderListSize: 431
+	head        reqHead // the request's HEADERS
+	// interrupt is a connection Direct reads from or writes to for the
+	// stream (Stream.Interrupt): abort interrupts it.
+	interrupt interface{ SetDeadline(time.Time) error }
+	err       error // why the stream ended early
+	body      *body
+	trailer   http.Header // request trailers declared, filled when they arrive
 	// rtimer and wtimer reset the stream when the read or write timeout
 	// passes; nil when there is none.
 	rtimer, wtimer *time.Timer
@@ -114,7 +119,12 @@ func (st *stream) abort(err error) {
 	st.aborted = true
 	st.err = err
 	st.body.fail(err)
-	st.cancel()
+	if st.cancel != nil {
+		st.cancel()
+	}
+	if st.interrupt != nil {
+		st.interrupt.SetDeadline(aLongTimeAgo)
+	}
 	st.wake.Broadcast()
 }
 
@@ -278,41 +288,36 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if f.HasPriority() && f.Priority.StreamDep == id {
 		return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}, false)
 	}
-	req, declared, err := c.newRequest(f)
+	hd, err := parseHead(f)
 	if err != nil {
 		c.logf("bad request", "stream", id, "err", err)
 		return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol, Cause: err}, false)
 	}
-	if f.StreamEnded() && declared > 0 {
+	if f.StreamEnded() && hd.declared > 0 {
 		return c.streamError(http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}, false)
 	}
-	st := &stream{c: c, id: id, recvWindow: int64(c.o.StreamWindow), declared: declared, remoteDone: f.StreamEnded()}
+	st := &stream{c: c, id: id, recvWindow: int64(c.o.StreamWindow), declared: hd.declared, remoteDone: f.StreamEnded()}
 	st.wake.L = &c.mu
-	ctx, cancel := context.WithCancel(c.ctx)
-	st.cancel = cancel
-	req = req.WithContext(ctx)
+	st.head = hd
+	st.truncated = f.Truncated
 	if !f.StreamEnded() {
-		st.bodyv = body{st: st, continue100: strings.EqualFold(req.Header.Get("Expect"), "100-continue")}
+		st.bodyv = body{st: st, continue100: hd.expect100}
 		st.body = &st.bodyv
-		req.Body = st.body
-		if v := req.Header["Trailer"]; len(v) > 0 {
-			req.Trailer = http.Header{}
-			for _, k := range v {
+		if len(hd.trailer) > 0 {
+			st.trailer = http.Header{}
+			for _, k := range hd.trailer {
 				for _, k := range strings.Split(k, ",") {
 					if k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k != "" {
-						req.Trailer[k] = nil
+						st.trailer[k] = nil
 					}
 				}
 			}
-			st.trailer = req.Trailer
 		}
 	}
-	st.rw = responseWriter{st: st, req: req, header: make(http.Header, 4)}
-	rw := &st.rw
+	st.rw = responseWriter{st: st, head: hd.method == http.MethodHead}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		cancel()
 		return ErrConnClosed
 	}
 	st.sendWindow = c.peerWindow
@@ -326,11 +331,7 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	c.handlers++
 	c.wg.Add(1)
 	c.mu.Unlock()
-	handler := c.o.Handler
-	if f.Truncated {
-		handler = http.HandlerFunc(headerTooLarge)
-	}
-	c.s.workers.run(job{c: c, st: st, rw: rw, req: req, h: handler})
+	c.s.workers.run(job{c: c, st: st})
 	return nil
 }
 
@@ -370,47 +371,139 @@ func (c *conn) trailers(st *stream, f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
-// newRequest builds the request of a HEADERS frame, with RFC 9113's
-// checks on its fields. declared is the Content-Length, -1 if none.
-func (c *conn) newRequest(f *http2.MetaHeadersFrame) (req *http.Request, declared int64, err error) {
-	var method, scheme, authority, path string
-	h := make(http.Header, len(f.Fields))
-	vals := make([]string, len(f.Fields)) // one backing array for the values
-	var cookies []string
-	declared = -1
-	for _, hf := range f.Fields {
-		if strings.HasPrefix(hf.Name, ":") {
-			switch hf.Name {
-			case ":method":
-				method = hf.Value
-			case ":scheme":
-				scheme = hf.Value
-			case ":authority":
-				authority = hf.Value
-			case ":path":
-				path = hf.Value
-			default:
-				return nil, 0, fmt.Errorf("pseudo-header %s not allowed", hf.Name)
-			}
-			continue
+// reqHead is a request's HEADERS, checked (parseHead): what Direct is
+// shown, and what request builds an http.Request of.
+type reqHead struct {
+	method, scheme, authority, path string
+	fields                          []hpack.HeaderField // the regular fields
+	declared                        int64               // Content-Length, -1 if none
+	host                            string              // a "host" field
+	trailer                         []string            // "trailer" fields
+	cookies                         int                 // "cookie" fields
+	expect100                       bool
+	checkURL                        bool // path needs url.ParseRequestURI's checks
+}
+
+// parseHead checks a HEADERS frame's fields as RFC 9113 asks (8.2, 8.3).
+// It allocates nothing: the http.Request is built later, if a Handler
+// serves the stream (request).
+func parseHead(f *http2.MetaHeadersFrame) (hd reqHead, err error) {
+	hd.declared = -1
+	fields := f.Fields
+	for i, hf := range fields {
+		if !strings.HasPrefix(hf.Name, ":") {
+			// x/net's framer refuses a pseudo-header after a regular one.
+			hd.fields = fields[i:]
+			break
 		}
+		switch hf.Name {
+		case ":method":
+			hd.method = hf.Value
+		case ":scheme":
+			hd.scheme = hf.Value
+		case ":authority":
+			hd.authority = hf.Value
+		case ":path":
+			hd.path = hf.Value
+		default:
+			return hd, fmt.Errorf("pseudo-header %s not allowed", hf.Name)
+		}
+	}
+	for _, hf := range hd.fields {
 		if connSpecific(hf.Name) {
-			return nil, 0, fmt.Errorf("connection-specific field %s", hf.Name)
+			return hd, fmt.Errorf("connection-specific field %s", hf.Name)
 		}
 		switch hf.Name {
 		case "te":
 			if hf.Value != "trailers" {
-				return nil, 0, errors.New(`te other than "trailers"`)
+				return hd, errors.New(`te other than "trailers"`)
 			}
 		case "cookie":
-			cookies = append(cookies, hf.Value)
-			continue
+			hd.cookies++
 		case "content-length":
 			n, perr := strconv.ParseUint(hf.Value, 10, 63)
-			if perr != nil || declared >= 0 && int64(n) != declared {
-				return nil, 0, errors.New("bad content-length")
+			if perr != nil || hd.declared >= 0 && int64(n) != hd.declared {
+				return hd, errors.New("bad content-length")
 			}
-			declared = int64(n)
+			hd.declared = int64(n)
+		case "host":
+			if hd.host == "" {
+				hd.host = hf.Value
+			}
+		case "trailer":
+			hd.trailer = append(hd.trailer, hf.Value)
+		case "expect":
+			hd.expect100 = strings.EqualFold(hf.Value, "100-continue")
+		}
+	}
+	if hd.authority == "" {
+		hd.authority = hd.host
+	}
+	if hd.method == "" || !httpguts.ValidHostHeader(hd.authority) {
+		return hd, errors.New("missing :method or bad :authority")
+	}
+	for _, r := range hd.method {
+		if !httpguts.IsTokenRune(r) {
+			return hd, errors.New("bad :method")
+		}
+	}
+	if hd.method == http.MethodConnect {
+		if hd.scheme != "" || hd.path != "" || hd.authority == "" {
+			return hd, errors.New("bad CONNECT")
+		}
+		return hd, nil
+	}
+	if hd.scheme == "" || hd.path == "" {
+		return hd, errors.New("missing :scheme or :path")
+	}
+	if !plainPath(hd.path) {
+		// Not the common form: url.ParseRequestURI decides, now.
+		if _, err := url.ParseRequestURI(hd.path); err != nil {
+			return hd, err
+		}
+		hd.checkURL = true
+	}
+	return hd, nil
+}
+
+// plainPath reports whether p is an origin-form target that
+// url.ParseRequestURI accepts: a '/', then no control byte, and every
+// '%' starting an escape.
+func plainPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c <= ' ' || c == 0x7f:
+			return false
+		case c == '%':
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// request builds the http.Request of st's head, with its context (a
+// child of the connection's, cancelled when the stream ends).
+func (c *conn) request(st *stream) (*http.Request, error) {
+	hd := &st.head
+	h := make(http.Header, len(hd.fields))
+	vals := make([]string, len(hd.fields)) // one backing array for the values
+	var cookies []string
+	if hd.cookies > 1 {
+		cookies = make([]string, 0, hd.cookies)
+	}
+	for _, hf := range hd.fields {
+		if hf.Name == "cookie" && hd.cookies > 1 {
+			cookies = append(cookies, hf.Value)
+			continue
 		}
 		k := canonicalKey(hf.Name)
 		if vv, ok := h[k]; ok {
@@ -423,46 +516,44 @@ func (c *conn) newRequest(f *http2.MetaHeadersFrame) (req *http.Request, declare
 	if len(cookies) > 0 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}
 	}
-	if authority == "" {
-		authority = h.Get("Host")
-	}
-	if method == "" || !httpguts.ValidHostHeader(authority) {
-		return nil, 0, errors.New("missing :method or bad :authority")
-	}
 	var u *url.URL
-	uri := path
-	if method == http.MethodConnect {
-		if scheme != "" || path != "" || authority == "" {
-			return nil, 0, errors.New("bad CONNECT")
-		}
-		u, uri = &url.URL{Host: authority}, authority
+	uri := hd.path
+	if hd.method == http.MethodConnect {
+		u, uri = &url.URL{Host: hd.authority}, hd.authority
 	} else {
-		if scheme == "" || path == "" {
-			return nil, 0, errors.New("missing :scheme or :path")
-		}
-		if u, err = url.ParseRequestURI(path); err != nil {
-			return nil, 0, err
+		var err error
+		if u, err = url.ParseRequestURI(hd.path); err != nil {
+			return nil, err
 		}
 	}
-	for _, r := range method {
-		if !httpguts.IsTokenRune(r) {
-			return nil, 0, errors.New("bad :method")
-		}
-	}
-	cl := declared
-	if f.StreamEnded() {
+	cl := hd.declared
+	if st.remoteDone && st.body == nil {
 		cl = 0
 	}
-	req = &http.Request{
-		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, Host: authority,
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.mu.Lock()
+	if st.aborted {
+		cancel()
+	}
+	st.cancel = cancel
+	c.mu.Unlock()
+	req := &http.Request{
+		Method: hd.method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h, Host: hd.authority,
 		RemoteAddr: c.remote, RequestURI: uri, TLS: c.tls, ContentLength: cl, Body: http.NoBody,
 	}
-	return req, declared, nil
+	if st.body != nil {
+		req.Body = st.body
+		req.Trailer = st.trailer
+	}
+	st.rw.header = make(http.Header, 4)
+	return req.WithContext(ctx), nil
 }
 
-// runHandler serves one stream.
-func (c *conn) runHandler(st *stream, rw *responseWriter, req *http.Request, h http.Handler) {
+// runStream serves one stream: Direct first, if there is one and the
+// request may go there, else the Handler with an http.Request.
+func (c *conn) runStream(st *stream) {
 	defer c.wg.Done()
+	rw := &st.rw
 	clean := false
 	defer func() {
 		if e := recover(); e != nil {
@@ -471,19 +562,65 @@ func (c *conn) runHandler(st *stream, rw *responseWriter, req *http.Request, h h
 				buf = buf[:runtime.Stack(buf, false)]
 				c.o.Logger.Error("http2: panic serving", "remote", c.remote, "panic", fmt.Sprint(e), "stack", string(buf))
 			}
-			c.write(func() error { return c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal) })
-			c.mu.Lock()
-			st.abort(errStreamReset)
-			c.mu.Unlock()
+			st.reset()
 		}
-		st.cancel()
+		c.mu.Lock()
+		if st.cancel != nil {
+			st.cancel()
+		}
+		c.mu.Unlock()
 		c.handlerDone(st, clean)
 	}()
+	if d := c.o.Direct; d != nil && st.directOK() {
+		ds := &Stream{
+			Method: st.head.method, Authority: st.head.authority, Path: st.head.path, Fields: st.head.fields,
+			ContentLength: st.head.declared, Remote: c.remote, TLS: c.tls, Conn: c.ctx, st: st,
+		}
+		if st.remoteDone && st.body == nil {
+			ds.ContentLength = 0
+		}
+		if d.ServeDirect(ds) {
+			rw.direct = true
+			clean = rw.finish() == nil
+			if c.s.afterFinish != nil {
+				c.s.afterFinish()
+			}
+			return
+		}
+	}
+	var h http.Handler = http.HandlerFunc(headerTooLarge)
+	req, err := c.request(st)
+	switch {
+	case err != nil:
+		// parseHead's checks let it through; url's did not.
+		c.logf("bad request", "stream", st.id, "err", err)
+		h = http.HandlerFunc(badRequest)
+		req = &http.Request{Method: st.head.method, URL: &url.URL{}, Header: http.Header{}, Body: http.NoBody, ProtoMajor: 2}
+		rw.header = http.Header{}
+	case !st.truncated:
+		h = c.o.Handler
+	}
+	rw.req = req
 	h.ServeHTTP(rw, req)
 	clean = rw.finish() == nil
 	if c.s.afterFinish != nil {
 		c.s.afterFinish()
 	}
+}
+
+func badRequest(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadRequest)
+	io.WriteString(w, `{"error":"bad request target"}`+"\n")
+}
+
+// reset abandons st's response: RST_STREAM INTERNAL_ERROR.
+func (st *stream) reset() {
+	c := st.c
+	c.write(func() error { return c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal) })
+	c.mu.Lock()
+	st.abort(errStreamReset)
+	c.mu.Unlock()
 }
 
 // handlerStack is what a worker's stack is grown to before it serves

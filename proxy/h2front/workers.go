@@ -1,7 +1,6 @@
 package h2front
 
 import (
-	"net/http"
 	"sync"
 	"time"
 )
@@ -23,11 +22,8 @@ const workerIdle = 10 * time.Second
 const maxIdleWorkers = 1024
 
 type job struct {
-	c   *conn
-	st  *stream
-	rw  *responseWriter
-	req *http.Request
-	h   http.Handler
+	c  *conn
+	st *stream
 }
 
 type worker struct {
@@ -60,7 +56,7 @@ func (w *workers) run(j job) {
 	}
 	if w.closed {
 		w.mu.Unlock()
-		go j.c.runHandler(j.st, j.rw, j.req, j.h) // not kept
+		go j.c.runStream(j.st) // not kept
 		return
 	}
 	w.started++
@@ -80,7 +76,7 @@ func (w *workers) work(j job) {
 	growStack()
 	wk := &worker{ch: make(chan job, 1)}
 	for {
-		j.c.runHandler(j.st, j.rw, j.req, j.h)
+		j.c.runStream(j.st)
 		w.mu.Lock()
 		if w.closed || len(w.idle) >= maxIdleWorkers {
 			w.mu.Unlock()

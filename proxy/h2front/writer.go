@@ -16,15 +16,21 @@ const bodyBufSize = 16 << 10
 // responseWriter is a stream's http.ResponseWriter. It is used by the
 // handler's goroutine only.
 type responseWriter struct {
-	st       *stream
-	req      *http.Request
-	header   http.Header
-	status   int
-	sent     bool // HEADERS written
-	trailers []string
-	buf      []byte
-	written  int64
-	err      error
+	st        *stream
+	req       *http.Request
+	header    http.Header // nil for Direct: dh
+	head      bool        // a HEAD request: no body is sent
+	direct    bool        // Direct serves the stream: dh is the head
+	dh        Head
+	autoLen   bool   // Direct: a content-length of buf goes with the head
+	dtrailers Fields // Direct: the trailers
+	finished  bool
+	status    int
+	sent      bool // HEADERS written
+	trailers  []string
+	buf       []byte
+	written   int64
+	err       error
 }
 
 var (
@@ -85,7 +91,7 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 	if !bodyAllowed(w.status) {
 		return 0, http.ErrBodyNotAllowed
 	}
-	if w.req.Method == http.MethodHead {
+	if w.head {
 		w.written += int64(len(p))
 		return len(p), nil
 	}
@@ -185,13 +191,23 @@ func (w *responseWriter) sendHeaders(end bool, last []byte) error {
 	c := w.st.c
 	_, hasDate := h["Date"]
 	_, hasType := h["Content-Type"]
-	sniff := !hasType && len(w.buf) > 0 && bodyAllowed(w.status) && h.Get("Content-Encoding") == ""
+	encoded := h.Get("Content-Encoding") != ""
+	if w.direct {
+		hasDate, hasType, encoded = w.dh.HasDate, w.dh.HasType, w.dh.HasEncoding
+	}
+	sniff := !hasType && len(w.buf) > 0 && bodyAllowed(w.status) && !encoded
 	date := !hasDate
 	var sniffed string
 	if sniff {
 		sniffed = http.DetectContentType(w.buf)
 	}
 	extra := func(enc func(string, string)) {
+		if w.dh.Fields != nil {
+			w.dh.Fields.WriteFields(enc)
+		}
+		if w.autoLen {
+			enc("content-length", strconv.Itoa(len(w.buf)))
+		}
 		if date {
 			enc("date", c.s.date())
 		}
@@ -275,8 +291,12 @@ func (w *responseWriter) sendData(p []byte, end bool) error {
 	return nil
 }
 
-// finish completes the response after the handler returned.
+// finish completes the response after the handler returned; once.
 func (w *responseWriter) finish() error {
+	if w.finished {
+		return w.err
+	}
+	w.finished = true
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
@@ -287,8 +307,13 @@ func (w *responseWriter) finish() error {
 		return w.err
 	}
 	trailers := w.collectTrailers()
+	if w.dtrailers != nil {
+		trailers = http.Header{} // not sent: a sign that there are some
+	}
 	if !w.sent {
-		if _, ok := w.header["Content-Length"]; !ok && bodyAllowed(w.status) && w.req.Method != http.MethodHead {
+		if w.direct {
+			w.autoLen = !w.dh.HasLength && bodyAllowed(w.status) && !w.head
+		} else if _, ok := w.header["Content-Length"]; !ok && bodyAllowed(w.status) && !w.head {
 			w.header["Content-Length"] = []string{strconv.Itoa(len(w.buf))}
 		}
 		if len(w.buf) == 0 && trailers == nil {
@@ -309,7 +334,11 @@ func (w *responseWriter) finish() error {
 	}
 	if trailers != nil {
 		w.st.ending()
-		w.err = w.st.c.writeHeaders(w.st.id, 0, trailers, true, nil)
+		if w.dtrailers != nil {
+			w.err = w.st.c.writeHeaders(w.st.id, 0, nil, true, w.dtrailers.WriteFields)
+		} else {
+			w.err = w.st.c.writeHeaders(w.st.id, 0, trailers, true, nil)
+		}
 	}
 	return w.err
 }
