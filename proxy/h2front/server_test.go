@@ -73,9 +73,14 @@ func newClient(t *testing.T, s *Server, settings ...http2.Setting) *client {
 }
 
 func (cl *client) request(id uint32, path string, end bool) {
+	cl.requestFields(id, [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "localhost"}, {":path", path}}, end)
+}
+
+// requestFields sends a HEADERS frame of fields.
+func (cl *client) requestFields(id uint32, fields [][2]string, end bool) {
 	var b bytes.Buffer
 	enc := hpack.NewEncoder(&b)
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "localhost"}, {":path", path}} {
+	for _, f := range fields {
 		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
 	if err := cl.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: b.Bytes(), EndStream: end, EndHeaders: true}); err != nil {

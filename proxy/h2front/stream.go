@@ -527,7 +527,7 @@ func (c *conn) request(st *stream) (*http.Request, error) {
 		}
 	}
 	cl := hd.declared
-	if st.remoteDone && st.body == nil {
+	if st.body == nil { // HEADERS ended the stream
 		cl = 0
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -576,7 +576,7 @@ func (c *conn) runStream(st *stream) {
 			Method: st.head.method, Authority: st.head.authority, Path: st.head.path, Fields: st.head.fields,
 			ContentLength: st.head.declared, Remote: c.remote, TLS: c.tls, Conn: c.ctx, st: st,
 		}
-		if st.remoteDone && st.body == nil {
+		if st.body == nil { // HEADERS ended the stream
 			ds.ContentLength = 0
 		}
 		if d.ServeDirect(ds) {
