@@ -82,6 +82,10 @@ type conn struct {
 	settings    bool // our SETTINGS were written: GOAWAY may follow
 	pingOut     bool
 	rdl         time.Time
+	// dlTimer fires at dlAt (zero: not armed) for the streams'
+	// deadlines (sweep).
+	dlTimer *time.Timer
+	dlAt    time.Time
 }
 
 type countingReader struct {
@@ -138,6 +142,9 @@ func (c *conn) serve() {
 	}
 	c.mu.Lock()
 	c.closed = true
+	if c.dlTimer != nil {
+		c.dlTimer.Stop()
+	}
 	for _, st := range c.streams {
 		st.abort(ErrConnClosed)
 	}
@@ -594,9 +601,7 @@ func (c *conn) processData(f *http2.DataFrame) error {
 	st.body.push(data, f.StreamEnded())
 	if f.StreamEnded() {
 		st.remoteDone = true
-		if st.rtimer != nil {
-			st.rtimer.Stop()
-		}
+		st.rdl = time.Time{}
 		if st.handlerDone {
 			c.removeLocked(st)
 		}
@@ -653,7 +658,6 @@ func (c *conn) handlerDone(st *stream, clean bool) {
 	c.mu.Lock()
 	c.handlers--
 	st.handlerDone = true
-	st.stopTimers()
 	if clean {
 		c.refused = 0
 	}

@@ -48,9 +48,9 @@ type stream struct {
 	err       error // why the stream ended early
 	body      *body
 	trailer   http.Header // request trailers declared, filled when they arrive
-	// rtimer and wtimer reset the stream when the read or write timeout
-	// passes; nil when there is none.
-	rtimer, wtimer *time.Timer
+	// rdl and wdl are the stream's read and write deadlines (zero:
+	// none): past one, the connection's sweep resets it.
+	rdl, wdl time.Time
 
 	// Allocated with the stream.
 	bodyv body
@@ -61,37 +61,79 @@ type stream struct {
 // stream's read or write deadline passed.
 var errTimeout = fmt.Errorf("h2front: stream deadline: %w", os.ErrDeadlineExceeded)
 
-// timedOut resets the stream when its read or write deadline passed.
-func (st *stream) timedOut() {
-	c := st.c
+// Stream deadlines: a timer per stream (two with a request body) cost a
+// timer start and stop per request, and the runtime's poller wake-up
+// when the new timer was the earliest (about 5 % of the CPU of an HTTP/2
+// request). A connection has one timer instead, armed for its earliest
+// deadline: as every new stream's deadline is later than the ones
+// before (the same timeout from a later start), a stream usually arms
+// nothing. When it fires, sweep resets the streams past a deadline and
+// arms it for the earliest of the others.
+
+// armLocked makes sure the connection's deadline timer fires by t.
+// c.mu held.
+func (c *conn) armLocked(t time.Time) {
+	if t.IsZero() || c.closed || !c.dlAt.IsZero() && !t.Before(c.dlAt) {
+		return
+	}
+	c.dlAt = t
+	if c.dlTimer == nil {
+		c.dlTimer = time.AfterFunc(time.Until(t), c.sweep)
+	} else {
+		c.dlTimer.Reset(time.Until(t))
+	}
+}
+
+// sweep resets the streams whose read or write deadline passed, and
+// arms the timer for the next.
+func (c *conn) sweep() {
 	c.mu.Lock()
-	if st.handlerDone || st.aborted {
+	if c.closed {
 		c.mu.Unlock()
 		return
 	}
-	st.abort(errTimeout)
-	c.removeLocked(st)
+	now := time.Now()
+	c.dlAt = time.Time{}
+	var next time.Time
+	var expired []*stream
+	for _, st := range c.streams {
+		if st.handlerDone || st.aborted {
+			continue
+		}
+		if past(st.rdl, now) || past(st.wdl, now) {
+			expired = append(expired, st)
+			continue
+		}
+		for _, t := range [2]time.Time{st.rdl, st.wdl} {
+			if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+				next = t
+			}
+		}
+	}
+	for _, st := range expired {
+		st.abort(errTimeout)
+		c.removeLocked(st)
+	}
+	c.armLocked(next)
 	c.mu.Unlock()
-	c.logf("stream deadline passed", "stream", st.id)
-	c.write(func() error { return c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal) })
+	for _, st := range expired {
+		c.logf("stream deadline passed", "stream", st.id)
+		c.write(func() error { return c.fr.WriteRSTStream(st.id, http2.ErrCodeInternal) })
+	}
 }
 
-// setDeadline arms (or stops, t zero) one of the stream's timers.
-func (st *stream) setDeadline(tp **time.Timer, t time.Time) {
+func past(t, now time.Time) bool { return !t.IsZero() && !now.Before(t) }
+
+// setDeadline moves (or clears, t zero) one of the stream's deadlines.
+func (st *stream) setDeadline(dl *time.Time, t time.Time) {
 	c := st.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if st.handlerDone || st.aborted {
 		return
 	}
-	if *tp != nil {
-		(*tp).Stop()
-	}
-	if t.IsZero() {
-		*tp = nil
-		return
-	}
-	*tp = time.AfterFunc(time.Until(t), st.timedOut)
+	*dl = t
+	c.armLocked(t)
 }
 
 // ending marks our END_STREAM as committed (see localDone).
@@ -99,15 +141,6 @@ func (st *stream) ending() {
 	st.c.mu.Lock()
 	st.localDone = true
 	st.c.mu.Unlock()
-}
-
-func (st *stream) stopTimers() {
-	if st.rtimer != nil {
-		st.rtimer.Stop()
-	}
-	if st.wtimer != nil {
-		st.wtimer.Stop()
-	}
 }
 
 // abort ends the stream early: its handler's reads and writes fail with
@@ -322,10 +355,12 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	st.sendWindow = c.peerWindow
 	if d := c.o.WriteTimeout; d > 0 {
-		st.wtimer = time.AfterFunc(d, st.timedOut)
+		st.wdl = time.Now().Add(d)
+		c.armLocked(st.wdl)
 	}
 	if d := c.o.ReadTimeout; d > 0 && !st.remoteDone {
-		st.rtimer = time.AfterFunc(d, st.timedOut)
+		st.rdl = time.Now().Add(d)
+		c.armLocked(st.rdl)
 	}
 	c.streams[id] = st
 	c.handlers++
@@ -361,9 +396,7 @@ func (c *conn) trailers(st *stream, f *http2.MetaHeadersFrame) error {
 		}
 	}
 	st.remoteDone = true
-	if st.rtimer != nil {
-		st.rtimer.Stop()
-	}
+	st.rdl = time.Time{}
 	st.body.push(nil, true)
 	if st.handlerDone {
 		c.removeLocked(st)

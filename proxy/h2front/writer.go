@@ -43,13 +43,13 @@ func (w *responseWriter) Header() http.Header { return w.header }
 // SetWriteDeadline moves the stream's write deadline (see
 // Options.WriteTimeout); zero: none.
 func (w *responseWriter) SetWriteDeadline(t time.Time) error {
-	w.st.setDeadline(&w.st.wtimer, t)
+	w.st.setDeadline(&w.st.wdl, t)
 	return nil
 }
 
 // SetReadDeadline moves the stream's request body deadline; zero: none.
 func (w *responseWriter) SetReadDeadline(t time.Time) error {
-	w.st.setDeadline(&w.st.rtimer, t)
+	w.st.setDeadline(&w.st.rdl, t)
 	return nil
 }
 
