@@ -3,6 +3,7 @@ package h2front
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -483,6 +484,46 @@ func TestIdleWorkersReaped(t *testing.T) {
 		roundTrip(3)
 		if n := s.workers.startedN(); n != 2 {
 			t.Errorf("%d workers started, want 2 (the reaped one's successor)", n)
+		}
+		c.Close()
+		<-done
+		s.Close()
+	})
+}
+
+// TestDeadlineSweepEarliest: with one deadline timer per connection, a
+// stream whose deadline was extended does not hold back a later stream's
+// shorter one, and is not reset before its own.
+func TestDeadlineSweepEarliest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		ended := make(chan string, 2)
+		s := New(Options{Logger: slog.New(slog.DiscardHandler), WriteTimeout: time.Second,
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/long" {
+					http.NewResponseController(w).SetWriteDeadline(time.Now().Add(10 * time.Second))
+				}
+				<-r.Context().Done()
+				ended <- fmt.Sprintf("%s %v", r.URL.Path, time.Since(start))
+			})})
+		srv, c := net.Pipe()
+		done := serve(s, srv)
+		cl := &client{t: t, c: c, done: done}
+		cl.fr = http2.NewFramer(c, c)
+		cl.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		go io.Copy(io.Discard, c) // the server's frames
+		io.WriteString(c, preface)
+		cl.fr.WriteSettings()
+		cl.request(1, "/long", true)
+		// The timer fires at 1s for /long's first deadline and is armed
+		// again for its extended one, 10s; /short's, 3s, comes before.
+		time.Sleep(2 * time.Second)
+		cl.request(3, "/short", true)
+		if got, want := <-ended, "/short 3s"; got != want {
+			t.Errorf("first reset: %s, want %s", got, want)
+		}
+		if got, want := <-ended, "/long 10s"; got != want {
+			t.Errorf("second reset: %s, want %s", got, want)
 		}
 		c.Close()
 		<-done
