@@ -431,7 +431,7 @@ routes: [{path: /, proxy: {backends: [%q]}}]`, backend.URL))
 	}
 }
 
-// directServed is how many requests serveDirect served on s's routes.
+// directServed is how many requests the HTTP/2 direct exchange served on s's routes.
 func (s *Server) directServed() int64 {
 	n := int64(0)
 	for _, rp := range s.router.proxies {
@@ -442,7 +442,7 @@ func (s *Server) directServed() int64 {
 
 // TestDirectRunsProxyTests runs the proxy tests again with an HTTP/2
 // client and checks that their requests took the direct exchange
-// (directexchange.go) rather than ReverseProxy. (TestForwardedHeaders
+// (h2direct.go) rather than ReverseProxy. (TestForwardedHeaders
 // speaks HTTP/1.1; TestPolicyForwardedOnEveryPath covers HTTP/2.)
 func TestDirectRunsProxyTests(t *testing.T) {
 	for name, test := range map[string]func(*testing.T){

@@ -35,7 +35,7 @@ import (
 var (
 	testH1         = os.Getenv("EDGESHIM_TEST_H1") != ""
 	testFastServed atomic.Int64
-	// testDirectServed adds up the HTTP/2 requests serveDirect served.
+	// testDirectServed adds up the HTTP/2 requests the direct exchange served.
 	testDirectServed atomic.Int64
 )
 
