@@ -65,8 +65,8 @@ func h1Client(c *http.Client) *http.Client {
 	return &http.Client{Transport: tr}
 }
 
-// TestAccessLogLines: a proxy request over HTTP/2 (net/http) and over
-// HTTP/1.1 (the fast path) each give one line with the documented
+// TestAccessLogLines: a proxy request over HTTP/2 (the direct exchange)
+// and over HTTP/1.1 (the fast path) each give one line with the documented
 // fields, and neither the query's token nor Authorization or Cookie
 // appears in it.
 func TestAccessLogLines(t *testing.T) {
@@ -87,8 +87,8 @@ routes: [{name: api, path: /, proxy: {backends: ["%s"]}}]`, backend.URL), withAc
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	if s.fast.Stats().Served != 1 {
-		t.Fatalf("fast path served %d requests, want the HTTP/1.1 one", s.fast.Stats().Served)
+	if s.fast.Stats().Served != 1 || s.directServed() != 1 {
+		t.Fatalf("fast path served %d requests, the direct exchange %d, want one each", s.fast.Stats().Served, s.directServed())
 	}
 	// The lines are written once the answers are out: wait for them.
 	waitFor(t, func() bool { return strings.Count(sink.String(), "\n") >= 2 })
