@@ -80,6 +80,8 @@ func logWhat(c upstream.FailClass) string {
 // backend (and the route) failing until now is logged as answering again.
 func (rp *routeProxy) answered(b *upstream.Backend) {
 	rp.up.Pool.Success(b)
-	rp.fails.Recover(b.LogKey, "backend answering again", "backend", b.Name)
-	rp.fails.Recover(noBackendKey, "backends answering again")
+	if rp.fails.AnyDown() { // else Recover's arguments cost an allocation per request for nothing
+		rp.fails.Recover(b.LogKey, "backend answering again", "backend", b.Name)
+		rp.fails.Recover(noBackendKey, "backends answering again")
+	}
 }

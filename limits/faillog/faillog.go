@@ -151,6 +151,10 @@ func (l *Log) Recover(key, msg string, args ...any) {
 	l.o.Logger.Info(msg, args...)
 }
 
+// AnyDown reports whether some key is failing: a caller on a hot path
+// checks it before building Recover's arguments (an allocation).
+func (l *Log) AnyDown() bool { return l.down.Load() != 0 }
+
 // Failing reports whether key is failing (a Fail without a Recover since).
 func (l *Log) Failing(key string) bool {
 	l.mu.Lock()

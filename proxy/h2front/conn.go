@@ -60,6 +60,7 @@ type conn struct {
 	wmu     sync.Mutex
 	bw      *bufio.Writer
 	henc    *hpack.Encoder
+	enc     func(name, value string) // encField
 	hbuf    bytes.Buffer
 	werr    error
 	wdl     time.Time
@@ -112,6 +113,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.fr.SetMaxReadFrameSize(s.o.MaxReadFrameSize)
 	c.fr.SetReuseFrames()
 	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.enc = c.encField
 	if tc, ok := nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
 		cs := tc.ConnectionState()
 		c.tls = &cs

@@ -55,6 +55,7 @@ type stream struct {
 	// Allocated with the stream.
 	bodyv body
 	rw    responseWriter
+	ds    Stream
 }
 
 // errTimeout is what a handler's reads and writes return after its
@@ -605,7 +606,8 @@ func (c *conn) runStream(st *stream) {
 		c.handlerDone(st, clean)
 	}()
 	if d := c.o.Direct; d != nil && st.directOK() {
-		ds := &Stream{
+		ds := &st.ds
+		*ds = Stream{
 			Method: st.head.method, Authority: st.head.authority, Path: st.head.path, Fields: st.head.fields,
 			ContentLength: st.head.declared, Remote: c.remote, TLS: c.tls, Conn: c.ctx, st: st,
 		}
@@ -706,9 +708,7 @@ func (c *conn) writeHeaders(id uint32, status int, h http.Header, end bool, extr
 
 func (c *conn) writeHeadersLocked(id uint32, status int, h http.Header, end bool, extra func(func(name, value string))) error {
 	c.hbuf.Reset()
-	enc := func(name, value string) {
-		c.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
-	}
+	enc := c.enc
 	if status > 0 {
 		enc(":status", statusText(status))
 	}
@@ -745,6 +745,13 @@ func (c *conn) writeHeadersLocked(id uint32, status int, h http.Header, end bool
 		}
 	}
 	return nil
+}
+
+// encField HPACK-encodes a field into hbuf; wmu held. c.enc is it as a
+// func value, made once per connection (a closure per response was an
+// allocation).
+func (c *conn) encField(name, value string) {
+	c.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
 }
 
 func (c *conn) peerFrameSize() uint32 {
