@@ -2,6 +2,12 @@ package proxy
 
 import (
 	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -67,5 +73,47 @@ func TestDirectPath(t *testing.T) {
 		if got := directPath(p); got != want {
 			t.Errorf("directPath(%q) = %v, want %v", p, got, want)
 		}
+	}
+}
+
+// TestBackendRecoveryLogged: a route whose backend refused connections
+// and answers again is logged as answering again, once, on the first
+// answer (answered calls Recover only while something is down).
+func TestBackendRecoveryLogged(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused until the backend starts below
+	logs := &syncBuffer{}
+	s, c := startProxy(t, fmt.Sprintf("routes: [{path: /, proxy: {backends: [\"http://%s\"], passive: {max_fails: 100}}}]", addr),
+		func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+	get := func() int {
+		resp, err := c.Get(s.url("/x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(); code < 500 {
+		t.Fatalf("backend down: %d, want an error answer", code)
+	}
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &httptest.Server{Listener: ln, Config: &http.Server{Handler: echoHandler("a")}}
+	be.Start()
+	defer be.Close()
+	for range 3 {
+		if code := get(); code != http.StatusOK {
+			t.Fatalf("backend up: %d, want 200", code)
+		}
+	}
+	if n := strings.Count(logs.String(), "answering again"); n != 1 {
+		t.Errorf("%d recovery lines, want 1:\n%s", n, logs.String())
 	}
 }

@@ -54,7 +54,13 @@ func TestRepeatedFailuresAggregated(t *testing.T) {
 		}
 		time.Sleep(10 * time.Second) // the last summary's timer
 		synctest.Wait()
+		if !l.AnyDown() {
+			t.Error("AnyDown false with a key failing")
+		}
 		l.Recover("backend a", "backend answering again", "backend", "a")
+		if l.AnyDown() {
+			t.Error("AnyDown true after the only failing key recovered")
+		}
 		got := out.all()
 		want := []string{
 			`level=WARN msg="backend error" backend=a err="connection refused" n=0`,
