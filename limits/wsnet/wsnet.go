@@ -19,7 +19,10 @@ import (
 
 // Conn is a net.Conn over a WebSocket. Writes are serialized: gorilla
 // allows one writer at a time, and MQTT clients write from several
-// goroutines (keepalive pinger, publishers).
+// goroutines (keepalive pinger, publishers). Each Write is one message,
+// and only a Write is atomic: a client that writes a packet in several
+// Writes from several goroutines (paho's ControlPacket.WriteTo and its
+// pinger) can interleave them; write each packet whole (bridge/mqtt does).
 type Conn struct {
 	*websocket.Conn
 	r  io.Reader
