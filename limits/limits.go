@@ -42,6 +42,12 @@ func (r RetryAfter) Reject(w http.ResponseWriter, code int, reason string) {
 	WriteError(w, code, reason)
 }
 
+// ErrorBody is WriteError's body for reason, for the paths that write
+// their answers as bytes (the HTTP/1.1 fast path, the HTTP/2 direct
+// exchange). The reasons are plain ASCII, which encoding/json and
+// strconv.Quote write alike.
+func ErrorBody(reason string) string { return `{"error":` + strconv.Quote(reason) + "}\n" }
+
 // WriteError writes a short JSON error body. A ResponseWriter (or one it
 // wraps) with a RecordReason method is told the reason (the access log's).
 func WriteError(w http.ResponseWriter, code int, reason string) {

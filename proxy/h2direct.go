@@ -580,7 +580,7 @@ func (d *h2Direct) fail(s *h2front.Stream, fr *fast.Route, err error) directResu
 	if retryAfter {
 		ef.retry = fr.Policy.RetryAfter()
 	}
-	body := `{"error":` + strconv.Quote(msg) + "}\n"
+	body := limits.ErrorBody(msg)
 	ef.length = len(body)
 	s.WriteHead(h2front.Head{Status: code, Fields: ef, HasType: true, HasLength: true})
 	s.Write([]byte(body))

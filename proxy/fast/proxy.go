@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/edgeshim/edgeshim/limits"
 	"github.com/edgeshim/edgeshim/limits/accesslog"
 	"github.com/edgeshim/edgeshim/proxy/internal/h1"
 	"github.com/edgeshim/edgeshim/proxy/upstream"
@@ -692,7 +693,7 @@ func (fc *Conn) fail(fr *Route, req *request, err error) result {
 	keep := !req.closeAfter && req.bodyLeft == 0 && !fc.l.Draining()
 	resp := fc.appendError(nil, req, code, msg, retry, keep)
 	_, werr := fc.tc.Write(resp)
-	res := result{code: code, keep: keep && werr == nil, bytes: int64(len(errorBody(msg))), reason: msg}
+	res := result{code: code, keep: keep && werr == nil, bytes: int64(len(limits.ErrorBody(msg))), reason: msg}
 	var be *upstream.BackendError
 	if errors.As(err, &be) {
 		res.backend = be.Backend
@@ -716,12 +717,9 @@ func (fc *Conn) accessLog(al *accesslog.Logger, rp *Route, req *request, res *re
 	al.Write(rec, res.code, res.bytes)
 }
 
-// errorBody is limits.WriteError's body for msg.
-func errorBody(msg string) string { return `{"error":` + strconv.Quote(msg) + "}\n" }
-
 // appendError writes limits.WriteError's response as net/http sends it.
 func (fc *Conn) appendError(b []byte, req *request, code int, msg string, retry int, keep bool) []byte {
-	body := errorBody(msg)
+	body := limits.ErrorBody(msg)
 	b = appendStatusLine(b, req.http10, code)
 	b = append(b, "Content-Type: application/json\r\n"...)
 	if retry >= 0 {
